@@ -1,1 +1,95 @@
-"""faceprint: offline face detection, verification and identification."""
+"""faceprint: offline face detection, verification and identification on ONNX Runtime.
+
+The seven verbs most users need::
+
+    import faceprint
+    faces = faceprint.detect("group.jpg")               # [Detection(box, score, landmarks)]
+    prints = faceprint.embed("group.jpg")               # [Faceprint(vector, model_id, detection, quality)]
+    result = faceprint.verify("a.jpg", "b.jpg")         # Verification(decision=Decision(same_person, ...))
+
+The module-level functions share one lazily created default :class:`Pipeline`; create your own
+``Pipeline(...)`` to choose models, device or threads and to control its lifetime.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from faceprint.errors import (
+    FaceprintError,
+    IncompatibleFaceprints,
+    InvalidImage,
+    ModelError,
+    ModelNotInstalled,
+    NoFaceFound,
+)
+from faceprint.image import Image, load_image
+from faceprint.matching import Calibration, Decision
+from faceprint.pipeline import Pipeline, PipelineConfig
+from faceprint.types import Detection, Faceprint
+from faceprint.verify import Verification, VerifyInput
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"
+
+_default: Pipeline | None = None
+_default_lock = threading.Lock()
+
+
+def default_pipeline() -> Pipeline:
+    """The pipeline the module-level functions use (created on first call, default settings)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Pipeline()
+        return _default
+
+
+def detect(image: object, *, pipeline: Pipeline | None = None) -> list[Detection]:
+    """Every face in ``image`` (path, bytes, file object or array): box, score, 5 landmarks."""
+    return (pipeline or default_pipeline()).detect(image)  # type: ignore[arg-type]
+
+
+def embed(image: object, *, pipeline: Pipeline | None = None) -> list[Faceprint]:
+    """A faceprint for every face in ``image``."""
+    return (pipeline or default_pipeline()).embed(image)  # type: ignore[arg-type]
+
+
+def verify(
+    a: VerifyInput,
+    b: VerifyInput,
+    *,
+    fmr: float | None = None,
+    threshold: float | None = None,
+    pipeline: Pipeline | None = None,
+) -> Verification:
+    """Same person? ``a``/``b`` are images (largest face used), faceprints or vectors."""
+    from faceprint.verify import verify as _verify
+
+    return _verify(a, b, fmr=fmr, threshold=threshold, pipeline=pipeline or default_pipeline())
+
+
+__all__ = [
+    "Calibration",
+    "Decision",
+    "Detection",
+    "Faceprint",
+    "FaceprintError",
+    "Image",
+    "IncompatibleFaceprints",
+    "InvalidImage",
+    "ModelError",
+    "ModelNotInstalled",
+    "NoFaceFound",
+    "Pipeline",
+    "PipelineConfig",
+    "Verification",
+    "__version__",
+    "default_pipeline",
+    "detect",
+    "embed",
+    "load_image",
+    "verify",
+]

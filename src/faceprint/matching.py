@@ -1,0 +1,183 @@
+"""Scores, distances, calibrated thresholds and the verification decision.
+
+Semantics used everywhere (library, CLI, API):
+- ``score`` is the cosine similarity of two L2-normalised faceprints (higher = more alike);
+- ``threshold`` applies to ``score``; ``same_person`` is ``score >= threshold``;
+- ``distance`` is the Euclidean distance of the normalised vectors (``sqrt(2 - 2·score)``);
+- ``fmr`` is the false-match rate of that threshold according to the model's calibration table.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from faceprint.errors import FaceprintError, IncompatibleFaceprints
+from faceprint.types import Faceprint
+
+DEFAULT_FMR = 1e-3
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+def cosine_scores(queries: np.ndarray, references: np.ndarray) -> np.ndarray:
+    """Q×R matrix of cosine similarities (inputs are normalised here, so raw vectors are fine)."""
+    return normalise(np.atleast_2d(queries)) @ normalise(np.atleast_2d(references)).T
+
+
+def score_to_distance(score: float | np.ndarray) -> float | np.ndarray:
+    return np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.asarray(score, dtype=np.float64)))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A model's score → false-match-rate table, measured on impostor pairs.
+
+    ``thresholds`` ascend; ``fmr[i]`` is the fraction of impostor pairs with score ``>= thresholds[i]``;
+    ``fnmr[i]`` the fraction of genuine pairs with score ``< thresholds[i]`` on the same data.
+    """
+
+    model_id: str
+    thresholds: tuple[float, ...]
+    fmr: tuple[float, ...]
+    fnmr: tuple[float, ...]
+    genuine_pairs: int
+    impostor_pairs: int
+    source: str
+
+    def threshold_for(self, fmr: float) -> float:
+        """The lowest threshold whose measured false-match rate is at most ``fmr``."""
+        if not 0 < fmr <= 1:
+            raise FaceprintError(f"fmr must be in (0, 1], got {fmr}")
+        resolvable = 1.0 / self.impostor_pairs
+        if fmr < resolvable:
+            raise FaceprintError(
+                f"fmr {fmr:g} is below what the {self.model_id} calibration can resolve "
+                f"({self.impostor_pairs:,} impostor pairs → {resolvable:.1e}); recalibrate on more data "
+                "(`faceprint calibrate`) or pass an explicit threshold"
+            )
+        fmrs = np.asarray(self.fmr)
+        ok = np.nonzero(fmrs <= fmr)[0]
+        return float(self.thresholds[ok[0]]) if len(ok) else float(self.thresholds[-1])
+
+    def fmr_at(self, threshold: float) -> float:
+        """Measured false-match rate at ``threshold`` (step function of the table, conservative side)."""
+        idx = int(np.searchsorted(np.asarray(self.thresholds), threshold, side="right")) - 1
+        if idx < 0:
+            return 1.0
+        return float(self.fmr[idx])
+
+    def fnmr_at(self, threshold: float) -> float:
+        idx = int(np.searchsorted(np.asarray(self.thresholds), threshold, side="right")) - 1
+        return 0.0 if idx < 0 else float(self.fnmr[idx])
+
+    @classmethod
+    def from_scores(
+        cls, model_id: str, genuine: np.ndarray, impostor: np.ndarray, source: str, points: int = 2001
+    ) -> Calibration:
+        genuine = np.sort(np.asarray(genuine, dtype=np.float64))
+        impostor = np.sort(np.asarray(impostor, dtype=np.float64))
+        if len(genuine) == 0 or len(impostor) == 0:
+            raise FaceprintError("calibration needs at least one genuine and one impostor pair")
+        # Thresholds: every distinct score in the impostor tail (where FMR is small) plus a uniform grid.
+        tail = impostor[-min(len(impostor), 1000) :]
+        grid = np.linspace(-1.0, 1.0, points)
+        thresholds = np.unique(np.concatenate([grid, tail, [1.0 + 1e-9]]))
+        fmr = 1.0 - np.searchsorted(impostor, thresholds, side="left") / len(impostor)
+        fnmr = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
+        return cls(
+            model_id,
+            tuple(round(float(t), 6) for t in thresholds),
+            tuple(float(f) for f in fmr),
+            tuple(float(f) for f in fnmr),
+            len(genuine),
+            len(impostor),
+            source,
+        )
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=None, separators=(",", ":")))
+
+    @classmethod
+    def load(cls, path: Path) -> Calibration:
+        data = json.loads(Path(path).read_text())
+        for key in ("thresholds", "fmr", "fnmr"):
+            data[key] = tuple(data[key])
+        return cls(**data)
+
+
+@cache
+def shipped_calibration(model_id: str) -> Calibration:
+    """The calibration table shipped with faceprint for ``model_id``."""
+    name = f"{model_id}.json"
+    ref = resources.files("faceprint.models") / "calibration" / name
+    if not ref.is_file():
+        raise FaceprintError(
+            f"no calibration table shipped for model {model_id!r}; run `faceprint calibrate`"
+        )
+    with resources.as_file(ref) as path:
+        return Calibration.load(path)
+
+
+@dataclass(frozen=True)
+class Decision:
+    same_person: bool
+    score: float
+    distance: float
+    threshold: float
+    fmr: float
+    model: str
+
+    def to_dict(self) -> dict:
+        return {
+            "same_person": self.same_person,
+            "score": round(self.score, 6),
+            "distance": round(self.distance, 6),
+            "threshold": round(self.threshold, 6),
+            "fmr": self.fmr,
+            "model": self.model,
+        }
+
+
+def check_compatible(a: Faceprint, b: Faceprint) -> None:
+    if a.model_id != b.model_id:
+        raise IncompatibleFaceprints(
+            f"faceprints from different models cannot be compared: {a.model_id!r} vs {b.model_id!r}"
+        )
+    if a.dim != b.dim:
+        raise IncompatibleFaceprints(f"faceprints of different dimension: {a.dim} vs {b.dim}")
+
+
+def decide(
+    a: Faceprint,
+    b: Faceprint,
+    *,
+    fmr: float | None = None,
+    threshold: float | None = None,
+    calibration: Calibration | None = None,
+) -> Decision:
+    """Compare two faceprints at a target FMR (default 1e-3) or at an explicit threshold."""
+    check_compatible(a, b)
+    if fmr is not None and threshold is not None:
+        raise FaceprintError("give either fmr or threshold, not both")
+    table = calibration or shipped_calibration(a.model_id)
+    if threshold is None:
+        threshold = table.threshold_for(fmr if fmr is not None else DEFAULT_FMR)
+    score = float(cosine_scores(a.vector, b.vector)[0, 0])
+    return Decision(
+        same_person=score >= threshold,
+        score=score,
+        distance=float(score_to_distance(score)),
+        threshold=float(threshold),
+        fmr=table.fmr_at(threshold),
+        model=a.model_id,
+    )
