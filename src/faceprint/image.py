@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,9 +121,12 @@ def decode_bytes(data: bytes, label: str, max_pixels: int) -> np.ndarray:
         raise
     except UnidentifiedImageError:
         raise InvalidImage(label, "is not a recognised image (JPEG, PNG, WebP, BMP or TIFF)") from None
-    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        # Pillow refuses absurd sizes inside open(), before we can read them; its message has the count.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
         raise InvalidImage(
-            label, f"exceeds the pixel limit of {max_pixels:,}; refused as a possible decompression bomb"
+            label, f"has {size}, over the limit of {max_pixels:,}; refused as a possible decompression bomb"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(label, f"could not be decoded; the file is truncated or corrupt ({exc})") from None

@@ -55,8 +55,22 @@ ARCFACE_112 = ChipTemplate(
 
 
 def chip_matrix(landmarks: np.ndarray, template: ChipTemplate) -> np.ndarray:
-    """2×3 matrix mapping chip pixels to image pixels."""
-    return similarity_transform(template.points, landmarks)
+    """2×3 matrix mapping chip pixels to image pixels.
+
+    Follows dlib's ``chip_details`` convention exactly (so chips match ``dlib.get_face_chip``): the
+    similarity fit gives scale, angle and the image point of the chip centre ``size/2``; the chip's pixel
+    centres ``0 … size-1`` then span ``size·scale - 1`` image pixels around that point.
+    """
+    fit = similarity_transform(template.points, landmarks)
+    size = template.size
+    scale = transform_scale(fit)
+    rotation = fit[:, :2] / scale
+    centre = fit @ np.array([size / 2, size / 2, 1.0])
+    step = (size * scale - 1) / (size - 1)
+    matrix = np.empty((2, 3))
+    matrix[:, :2] = rotation * step
+    matrix[:, 2] = centre - matrix[:, :2] @ np.array([(size - 1) / 2, (size - 1) / 2])
+    return matrix
 
 
 def extract_chips(

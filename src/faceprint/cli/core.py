@@ -1,0 +1,185 @@
+"""Pipeline commands: detect, verify, embed, models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from faceprint.cli import app
+from faceprint.cli.common import (
+    EXIT_BAD_INPUT,
+    emit_json,
+    expand_images,
+    fail,
+    handle_errors,
+    progress,
+)
+from faceprint.errors import InvalidImage
+from faceprint.image import load_image
+from faceprint.pipeline import DEFAULT_DETECTOR, DETECTORS, Pipeline, PipelineConfig
+
+DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help=f"Face detector: {', '.join(DETECTORS)}.")
+DeviceOpt = typer.Option("cpu", "--device", help="Inference device: cpu or cuda (needs onnxruntime-gpu).")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
+
+
+def make_pipeline(detector: str, device: str) -> Pipeline:
+    return Pipeline(PipelineConfig(detector=detector, device=device))
+
+
+@app.command()
+@handle_errors
+def detect(
+    images: list[Path] = typer.Argument(..., help="Image files or folders (recursed)."),
+    json_out: bool = JsonOpt,
+    annotate: Path | None = typer.Option(None, "--annotate", help="Write annotated copies into this folder."),
+    detector: str = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Find faces: boxes, scores and 5 landmarks per face."""
+    pipeline = make_pipeline(detector, device)
+    files = expand_images(images)
+    results, failed = [], 0
+    for path in progress(files, "detecting", enabled=len(files) > 1):
+        try:
+            img = load_image(path)
+        except InvalidImage as exc:
+            typer.echo(f"error: {exc}", err=True)
+            failed += 1
+            continue
+        faces = pipeline.detect(img)
+        results.append({"image": str(path), "faces": [f.to_dict() for f in faces]})
+        if annotate is not None:
+            from faceprint.draw import annotate_detections
+
+            annotate_detections(img, faces, annotate)
+        if not json_out:
+            typer.echo(f"{path}: {len(faces)} face(s)")
+            for i, face in enumerate(faces):
+                x1, y1, x2, y2 = face.box
+                typer.echo(f"  #{i}: box=({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}) score={face.score:.3f}")
+    if json_out:
+        emit_json(results if len(results) != 1 or len(files) != 1 else results[0])
+    if failed:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+@handle_errors
+def verify(
+    image_a: Path = typer.Argument(..., help="First image (its largest face is used)."),
+    image_b: Path = typer.Argument(..., help="Second image (its largest face is used)."),
+    fmr: float | None = typer.Option(None, "--fmr", help="Target false-match rate (default 1e-3)."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Raw cosine-score threshold instead."),
+    json_out: bool = JsonOpt,
+    detector: str = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Are the two faces the same person?"""
+    from faceprint.verify import verify as run_verify
+
+    if fmr is not None and threshold is not None:
+        raise fail("give --fmr or --threshold, not both")
+    pipeline = make_pipeline(detector, device)
+    result = run_verify(
+        load_image(image_a), load_image(image_b), fmr=fmr, threshold=threshold, pipeline=pipeline
+    )
+    data = result.to_dict()
+    for note in data.get("notes", []):
+        typer.echo(f"note: {note}", err=True)
+    if json_out:
+        emit_json(data)
+        return
+    verdict = "SAME person" if data["same_person"] else "DIFFERENT people"
+    typer.echo(
+        f"{verdict}: score {data['score']:.4f} {'>=' if data['same_person'] else '<'} threshold "
+        f"{data['threshold']:.4f} (FMR {data['fmr']:.1e}, distance {data['distance']:.4f}, {data['model']})"
+    )
+
+
+@app.command()
+@handle_errors
+def embed(
+    paths: list[Path] = typer.Argument(..., help="Image files or folders (recursed)."),
+    out: Path = typer.Option(..., "--out", help="Output .npz file."),
+    detector: str = DetectorOpt,
+    device: str = DeviceOpt,
+    batch: int = typer.Option(16, "--batch", min=1, help="Images embedded per network run."),
+) -> None:
+    """Compute a faceprint for every face and save vectors, image paths, boxes and model id."""
+    if out.suffix != ".npz":
+        raise fail(f"{out}: the output file must end in .npz")
+    pipeline = make_pipeline(detector, device)
+    files = expand_images(paths)
+    if not files:
+        raise fail("no image files found in " + ", ".join(map(str, paths)))
+    vectors, sources, boxes, scores, skipped = [], [], [], [], []
+    pending: list = []
+
+    def flush() -> None:
+        for (img, _), prints in zip(pending, pipeline.embed_batch(pending), strict=True):
+            for fp in prints:
+                vectors.append(fp.vector)
+                sources.append(img.source)
+                boxes.append(fp.detection.box if fp.detection else (np.nan,) * 4)
+                scores.append(fp.detection.score if fp.detection else np.nan)
+        pending.clear()
+
+    for path in progress(files, "embedding"):
+        try:
+            img = load_image(path)
+        except InvalidImage as exc:
+            skipped.append(f"{exc}")
+            continue
+        dets = pipeline.detect(img)
+        if not dets:
+            skipped.append(f"{path}: no face found")
+            continue
+        pending.append((img, dets))
+        if len(pending) >= batch:
+            flush()
+    flush()
+    dim = pipeline.embedder.dim
+    np.savez_compressed(
+        out,
+        vectors=np.asarray(vectors, dtype=np.float32).reshape(-1, dim),
+        images=np.asarray(sources, dtype=str),
+        boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        scores=np.asarray(scores, dtype=np.float32),
+        model_id=np.asarray(pipeline.model_id),
+    )
+    for line in skipped:
+        typer.echo(f"skipped: {line}", err=True)
+    typer.echo(f"{len(vectors)} faceprint(s) from {len(files) - len(skipped)} image(s) → {out}", err=True)
+
+
+@app.command()
+@handle_errors
+def models(json_out: bool = JsonOpt) -> None:
+    """List the model catalogue: id, task, licence, source package, and whether it is installed."""
+    from faceprint.models.catalogue import CATALOGUE, is_installed
+    from faceprint.pipeline import DEFAULT_EMBEDDER
+
+    rows = [
+        {
+            "id": spec.id,
+            "task": spec.task,
+            "default": spec.id in (DEFAULT_EMBEDDER, f"dlib-{DEFAULT_DETECTOR}") or spec.id == "dlib-shape5",
+            "installed": is_installed(spec),
+            "package": spec.package,
+            "licence": spec.licence,
+            "description": spec.description,
+            "output_dim": spec.output_dim,
+        }
+        for spec in CATALOGUE.values()
+    ]
+    if json_out:
+        emit_json(rows)
+        return
+    for row in rows:
+        mark = "*" if row["default"] else " "
+        state = "installed" if row["installed"] else f"missing: pip install {row['package']}"
+        typer.echo(f"{mark} {row['id']:<16} {row['task']:<10} {row['licence']:<40} {state}")
+        typer.echo(f"  {row['description']}")

@@ -1,0 +1,1 @@
+"""Evaluation commands: eval, calibrate, bench (registered on the main app)."""

@@ -1,0 +1,1 @@
+"""Gallery commands: enroll, identify, subjects (registered on the main app)."""

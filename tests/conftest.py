@@ -1,0 +1,48 @@
+"""Shared fixtures: the real photos in ../shared/data and one pipeline per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("FACEPRINT_TEST_DATA", REPO.parent / "shared" / "data"))
+FACES = DATA / "faces"
+IDENTITIES = FACES / "identities"
+GROUPS = FACES / "groups"
+
+if not FACES.is_dir():  # fail loudly: the suite is meaningless without the real photos
+    raise RuntimeError(f"test photos not found at {DATA}; set FACEPRINT_TEST_DATA or check out ../shared")
+
+
+def identity_photos(person: str) -> list[Path]:
+    return sorted((IDENTITIES / person).glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache shared by the whole session, so ONNX conversion happens once per run."""
+    path = Path(os.environ.get("FACEPRINT_CACHE_DIR") or tmp_path_factory.mktemp("model-cache"))
+    os.environ["FACEPRINT_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pipeline(cache_dir: Path):
+    from faceprint import Pipeline
+
+    return Pipeline()
+
+
+@pytest.fixture(scope="session")
+def hog_pipeline(cache_dir: Path):
+    from faceprint import Pipeline
+
+    return Pipeline(detector="hog")
