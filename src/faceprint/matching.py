@@ -91,12 +91,13 @@ class Calibration:
         # Thresholds: every distinct score in the impostor tail (where FMR is small) plus a uniform grid.
         tail = impostor[-min(len(impostor), 1000) :]
         grid = np.linspace(-1.0, 1.0, points)
-        thresholds = np.unique(np.concatenate([grid, tail, [1.0 + 1e-9]]))
+        # Rounded before counting, so the stored table is exactly the one the counts describe.
+        thresholds = np.unique(np.round(np.concatenate([grid, tail, [1.000001]]), 6))
         fmr = 1.0 - np.searchsorted(impostor, thresholds, side="left") / len(impostor)
         fnmr = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
         return cls(
             model_id,
-            tuple(round(float(t), 6) for t in thresholds),
+            tuple(float(t) for t in thresholds),
             tuple(float(f) for f in fmr),
             tuple(float(f) for f in fnmr),
             len(genuine),
