@@ -95,14 +95,11 @@ class _GraphBuilder:
         scale, shift = affine_params(rec)
         if not scale.size:
             return x
-        if rec.attrs.get("mode", "conv") == "conv" or rec.kind == "bn_con":
-            shape = (1, -1, 1, 1)
-        else:
-            shape = (1, *x.shape)
+        conv_mode = rec.kind == "bn_con" or rec.attrs.get("mode") == "conv"
+        shape = (1, -1, 1, 1) if conv_mode else (1, *x.shape)
         mul = self.node("Mul", [x.name, self.const("scale", scale.reshape(shape))], "affine_mul")
-        return _Value(
-            self.node("Add", [mul, self.const("shift", shift.reshape(shape))], "affine_add"), x.shape
-        )
+        add = self.node("Add", [mul, self.const("shift", shift.reshape(shape))], "affine_add")
+        return _Value(add, x.shape)
 
     def relu(self, x: _Value) -> _Value:
         return _Value(self.node("Relu", [x.name], "relu"), x.shape)
