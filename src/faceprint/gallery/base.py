@@ -1,0 +1,147 @@
+"""The Gallery protocol every backend implements (embedded SQLite, PostgreSQL, Milvus).
+
+One contract test suite (``tests/gallery_contract.py``) runs against every implementation, so behaviour
+— errors included — is the same whichever backend an operator chooses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+import numpy as np
+
+from faceprint.gallery.model import (
+    Collection,
+    Consent,
+    GalleryStats,
+    Identification,
+    Metadata,
+    Page,
+    Subject,
+    Template,
+)
+from faceprint.matching import Calibration
+from faceprint.types import Faceprint
+
+DEFAULT_COLLECTION = "default"
+
+
+class Unset:
+    """Marks an argument of :meth:`Gallery.update_subject` that is left as it is (``None`` clears)."""
+
+    _instance: Unset | None = None
+
+    def __new__(cls) -> Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = Unset()
+
+
+class Gallery(Protocol):
+    """Subjects, their templates and 1:N search, grouped in collections pinned to one embedding model.
+
+    Subjects are referred to by id or by name (``ref``); names are unique within a collection.
+    """
+
+    # -- collections ------------------------------------------------------------------------------------
+    def ensure_collection(self, name: str, model_id: str, dim: int) -> Collection:
+        """Create the collection, or check that an existing one has this contract (ContractMismatch)."""
+        ...
+
+    def get_collection(self, name: str = DEFAULT_COLLECTION) -> Collection: ...
+
+    def list_collections(self) -> list[Collection]: ...
+
+    # -- subjects ---------------------------------------------------------------------------------------
+    def add_subject(
+        self,
+        name: str,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        metadata: Metadata | None = None,
+        consent: Consent | None = None,
+        expires_at: datetime | None = None,
+        subject_id: str | None = None,
+    ) -> Subject: ...
+
+    def get_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject: ...
+
+    def find_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject | None: ...
+
+    def list_subjects(
+        self, *, collection: str = DEFAULT_COLLECTION, limit: int = 100, cursor: str | None = None
+    ) -> Page: ...
+
+    def update_subject(
+        self,
+        ref: str,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        name: str | Unset = UNSET,
+        metadata: Metadata | Unset = UNSET,
+        consent: Consent | Unset | None = UNSET,
+        expires_at: datetime | Unset | None = UNSET,
+    ) -> Subject: ...
+
+    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
+        """Delete the subject, its templates, negatives and consent record; gone from search at once."""
+        ...
+
+    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
+        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
+        ...
+
+    # -- templates --------------------------------------------------------------------------------------
+    def add_templates(
+        self,
+        ref: str,
+        faceprints: Sequence[Faceprint],
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        source_sha256: Sequence[str | None] | None = None,
+        chips: Sequence[np.ndarray] | None = None,
+    ) -> list[Template]:
+        """Store the faceprints for the subject in one transaction (all or none)."""
+        ...
+
+    def list_templates(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[Template]: ...
+
+    def template_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> dict[int, np.ndarray]:
+        """Decrypted vectors of the subject's templates by template id (for export and migration)."""
+        ...
+
+    def delete_template(self, template_id: int) -> None: ...
+
+    # -- search -----------------------------------------------------------------------------------------
+    def identify(
+        self,
+        faceprints: Sequence[Faceprint],
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        top_k: int = 5,
+        fmr: float | None = None,
+        threshold: float | None = None,
+        calibration: Calibration | None = None,
+        one_to_one: bool = True,
+    ) -> list[Identification]:
+        """One answer per probe; probes are faces of one photo (matched one-to-one) unless told otherwise."""
+        ...
+
+    def add_negative(self, faceprint: Faceprint, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
+        """Record "this face is not that subject"; later searches honour it."""
+        ...
+
+    def negative_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[np.ndarray]: ...
+
+    # -- housekeeping -----------------------------------------------------------------------------------
+    def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,778 @@
+"""The embedded backend: one directory, SQLite (WAL) as the source of truth, an in-process vector index.
+
+Layout of a gallery directory::
+
+    gallery.sqlite3 (+ -wal, -shm)   subjects, encrypted templates, negatives, consent, settings
+    index-<collection id>.fpidx      encrypted snapshot of that collection's vector index (a cache)
+
+Concurrency: one write connection serialised by a lock, one read connection per thread (WAL readers see
+the last committed state and never block the writer). Other processes may write too; SQLite serialises
+them, and a writer that waits longer than the busy timeout gets :class:`GalleryLocked`. Each collection
+carries a ``generation`` that triggers bump on every change; the in-memory index records the generation it
+reflects and is patched (own writes) or rebuilt (someone else's) before it answers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from faceprint.gallery.base import DEFAULT_COLLECTION, UNSET, Unset
+from faceprint.gallery.crypto import TemplateCipher, resolve_key
+from faceprint.gallery.errors import (
+    CollectionNotFound,
+    ContractMismatch,
+    GalleryCorrupt,
+    GalleryError,
+    GalleryLocked,
+    SubjectExists,
+    SubjectNotFound,
+    TemplateNotFound,
+)
+from faceprint.gallery.index import ANN_MIN_SIZE, AdaptiveIndex, load_index, save_index
+from faceprint.gallery.model import (
+    Collection,
+    Consent,
+    GalleryStats,
+    Identification,
+    Metadata,
+    Page,
+    Subject,
+    Template,
+    from_iso,
+    metadata_json,
+    to_iso,
+    utcnow,
+)
+from faceprint.gallery.schema import connect, migrate
+from faceprint.gallery.scoring import Hit, aggregate, apply_negatives, assign_one_to_one
+from faceprint.matching import DEFAULT_FMR, Calibration, normalise, shipped_calibration
+from faceprint.types import Faceprint
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "gallery.sqlite3"
+_SQL_CHUNK = 500
+
+
+def _vector_aad(subject_id: str, model_id: str, kind: str = "tpl") -> bytes:
+    return f"faceprint:{kind}:{subject_id}:{model_id}".encode()
+
+
+def _chip_aad(subject_id: str) -> bytes:
+    return f"faceprint:chip:{subject_id}".encode()
+
+
+def _is_locked(exc: sqlite3.OperationalError) -> bool:
+    text = str(exc).lower()
+    return "locked" in text or "busy" in text
+
+
+@dataclass
+class _IndexState:
+    index: AdaptiveIndex
+    generation: int
+    negatives: dict[str, np.ndarray] = field(default_factory=dict)
+    dirty: bool = False
+
+
+@dataclass
+class _Delta:
+    """What a committed write changed, to patch an in-memory index that was current before it."""
+
+    collection_id: int
+    generation_before: int
+    add_keys: list[int] = field(default_factory=list)
+    add_vectors: list[np.ndarray] = field(default_factory=list)
+    remove_keys: list[int] = field(default_factory=list)
+    negatives: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    removed_subjects: list[str] = field(default_factory=list)
+
+
+class EmbeddedGallery:
+    """The default :class:`~faceprint.gallery.base.Gallery` backend (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        key: bytes | None = None,
+        create: bool = True,
+        ann_min_size: int = ANN_MIN_SIZE,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            if not create:
+                raise GalleryError(f"no gallery at {self.path}")
+            self.path.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.path / DB_NAME
+        self.ann_min_size = ann_min_size
+        self._write_lock = threading.RLock()
+        self._index_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._indexes: dict[int, _IndexState] = {}
+        self._closed = False
+        try:
+            self._wconn = connect(self.db_path)
+            migrate(self._wconn)
+        except sqlite3.OperationalError as exc:
+            if _is_locked(exc):
+                raise GalleryLocked(str(self.path)) from None
+            raise GalleryCorrupt(f"{self.db_path}: {exc}") from None
+        except sqlite3.DatabaseError as exc:
+            raise GalleryCorrupt(f"{self.db_path} is not a faceprint gallery database: {exc}") from None
+        self.cipher = self._open_cipher(key)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def _open_cipher(self, key: bytes | None) -> TemplateCipher:
+        check = self._meta("key_check")
+        if check is None:
+            with self._write() as conn:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'key_check'").fetchone()
+                if row is None:  # a new gallery: this is the only place a key file may be created
+                    secret, origin = resolve_key(key, create=True)
+                    cipher = TemplateCipher(secret, origin)
+                    conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (cipher.check_value(),))
+                    conn.execute("INSERT INTO meta VALUES ('key_id', ?)", (cipher.key_id,))
+                    return cipher
+                check = bytes(row[0])
+        secret, origin = resolve_key(key, create=False)
+        cipher = TemplateCipher(secret, origin)
+        expected = self._meta("key_id")
+        cipher.verify(check, None if expected is None else bytes(expected).decode())
+        return cipher
+
+    def close(self) -> None:
+        """Save fresh index snapshots and close every connection (the gallery is unusable afterwards)."""
+        if self._closed:
+            return
+        try:
+            self.flush_index()
+        except (GalleryError, OSError, sqlite3.Error):  # a cache that could not be saved is rebuilt later
+            log.warning("could not save the vector index of %s; it will be rebuilt", self.path, exc_info=True)
+        self._closed = True
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._wconn.close()
+
+    def __enter__(self) -> EmbeddedGallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def flush_index(self) -> None:
+        """Write a snapshot of every loaded index that changed and is still current."""
+        with self._index_lock:
+            for cid, state in self._indexes.items():
+                if state.dirty and state.generation == self._generation(cid):
+                    save_index(self._index_path(cid), state.index, generation=state.generation, cipher=self.cipher)
+                    state.dirty = False
+
+    def _index_path(self, collection_id: int) -> Path:
+        return self.path / f"index-{collection_id}.fpidx"
+
+    # -- connections and transactions -------------------------------------------------------------------
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise GalleryError(f"the gallery at {self.path} is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.db_path)
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        if self._closed:
+            raise GalleryError(f"the gallery at {self.path} is closed")
+        with self._write_lock:
+            conn = self._wconn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if _is_locked(exc):
+                    raise GalleryLocked(str(self.path)) from None
+                raise
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A consistent snapshot for several SELECTs."""
+        conn = self._reader()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    def _meta(self, key: str) -> bytes | None:
+        row = self._reader().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else bytes(row[0]) if not isinstance(row[0], str) else row[0].encode()
+
+    # -- collections ------------------------------------------------------------------------------------
+    def ensure_collection(self, name: str, model_id: str, dim: int) -> Collection:
+        existing = self._find_collection(name)
+        if existing is None:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT OR IGNORE INTO collections (name, model_id, dim, created_at) VALUES (?, ?, ?, ?)",
+                    (name, model_id, int(dim), to_iso(utcnow())),
+                )
+            existing = self._find_collection(name)
+            assert existing is not None
+        _, coll = existing
+        if coll.model_id != model_id or coll.dim != dim:
+            raise ContractMismatch(name, f"{coll.model_id} ({coll.dim}-d)", f"{model_id} ({dim}-d)")
+        return coll
+
+    def _find_collection(self, name: str) -> tuple[int, Collection] | None:
+        row = (
+            self._reader()
+            .execute("SELECT id, name, model_id, dim, created_at FROM collections WHERE name = ?", (name,))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        created = from_iso(row[4])
+        assert created is not None
+        return int(row[0]), Collection(row[1], row[2], int(row[3]), created)
+
+    def _collection(self, name: str) -> tuple[int, Collection]:
+        found = self._find_collection(name)
+        if found is None:
+            raise CollectionNotFound(name)
+        return found
+
+    def get_collection(self, name: str = DEFAULT_COLLECTION) -> Collection:
+        return self._collection(name)[1]
+
+    def list_collections(self) -> list[Collection]:
+        rows = self._reader().execute("SELECT name FROM collections ORDER BY name").fetchall()
+        return [self._collection(r[0])[1] for r in rows]
+
+    def _generation(self, collection_id: int, conn: sqlite3.Connection | None = None) -> int:
+        row = (
+            (conn or self._reader())
+            .execute("SELECT generation FROM collections WHERE id = ?", (collection_id,))
+            .fetchone()
+        )
+        return -1 if row is None else int(row[0])
+
+    # -- subjects ---------------------------------------------------------------------------------------
+    _SUBJECT_COLS = (
+        "s.id, s.name, s.metadata, s.consent, s.created_at, s.expires_at, "
+        "(SELECT COUNT(*) FROM templates t WHERE t.subject_id = s.id)"
+    )
+
+    @staticmethod
+    def _subject_from_row(row: Sequence[object], collection: str) -> Subject:
+        consent = None if row[3] is None else Consent.from_dict(json.loads(str(row[3])))
+        created = from_iso(str(row[4]))
+        assert created is not None
+        return Subject(
+            id=str(row[0]),
+            name=str(row[1]),
+            collection=collection,
+            metadata=json.loads(str(row[2])),
+            consent=consent,
+            created_at=created,
+            expires_at=from_iso(None if row[5] is None else str(row[5])),
+            template_count=int(row[6]),  # type: ignore[call-overload]
+        )
+
+    def add_subject(
+        self,
+        name: str,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        metadata: Metadata | None = None,
+        consent: Consent | None = None,
+        expires_at: datetime | None = None,
+        subject_id: str | None = None,
+    ) -> Subject:
+        if not name or not name.strip():
+            raise GalleryError("a subject needs a non-empty name")
+        cid, _ = self._collection(collection)
+        sid = subject_id or uuid.uuid4().hex
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    "INSERT INTO subjects (id, collection_id, name, metadata, consent, created_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        sid,
+                        cid,
+                        name,
+                        metadata_json(metadata or {}),
+                        None if consent is None else json.dumps(consent.to_dict()),
+                        to_iso(utcnow()),
+                        to_iso(expires_at),
+                    ),
+                )
+        except sqlite3.IntegrityError:
+            raise SubjectExists(name, collection) from None
+        return self.get_subject(sid, collection=collection)
+
+    def _subject_row(self, conn: sqlite3.Connection, ref: str, collection_id: int) -> Sequence[object] | None:
+        sql = f"SELECT {self._SUBJECT_COLS} FROM subjects s WHERE s.collection_id = ? AND s.{{col}} = ?"
+        row = conn.execute(sql.format(col="id"), (collection_id, ref)).fetchone()
+        if row is None:
+            row = conn.execute(sql.format(col="name"), (collection_id, ref)).fetchone()
+        return row
+
+    def find_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject | None:
+        cid, _ = self._collection(collection)
+        row = self._subject_row(self._reader(), ref, cid)
+        return None if row is None else self._subject_from_row(row, collection)
+
+    def get_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject:
+        subject = self.find_subject(ref, collection=collection)
+        if subject is None:
+            raise SubjectNotFound(ref, collection)
+        return subject
+
+    def list_subjects(
+        self, *, collection: str = DEFAULT_COLLECTION, limit: int = 100, cursor: str | None = None
+    ) -> Page:
+        if limit < 1:
+            raise GalleryError(f"limit must be at least 1, got {limit}")
+        cid, _ = self._collection(collection)
+        after: tuple[str, str] = ("", "")
+        if cursor:
+            try:
+                name, sid = json.loads(cursor)
+                after = (str(name), str(sid))
+            except (ValueError, TypeError):
+                raise GalleryError(f"invalid page cursor {cursor!r}") from None
+        with self._read() as conn:
+            total = int(conn.execute("SELECT COUNT(*) FROM subjects WHERE collection_id = ?", (cid,)).fetchone()[0])
+            rows = conn.execute(
+                f"SELECT {self._SUBJECT_COLS} FROM subjects s WHERE s.collection_id = ? "
+                "AND (s.name, s.id) > (?, ?) ORDER BY s.name, s.id LIMIT ?",
+                (cid, after[0], after[1], limit + 1),
+            ).fetchall()
+        items = tuple(self._subject_from_row(r, collection) for r in rows[:limit])
+        next_cursor = json.dumps([items[-1].name, items[-1].id]) if len(rows) > limit else None
+        return Page(items, next_cursor, total)
+
+    def update_subject(
+        self,
+        ref: str,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        name: str | Unset = UNSET,
+        metadata: Metadata | Unset = UNSET,
+        consent: Consent | Unset | None = UNSET,
+        expires_at: datetime | Unset | None = UNSET,
+    ) -> Subject:
+        subject = self.get_subject(ref, collection=collection)
+        sets: list[str] = []
+        values: list[object] = []
+        if not isinstance(name, Unset):
+            if not name.strip():
+                raise GalleryError("a subject needs a non-empty name")
+            sets.append("name = ?")
+            values.append(name)
+        if not isinstance(metadata, Unset):
+            sets.append("metadata = ?")
+            values.append(metadata_json(metadata))
+        if not isinstance(consent, Unset):
+            sets.append("consent = ?")
+            values.append(None if consent is None else json.dumps(consent.to_dict()))
+        if not isinstance(expires_at, Unset):
+            sets.append("expires_at = ?")
+            values.append(to_iso(expires_at))
+        if sets:
+            try:
+                with self._write() as conn:
+                    conn.execute(f"UPDATE subjects SET {', '.join(sets)} WHERE id = ?", (*values, subject.id))
+            except sqlite3.IntegrityError:
+                raise SubjectExists(str(name), collection) from None
+        return self.get_subject(subject.id, collection=collection)
+
+    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
+        cid, _ = self._collection(collection)
+        with self._write() as conn:
+            row = self._subject_row(conn, ref, cid)
+            if row is None:
+                raise SubjectNotFound(ref, collection)
+            delta = self._delete_subjects(conn, cid, [str(row[0])])
+        self._apply(delta)
+
+    def _delete_subjects(self, conn: sqlite3.Connection, cid: int, subject_ids: list[str]) -> _Delta:
+        delta = _Delta(cid, self._generation(cid, conn), removed_subjects=list(subject_ids))
+        for chunk in _chunks(subject_ids):
+            marks = ",".join("?" * len(chunk))
+            delta.remove_keys += [
+                int(r[0]) for r in conn.execute(f"SELECT id FROM templates WHERE subject_id IN ({marks})", chunk)
+            ]
+            conn.execute(f"DELETE FROM subjects WHERE id IN ({marks})", chunk)
+        return delta
+
+    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
+        cutoff = to_iso(now or utcnow())
+        purged: list[Subject] = []
+        deltas: list[_Delta] = []
+        with self._write() as conn:
+            rows = conn.execute(
+                f"SELECT {self._SUBJECT_COLS}, c.name, c.id FROM subjects s JOIN collections c "
+                "ON c.id = s.collection_id WHERE s.expires_at IS NOT NULL AND s.expires_at <= ?",
+                (cutoff,),
+            ).fetchall()
+            by_collection: dict[int, list[str]] = {}
+            for row in rows:
+                purged.append(self._subject_from_row(row, str(row[7])))
+                by_collection.setdefault(int(row[8]), []).append(str(row[0]))
+            for cid, ids in by_collection.items():
+                deltas.append(self._delete_subjects(conn, cid, ids))
+        for delta in deltas:
+            self._apply(delta)
+        return purged
+
+    # -- templates --------------------------------------------------------------------------------------
+    def _check_contract(self, coll: Collection, faceprints: Sequence[Faceprint]) -> None:
+        for fp in faceprints:
+            if fp.model_id != coll.model_id or fp.dim != coll.dim:
+                raise ContractMismatch(coll.name, f"{coll.model_id} ({coll.dim}-d)", f"{fp.model_id} ({fp.dim}-d)")
+
+    def add_templates(
+        self,
+        ref: str,
+        faceprints: Sequence[Faceprint],
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        source_sha256: Sequence[str | None] | None = None,
+        chips: Sequence[np.ndarray] | None = None,
+    ) -> list[Template]:
+        cid, coll = self._collection(collection)
+        self._check_contract(coll, faceprints)
+        shas = list(source_sha256) if source_sha256 is not None else [None] * len(faceprints)
+        if len(shas) != len(faceprints) or (chips is not None and len(chips) != len(faceprints)):
+            raise GalleryError("source_sha256 and chips must have one entry per faceprint")
+        vectors = normalise(np.stack([fp.vector for fp in faceprints])) if faceprints else None
+        now = to_iso(utcnow())
+        ids: list[int] = []
+        with self._write() as conn:
+            row = self._subject_row(conn, ref, cid)
+            if row is None:
+                raise SubjectNotFound(ref, collection)
+            sid = str(row[0])
+            delta = _Delta(cid, self._generation(cid, conn))
+            for i, fp in enumerate(faceprints):
+                assert vectors is not None
+                vec = vectors[i]
+                box = None if fp.detection is None else json.dumps([float(v) for v in fp.detection.box])
+                chip = None
+                if chips is not None:
+                    chip_arr = np.ascontiguousarray(chips[i], dtype=np.uint8)
+                    header = json.dumps(list(chip_arr.shape)).encode() + b"\n"
+                    chip = self.cipher.encrypt(header + chip_arr.tobytes(), _chip_aad(sid))
+                cur = conn.execute(
+                    "INSERT INTO templates (subject_id, model_id, vector, quality, box, source_sha256, chip, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        sid,
+                        fp.model_id,
+                        self.cipher.encrypt(vec.astype("<f4").tobytes(), _vector_aad(sid, fp.model_id)),
+                        None if fp.quality is None else float(fp.quality),
+                        box,
+                        shas[i],
+                        chip,
+                        now,
+                    ),
+                )
+                assert cur.lastrowid is not None
+                ids.append(int(cur.lastrowid))
+                delta.add_keys.append(int(cur.lastrowid))
+                delta.add_vectors.append(vec)
+        self._apply(delta)
+        templates = {t.id: t for t in self.list_templates(sid, collection=collection)}
+        return [templates[i] for i in ids if i in templates]
+
+    def list_templates(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[Template]:
+        subject = self.get_subject(ref, collection=collection)
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT id, subject_id, model_id, quality, box, source_sha256, created_at, chip IS NOT NULL "
+                "FROM templates WHERE subject_id = ? ORDER BY id",
+                (subject.id,),
+            )
+            .fetchall()
+        )
+        out = []
+        for r in rows:
+            created = from_iso(r[6])
+            assert created is not None
+            box = None if r[4] is None else tuple(float(v) for v in json.loads(r[4]))
+            out.append(Template(int(r[0]), r[1], r[2], r[3], box, r[5], created, bool(r[7])))  # type: ignore[arg-type]
+        return out
+
+    def template_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> dict[int, np.ndarray]:
+        subject = self.get_subject(ref, collection=collection)
+        rows = (
+            self._reader()
+            .execute("SELECT id, model_id, vector FROM templates WHERE subject_id = ? ORDER BY id", (subject.id,))
+            .fetchall()
+        )
+        return {
+            int(r[0]): np.frombuffer(self.cipher.decrypt(r[2], _vector_aad(subject.id, r[1])), dtype="<f4").copy()
+            for r in rows
+        }
+
+    def template_chip(self, template_id: int) -> np.ndarray | None:
+        """The aligned chip kept with a template (only when it was enrolled with chips), decrypted."""
+        row = self._reader().execute("SELECT subject_id, chip FROM templates WHERE id = ?", (template_id,)).fetchone()
+        if row is None:
+            raise TemplateNotFound(template_id)
+        if row[1] is None:
+            return None
+        data = self.cipher.decrypt(row[1], _chip_aad(row[0]))
+        header, _, pixels = data.partition(b"\n")
+        return np.frombuffer(pixels, dtype=np.uint8).reshape(json.loads(header)).copy()
+
+    def delete_template(self, template_id: int) -> None:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT s.collection_id FROM templates t JOIN subjects s ON s.id = t.subject_id WHERE t.id = ?",
+                (template_id,),
+            ).fetchone()
+            if row is None:
+                raise TemplateNotFound(template_id)
+            delta = _Delta(int(row[0]), self._generation(int(row[0]), conn), remove_keys=[template_id])
+            conn.execute("DELETE FROM templates WHERE id = ?", (template_id,))
+        self._apply(delta)
+
+    # -- negatives --------------------------------------------------------------------------------------
+    def add_negative(self, faceprint: Faceprint, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
+        cid, coll = self._collection(collection)
+        self._check_contract(coll, [faceprint])
+        vec = normalise(faceprint.vector)
+        with self._write() as conn:
+            row = self._subject_row(conn, ref, cid)
+            if row is None:
+                raise SubjectNotFound(ref, collection)
+            sid = str(row[0])
+            delta = _Delta(cid, self._generation(cid, conn), negatives=[(sid, vec)])
+            conn.execute(
+                "INSERT INTO negatives (subject_id, vector, created_at) VALUES (?, ?, ?)",
+                (
+                    sid,
+                    self.cipher.encrypt(vec.astype("<f4").tobytes(), _vector_aad(sid, coll.model_id, "neg")),
+                    to_iso(utcnow()),
+                ),
+            )
+        self._apply(delta)
+
+    def negative_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[np.ndarray]:
+        subject = self.get_subject(ref, collection=collection)
+        coll = self.get_collection(collection)
+        rows = (
+            self._reader()
+            .execute("SELECT vector FROM negatives WHERE subject_id = ? ORDER BY id", (subject.id,))
+            .fetchall()
+        )
+        aad = _vector_aad(subject.id, coll.model_id, "neg")
+        return [np.frombuffer(self.cipher.decrypt(r[0], aad), dtype="<f4").copy() for r in rows]
+
+    # -- the index --------------------------------------------------------------------------------------
+    def _apply(self, delta: _Delta) -> None:
+        """Patch the in-memory index with a committed write, if it reflected the state just before it."""
+        with self._index_lock:
+            state = self._indexes.get(delta.collection_id)
+            if state is None:
+                return
+            if state.generation != delta.generation_before:
+                del self._indexes[delta.collection_id]  # someone else changed it too: rebuild on next use
+                return
+            if delta.remove_keys:
+                state.index.remove(np.asarray(delta.remove_keys, dtype=np.int64))
+            if delta.add_keys:
+                state.index.add(np.asarray(delta.add_keys, dtype=np.int64), np.stack(delta.add_vectors))
+            for sid in delta.removed_subjects:
+                state.negatives.pop(sid, None)
+            for sid, vec in delta.negatives:
+                prev = state.negatives.get(sid)
+                state.negatives[sid] = vec[None, :] if prev is None else np.vstack([prev, vec])
+            state.generation = self._generation(delta.collection_id, self._wconn)
+            state.dirty = True
+
+    def _current_index(self, cid: int, coll: Collection) -> _IndexState:
+        """The collection's index at the database's current generation (call with ``_index_lock`` held)."""
+        generation = self._generation(cid)
+        state = self._indexes.get(cid)
+        if state is not None and state.generation == generation:
+            return state
+        loaded = load_index(
+            self._index_path(cid),
+            generation=generation,
+            dim=coll.dim,
+            cipher=self.cipher,
+            ann_min_size=self.ann_min_size,
+        )
+        if loaded is not None:
+            state = _IndexState(loaded, generation, self._load_negatives(cid, coll))
+        else:
+            state = self._rebuild(cid, coll)
+        self._indexes[cid] = state
+        return state
+
+    def _load_negatives(self, cid: int, coll: Collection) -> dict[str, np.ndarray]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT n.subject_id, n.vector FROM negatives n JOIN subjects s ON s.id = n.subject_id "
+                "WHERE s.collection_id = ?",
+                (cid,),
+            )
+            .fetchall()
+        )
+        grouped: dict[str, list[np.ndarray]] = {}
+        for sid, blob in rows:
+            vec = np.frombuffer(self.cipher.decrypt(blob, _vector_aad(sid, coll.model_id, "neg")), dtype="<f4")
+            grouped.setdefault(sid, []).append(vec)
+        return {sid: np.stack(v) for sid, v in grouped.items()}
+
+    def _rebuild(self, cid: int, coll: Collection) -> _IndexState:
+        with self._read() as conn:
+            generation = self._generation(cid, conn)
+            rows = conn.execute(
+                "SELECT t.id, t.subject_id, t.model_id, t.vector FROM templates t "
+                "JOIN subjects s ON s.id = t.subject_id WHERE s.collection_id = ? ORDER BY t.id",
+                (cid,),
+            ).fetchall()
+            keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vectors = np.empty((len(rows), coll.dim), dtype=np.float32)
+            for i, (_, sid, model_id, blob) in enumerate(rows):
+                vectors[i] = np.frombuffer(self.cipher.decrypt(blob, _vector_aad(sid, model_id)), dtype="<f4")
+            negatives = self._load_negatives(cid, coll)
+        log.debug("rebuilt the index of collection %s from %d templates", coll.name, len(rows))
+        index = AdaptiveIndex.build(coll.dim, keys, vectors, ann_min_size=self.ann_min_size)
+        return _IndexState(index, generation, negatives, dirty=True)
+
+    def rebuild_index(self, collection: str = DEFAULT_COLLECTION) -> None:
+        """Drop the cached index of a collection and build it again from SQLite."""
+        cid, coll = self._collection(collection)
+        with self._index_lock:
+            self._indexes[cid] = self._rebuild(cid, coll)
+
+    # -- search -----------------------------------------------------------------------------------------
+    def identify(
+        self,
+        faceprints: Sequence[Faceprint],
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        top_k: int = 5,
+        fmr: float | None = None,
+        threshold: float | None = None,
+        calibration: Calibration | None = None,
+        one_to_one: bool = True,
+    ) -> list[Identification]:
+        if top_k < 1:
+            raise GalleryError(f"top_k must be at least 1, got {top_k}")
+        if fmr is not None and threshold is not None:
+            raise GalleryError("give either fmr or threshold, not both")
+        cid, coll = self._collection(collection)
+        self._check_contract(coll, faceprints)
+        if not faceprints:
+            return []
+        if threshold is None:
+            table = calibration or shipped_calibration(coll.model_id)
+            threshold = table.threshold_for(DEFAULT_FMR if fmr is None else fmr)
+        probes = normalise(np.stack([fp.vector for fp in faceprints]))
+        # Enough neighbours to see several templates of each likely subject.
+        wanted = max(64, 8 * top_k)
+        with self._index_lock:
+            state = self._current_index(cid, coll)
+            keys, scores = state.index.search(probes, min(wanted, max(1, len(state.index))))
+            negatives = state.negatives
+        owners = self._template_owners(np.unique(keys[keys >= 0]).tolist())
+        ranked: list[list] = []
+        for face in range(len(probes)):
+            hits = [
+                Hit(owners[k][0], owners[k][1], float(s))
+                for k, s in zip(keys[face].tolist(), scores[face].tolist(), strict=True)
+                if k >= 0 and k in owners
+            ]
+            cands = apply_negatives(probes[face], aggregate(hits), negatives)
+            ranked.append(cands)
+        if one_to_one:
+            matches = assign_one_to_one(ranked, threshold)
+        else:
+            matches = [c[0] if c and c[0].score >= threshold else None for c in ranked]
+        return [
+            Identification(
+                tuple(cands[:top_k]),
+                match,
+                float(threshold),
+                None if fp.detection is None else fp.detection.box,
+            )
+            for fp, cands, match in zip(faceprints, ranked, matches, strict=True)
+        ]
+
+    def _template_owners(self, template_ids: list[int]) -> dict[int, tuple[str, str]]:
+        owners: dict[int, tuple[str, str]] = {}
+        conn = self._reader()
+        for chunk in _chunks(template_ids):
+            marks = ",".join("?" * len(chunk))
+            for tid, sid, name in conn.execute(
+                f"SELECT t.id, s.id, s.name FROM templates t JOIN subjects s ON s.id = t.subject_id "
+                f"WHERE t.id IN ({marks})",
+                chunk,
+            ):
+                owners[int(tid)] = (sid, name)
+        return owners
+
+    # -- housekeeping -----------------------------------------------------------------------------------
+    def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats:
+        cid, coll = self._collection(collection)
+        with self._read() as conn:
+            subjects = conn.execute("SELECT COUNT(*) FROM subjects WHERE collection_id = ?", (cid,)).fetchone()[0]
+            templates = conn.execute(
+                "SELECT COUNT(*) FROM templates t JOIN subjects s ON s.id = t.subject_id WHERE s.collection_id = ?",
+                (cid,),
+            ).fetchone()[0]
+            negatives = conn.execute(
+                "SELECT COUNT(*) FROM negatives n JOIN subjects s ON s.id = n.subject_id WHERE s.collection_id = ?",
+                (cid,),
+            ).fetchone()[0]
+        kind = "exact" if templates < self.ann_min_size else "hnsw"
+        disk = sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+        return GalleryStats(
+            coll.name, coll.model_id, coll.dim, int(subjects), int(templates), int(negatives), kind, disk
+        )
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's own integrity and foreign-key checks; an empty list means consistent."""
+        conn = self._reader()
+        problems = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall() if r[0] != "ok"]
+        problems += [f"foreign key: {tuple(r)}" for r in conn.execute("PRAGMA foreign_key_check").fetchall()]
+        return problems
+
+
+def _chunks(items: Sequence, size: int = _SQL_CHUNK) -> Iterator[list]:
+    items = list(items)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

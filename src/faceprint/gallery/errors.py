@@ -1,0 +1,86 @@
+"""The gallery's errors, all under :class:`faceprint.errors.FaceprintError`.
+
+FaceprintError
+└── GalleryError               anything a gallery refuses (exit code 2 in the CLI)
+    ├── SubjectNotFound        no subject with that id/name in the collection
+    ├── TemplateNotFound       no template with that id
+    ├── SubjectExists          a subject with that name already exists in the collection
+    ├── CollectionNotFound     the named collection does not exist
+    ├── ContractMismatch       faceprints from another model/dimension than the collection's
+    ├── GalleryLocked          another process holds the gallery's write lock
+    ├── GalleryCorrupt         the store is unreadable or fails its integrity checks
+    └── GalleryKeyError        the template key is missing or wrong
+        ├── MissingKey
+        └── WrongKey
+"""
+
+from __future__ import annotations
+
+from faceprint.errors import FaceprintError
+
+
+class GalleryError(FaceprintError):
+    """Root of the gallery errors."""
+
+    exit_code = 2
+
+
+class SubjectNotFound(GalleryError):
+    def __init__(self, ref: str, collection: str) -> None:
+        super().__init__(f"no subject {ref!r} in collection {collection!r}")
+        self.ref = ref
+        self.collection = collection
+
+
+class TemplateNotFound(GalleryError):
+    def __init__(self, template_id: int) -> None:
+        super().__init__(f"no template {template_id}")
+        self.template_id = template_id
+
+
+class SubjectExists(GalleryError):
+    def __init__(self, name: str, collection: str) -> None:
+        super().__init__(f"a subject named {name!r} already exists in collection {collection!r}")
+        self.name = name
+        self.collection = collection
+
+
+class CollectionNotFound(GalleryError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no collection {name!r} in this gallery")
+        self.name = name
+
+
+class ContractMismatch(GalleryError):
+    """A collection is pinned to one embedding model; anything else is refused, never compared."""
+
+    def __init__(self, collection: str, expected: str, got: str) -> None:
+        super().__init__(
+            f"collection {collection!r} holds faceprints of {expected}, not {got}; "
+            "use the same model or migrate the collection"
+        )
+        self.collection = collection
+        self.expected = expected
+        self.got = got
+
+
+class GalleryLocked(GalleryError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"gallery is locked: another process is writing to {path}; retry when it has finished")
+        self.path = path
+
+
+class GalleryCorrupt(GalleryError):
+    pass
+
+
+class GalleryKeyError(GalleryError):
+    """The key that encrypts templates is missing or is not this gallery's key."""
+
+
+class MissingKey(GalleryKeyError):
+    pass
+
+
+class WrongKey(GalleryKeyError):
+    pass

@@ -1,0 +1,388 @@
+"""The gallery contract: every backend (embedded, PostgreSQL, Milvus) must pass these tests unchanged.
+
+To run it on a backend, subclass :class:`GalleryContract` in a ``test_*.py`` module and provide the
+``open_store`` fixture: a zero-argument callable that opens *the same* store each time it is called (a
+second call models a reopen or a second client). Everything else here goes through the
+:class:`faceprint.gallery.Gallery` protocol only.
+
+Vectors are synthetic but shaped like faceprints: each person is a random unit "identity" vector and each
+template a noisy copy of it (cosine ≈ 0.9 to the identity, ≈ 0.8 between two templates of one person,
+≈ 0 ± 0.09 between people), so the open-set threshold used here (0.5) separates them cleanly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from faceprint.gallery import (
+    UNSET,
+    CollectionNotFound,
+    Consent,
+    ContractMismatch,
+    Gallery,
+    SubjectExists,
+    SubjectNotFound,
+    TemplateNotFound,
+    export_gallery,
+    import_gallery,
+)
+from faceprint.gallery.crypto import TemplateCipher
+from faceprint.matching import Calibration
+from faceprint.types import Detection, Faceprint
+
+MODEL = "test-model-v1"
+DIM = 128
+THRESHOLD = 0.5
+EXPORT_KEY = bytes(range(32))
+
+OpenStore = Callable[[], Gallery]
+
+
+class People:
+    """Deterministic synthetic identities and their faceprints."""
+
+    def __init__(self, seed: int = 7, dim: int = DIM) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.dim = dim
+        self._centres: dict[str, np.ndarray] = {}
+
+    def centre(self, name: str) -> np.ndarray:
+        if name not in self._centres:
+            v = self.rng.standard_normal(self.dim).astype(np.float32)
+            self._centres[name] = v / np.linalg.norm(v)
+        return self._centres[name]
+
+    def print_of(
+        self, name: str, *, model: str = MODEL, box: tuple[float, float, float, float] | None = None
+    ) -> Faceprint:
+        noise = self.rng.standard_normal(self.dim).astype(np.float32) * (0.48 / np.sqrt(self.dim))
+        v = self.centre(name) + noise
+        det = None if box is None else Detection(box=box, score=1.0)
+        return Faceprint(v / np.linalg.norm(v), model, det, 0.9)
+
+    def prints_of(self, name: str, n: int) -> list[Faceprint]:
+        return [self.print_of(name) for _ in range(n)]
+
+    def stranger(self) -> Faceprint:
+        v = self.rng.standard_normal(self.dim).astype(np.float32)
+        return Faceprint(v / np.linalg.norm(v), MODEL, None, 0.9)
+
+
+class GalleryContract:
+    """Backend-agnostic behaviour of a gallery. Subclasses provide the ``open_store`` fixture."""
+
+    @pytest.fixture
+    def open_store(self, tmp_path: Path) -> OpenStore:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @pytest.fixture
+    def gallery(self, open_store: OpenStore) -> Iterator[Gallery]:
+        g = open_store()
+        g.ensure_collection("default", MODEL, DIM)
+        yield g
+        g.close()
+
+    @pytest.fixture
+    def people(self) -> People:
+        return People()
+
+    def enrol(self, gallery: Gallery, people: People, name: str, n: int = 3, collection: str = "default") -> str:
+        subject = gallery.add_subject(name, collection=collection)
+        gallery.add_templates(subject.id, people.prints_of(name, n), collection=collection)
+        return subject.id
+
+    # -- collections and the embedding contract --------------------------------------------------------
+    def test_collection_is_pinned_to_one_model(self, gallery: Gallery, people: People) -> None:
+        assert gallery.ensure_collection("default", MODEL, DIM).model_id == MODEL
+        with pytest.raises(ContractMismatch):
+            gallery.ensure_collection("default", "other-model", DIM)
+        with pytest.raises(ContractMismatch):
+            gallery.ensure_collection("default", MODEL, 512)
+        sid = self.enrol(gallery, people, "ada")
+        with pytest.raises(ContractMismatch):
+            gallery.add_templates(sid, [people.print_of("ada", model="other-model")])
+        with pytest.raises(ContractMismatch):
+            gallery.identify([people.print_of("ada", model="other-model")], threshold=THRESHOLD)
+        with pytest.raises(ContractMismatch):
+            gallery.add_negative(Faceprint(np.ones(64, np.float32) / 8, MODEL), sid)
+
+    def test_collections_are_separate(self, gallery: Gallery, people: People) -> None:
+        gallery.ensure_collection("staff", MODEL, DIM)
+        self.enrol(gallery, people, "ada", collection="default")
+        self.enrol(gallery, people, "ada", collection="staff")  # same name, another collection: fine
+        self.enrol(gallery, people, "bob", collection="staff")
+        assert {c.name for c in gallery.list_collections()} == {"default", "staff"}
+        (ans,) = gallery.identify([people.print_of("bob")], threshold=THRESHOLD)
+        assert ans.match is None  # bob is only in "staff"
+        (ans,) = gallery.identify([people.print_of("bob")], collection="staff", threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "bob"
+        with pytest.raises(CollectionNotFound):
+            gallery.identify([people.print_of("bob")], collection="nope", threshold=THRESHOLD)
+        with pytest.raises(CollectionNotFound):
+            gallery.add_subject("x", collection="nope")
+
+    # -- subjects ---------------------------------------------------------------------------------------
+    def test_subject_round_trip(self, gallery: Gallery) -> None:
+        consent = Consent("ada herself", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "office door access")
+        expires = datetime(2030, 1, 1, tzinfo=UTC)
+        created = gallery.add_subject(
+            "Ada Lovelace", metadata={"team": "R&D", "badge": 42}, consent=consent, expires_at=expires
+        )
+        for ref in (created.id, "Ada Lovelace"):
+            got = gallery.get_subject(ref)
+            assert got.id == created.id
+            assert got.name == "Ada Lovelace"
+            assert got.metadata == {"team": "R&D", "badge": 42}
+            assert got.consent == consent
+            assert got.expires_at == expires
+            assert got.template_count == 0
+        with pytest.raises(SubjectExists):
+            gallery.add_subject("Ada Lovelace")
+        with pytest.raises(SubjectNotFound):
+            gallery.get_subject("nobody")
+        assert gallery.find_subject("nobody") is None
+
+    def test_update_subject(self, gallery: Gallery) -> None:
+        s = gallery.add_subject("ada", metadata={"a": 1})
+        gallery.add_subject("bob")
+        u = gallery.update_subject(s.id, name="ada l.", metadata={"b": 2})
+        assert (u.id, u.name, u.metadata) == (s.id, "ada l.", {"b": 2})
+        u = gallery.update_subject("ada l.", consent=Consent("ada", datetime(2026, 1, 1, tzinfo=UTC), "test"))
+        assert u.consent is not None and u.consent.purpose == "test"
+        u = gallery.update_subject(s.id, consent=None, expires_at=datetime(2031, 1, 1, tzinfo=UTC), name=UNSET)
+        assert u.consent is None and u.expires_at is not None and u.name == "ada l."
+        with pytest.raises(SubjectExists):
+            gallery.update_subject(s.id, name="bob")
+        with pytest.raises(SubjectNotFound):
+            gallery.update_subject("ghost", name="x")
+
+    def test_list_is_paged_and_complete(self, gallery: Gallery) -> None:
+        names = [f"person{i:03d}" for i in range(23)]
+        for name in reversed(names):
+            gallery.add_subject(name)
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = gallery.list_subjects(limit=5, cursor=cursor)
+            assert page.total == 23
+            assert len(page.items) <= 5
+            seen += [s.name for s in page.items]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert seen == names
+
+    def test_delete_subject_removes_it_from_search(self, gallery: Gallery, people: People) -> None:
+        sid = self.enrol(gallery, people, "ada", 3)
+        self.enrol(gallery, people, "bob", 3)
+        probe = people.print_of("ada")
+        (before,) = gallery.identify([probe], threshold=THRESHOLD)
+        assert before.match is not None and before.match.subject_id == sid
+        gallery.delete_subject("ada")
+        (after,) = gallery.identify([probe], threshold=THRESHOLD)
+        assert after.match is None
+        assert all(c.subject_id != sid for c in after.candidates)
+        with pytest.raises(SubjectNotFound):
+            gallery.get_subject(sid)
+        with pytest.raises(SubjectNotFound):
+            gallery.delete_subject(sid)
+        assert gallery.stats().templates == 3
+
+    def test_purge_expired(self, gallery: Gallery, people: People) -> None:
+        now = datetime.now(UTC)
+        old = gallery.add_subject("old", expires_at=now - timedelta(days=1))
+        gallery.add_templates(old.id, people.prints_of("old", 2))
+        gallery.add_subject("current", expires_at=now + timedelta(days=1))
+        gallery.add_subject("forever")
+        purged = gallery.purge_expired(now=now)
+        assert [s.name for s in purged] == ["old"]
+        assert {s.name for s in gallery.list_subjects().items} == {"current", "forever"}
+        (ans,) = gallery.identify([people.print_of("old")], threshold=THRESHOLD)
+        assert ans.candidates == () or all(c.subject != "old" for c in ans.candidates)
+        assert [s.name for s in gallery.purge_expired(now=now + timedelta(days=2))] == ["current"]
+
+    # -- templates --------------------------------------------------------------------------------------
+    def test_templates_are_stored_with_provenance(self, gallery: Gallery, people: People) -> None:
+        s = gallery.add_subject("ada")
+        fp = people.print_of("ada", box=(10.0, 20.0, 110.0, 140.0))
+        (t,) = gallery.add_templates(s.id, [fp], source_sha256=["ab" * 32])
+        assert t.subject_id == s.id and t.model_id == MODEL
+        assert t.box == (10.0, 20.0, 110.0, 140.0)
+        assert t.source_sha256 == "ab" * 32
+        assert t.quality == pytest.approx(0.9)
+        assert [x.id for x in gallery.list_templates("ada")] == [t.id]
+        vec = gallery.template_vectors("ada")[t.id]
+        np.testing.assert_allclose(vec, fp.vector, atol=1e-6)
+        assert gallery.get_subject("ada").template_count == 1
+        with pytest.raises(SubjectNotFound):
+            gallery.add_templates("ghost", [fp])
+
+    def test_delete_template_removes_it_from_search(self, gallery: Gallery, people: People) -> None:
+        s = gallery.add_subject("ada")
+        first, second = people.prints_of("ada", 2)
+        t1, t2 = gallery.add_templates(s.id, [first, second])
+        pair = float(first.vector @ second.vector)
+        (before,) = gallery.identify([first], threshold=THRESHOLD)
+        assert before.match is not None and before.match.score > pair + 0.05  # the identical template counts
+        gallery.delete_template(t1.id)
+        (after,) = gallery.identify([first], threshold=THRESHOLD)
+        assert after.match is not None and after.match.score == pytest.approx(pair, abs=1e-5)
+        gallery.delete_template(t2.id)
+        (gone,) = gallery.identify([first], threshold=THRESHOLD)
+        assert gone.match is None and gone.candidates == ()
+        assert gallery.list_templates(s.id) == []
+        with pytest.raises(TemplateNotFound):
+            gallery.delete_template(t1.id)
+
+    # -- identification ---------------------------------------------------------------------------------
+    def test_identify_ranks_and_answers_open_set(self, gallery: Gallery, people: People) -> None:
+        ids = {name: self.enrol(gallery, people, name, 3) for name in ("ada", "bob", "cyd", "dee", "eve")}
+        answers = gallery.identify([people.print_of("cyd")], top_k=3, threshold=THRESHOLD)
+        (ans,) = answers
+        assert ans.match is not None and ans.match.subject_id == ids["cyd"]
+        assert ans.match.subject == "cyd"
+        assert len(ans.candidates) == 3
+        scores = [c.score for c in ans.candidates]
+        assert scores == sorted(scores, reverse=True)
+        assert ans.threshold == THRESHOLD
+        (unknown,) = gallery.identify([people.stranger()], threshold=THRESHOLD)
+        assert unknown.match is None
+        assert len(unknown.candidates) <= 5
+        assert gallery.identify([], threshold=THRESHOLD) == []
+
+    def test_identify_threshold_from_fmr(self, gallery: Gallery, people: People) -> None:
+        self.enrol(gallery, people, "ada", 3)
+        rng = np.random.default_rng(0)
+        cal = Calibration.from_scores(MODEL, rng.normal(0.8, 0.05, 5000), rng.normal(0.0, 0.09, 50_000), "synthetic")
+        (ans,) = gallery.identify([people.print_of("ada")], fmr=1e-3, calibration=cal)
+        assert ans.threshold == pytest.approx(cal.threshold_for(1e-3))
+        assert ans.match is not None and ans.match.subject == "ada"
+        (strict,) = gallery.identify([people.print_of("ada")], threshold=0.999)
+        assert strict.match is None and strict.candidates[0].subject == "ada"
+
+    def test_subject_score_uses_several_templates(self, gallery: Gallery, people: People) -> None:
+        self.enrol(gallery, people, "ada", 4)
+        (ans,) = gallery.identify([people.print_of("ada")], threshold=THRESHOLD)
+        assert ans.match is not None
+        assert ans.match.templates_matched >= 2
+        # The subject's score is never above its best template's score.
+        best = max(float(v @ people.centre("ada")) for v in gallery.template_vectors("ada").values())
+        assert ans.match.score <= best + 0.2
+
+    def test_faces_in_one_photo_are_assigned_one_to_one(self, gallery: Gallery, people: People) -> None:
+        self.enrol(gallery, people, "ada", 3)
+        self.enrol(gallery, people, "bob", 3)
+        # Two faces both closest to ada (twins): only the closer one may be ada.
+        close = Faceprint(people.centre("ada"), MODEL, None, 0.9)
+        v = 0.6 * people.centre("ada") + 0.4 * people.centre("bob")
+        twin = Faceprint(v / np.linalg.norm(v), MODEL, None, 0.9)
+        a, b = gallery.identify([close, twin], threshold=THRESHOLD)
+        assert a.match is not None and a.match.subject == "ada"
+        assert b.match is None or b.match.subject != "ada"
+        # Without the rule (probes of different photos) both would be ada.
+        a2, b2 = gallery.identify([close, twin], threshold=THRESHOLD, one_to_one=False)
+        assert a2.match is not None and b2.match is not None
+        assert a2.match.subject == b2.match.subject == "ada"
+
+    def test_a_correction_is_honoured(self, gallery: Gallery, people: People) -> None:
+        self.enrol(gallery, people, "ada", 3)
+        v = people.centre("ada") + 0.6 * people.centre("lookalike")
+        lookalike = Faceprint(v / np.linalg.norm(v), MODEL, None, 0.9)
+        (before,) = gallery.identify([lookalike], threshold=THRESHOLD)
+        assert before.match is not None and before.match.subject == "ada"
+        gallery.add_negative(lookalike, "ada")  # an operator says: that was not ada
+        assert len(gallery.negative_vectors("ada")) == 1
+        (after,) = gallery.identify([lookalike], threshold=THRESHOLD)
+        assert after.match is None
+        (real,) = gallery.identify([people.print_of("ada")], threshold=THRESHOLD)
+        assert real.match is not None and real.match.subject == "ada"  # ada herself still matches
+        assert gallery.stats().negatives == 1
+
+    # -- persistence and transfer -----------------------------------------------------------------------
+    def test_everything_survives_reopen(self, open_store: OpenStore, people: People) -> None:
+        g = open_store()
+        g.ensure_collection("default", MODEL, DIM)
+        sid = self.enrol(g, people, "ada", 3)
+        self.enrol(g, people, "bob", 2)
+        gone = self.enrol(g, people, "cyd", 2)
+        g.delete_subject(gone)
+        g.add_negative(people.stranger(), "bob")
+        probe = people.print_of("ada")
+        (first,) = g.identify([probe], threshold=THRESHOLD)
+        g.close()
+
+        g2 = open_store()
+        try:
+            (again,) = g2.identify([probe], threshold=THRESHOLD)
+            assert again.match is not None and again.match.subject_id == sid
+            assert [c.subject_id for c in again.candidates] == [c.subject_id for c in first.candidates]
+            assert again.match.score == pytest.approx(first.match.score, abs=1e-5)  # type: ignore[union-attr]
+            stats = g2.stats()
+            assert (stats.subjects, stats.templates, stats.negatives) == (2, 5, 1)
+            assert g2.find_subject(gone) is None
+        finally:
+            g2.close()
+
+    def test_a_second_client_sees_committed_writes(self, open_store: OpenStore, people: People) -> None:
+        a = open_store()
+        a.ensure_collection("default", MODEL, DIM)
+        b = open_store()
+        try:
+            self.enrol(a, people, "ada", 2)
+            (ans,) = b.identify([people.print_of("ada")], threshold=THRESHOLD)  # b builds its index now
+            assert ans.match is not None
+            self.enrol(a, people, "bob", 2)
+            a.delete_subject("ada")
+            (bob,) = b.identify([people.print_of("bob")], threshold=THRESHOLD)
+            assert bob.match is not None and bob.match.subject == "bob"
+            (ada,) = b.identify([people.print_of("ada")], threshold=THRESHOLD)
+            assert ada.match is None
+        finally:
+            b.close()
+            a.close()
+
+    def test_export_import_round_trip(
+        self, gallery: Gallery, open_store: OpenStore, people: People, tmp_path: Path
+    ) -> None:
+        self.enrol(gallery, people, "ada", 3)
+        bob = self.enrol(gallery, people, "bob", 2)
+        gallery.update_subject(
+            bob, metadata={"k": "v"}, consent=Consent("bob", datetime(2026, 5, 1, tzinfo=UTC), "demo")
+        )
+        gallery.add_negative(people.stranger(), "bob")
+        cipher = TemplateCipher(EXPORT_KEY)
+        out = tmp_path / "export.fpg"
+        report = export_gallery(gallery, out, cipher)
+        assert (report.subjects, report.templates, report.negatives) == (2, 5, 1)
+        assert b"ada" not in out.read_bytes()  # gzip of encrypted lines: names are not readable either
+
+        gallery.delete_subject("ada")
+        gallery.delete_subject("bob")
+        back = import_gallery(gallery, out, cipher)
+        assert (back.subjects, back.templates, back.negatives) == (2, 5, 1)
+        restored = gallery.get_subject("bob")
+        assert restored.id == bob and restored.metadata == {"k": "v"} and restored.consent is not None
+        (ans,) = gallery.identify([people.print_of("ada")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "ada"
+        with pytest.raises(SubjectExists):
+            import_gallery(gallery, out, cipher)
+        assert import_gallery(gallery, out, cipher, skip_existing=True).skipped_subjects == 2
+
+    def test_stats(self, gallery: Gallery, people: People) -> None:
+        self.enrol(gallery, people, "ada", 3)
+        self.enrol(gallery, people, "bob", 1)
+        s = gallery.stats()
+        assert (s.collection, s.model_id, s.dim, s.subjects, s.templates, s.negatives) == (
+            "default",
+            MODEL,
+            DIM,
+            2,
+            4,
+            0,
+        )
+        assert s.disk_bytes >= 0
