@@ -54,7 +54,7 @@ from faceprint.gallery.model import (
     to_iso,
     utcnow,
 )
-from faceprint.gallery.schema import connect, migrate
+from faceprint.gallery.schema import BUSY_TIMEOUT_MS, connect, migrate
 from faceprint.gallery.scoring import Hit, aggregate, apply_negatives, assign_one_to_one
 from faceprint.matching import DEFAULT_FMR, Calibration, normalise, shipped_calibration
 from faceprint.types import Faceprint
@@ -109,8 +109,15 @@ class EmbeddedGallery:
         key: bytes | None = None,
         create: bool = True,
         ann_min_size: int = ANN_MIN_SIZE,
+        lock_timeout: float = BUSY_TIMEOUT_MS / 1000,
     ) -> None:
+        """Open or create the gallery at ``path``.
+
+        ``lock_timeout``: how long a write waits for another process's write before :class:`GalleryLocked`.
+        ``ann_min_size``: the template count at which search switches from exact to HNSW.
+        """
         self.path = Path(path)
+        self._busy_ms = int(lock_timeout * 1000)
         if not self.path.is_dir():
             if not create:
                 raise GalleryError(f"no gallery at {self.path}")
@@ -125,7 +132,7 @@ class EmbeddedGallery:
         self._indexes: dict[int, _IndexState] = {}
         self._closed = False
         try:
-            self._wconn = connect(self.db_path)
+            self._wconn = connect(self.db_path, busy_timeout_ms=self._busy_ms)
             migrate(self._wconn)
         except sqlite3.OperationalError as exc:
             if _is_locked(exc):
@@ -192,7 +199,7 @@ class EmbeddedGallery:
             raise GalleryError(f"the gallery at {self.path} is closed")
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.db_path)
+            conn = connect(self.db_path, busy_timeout_ms=self._busy_ms)
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)
