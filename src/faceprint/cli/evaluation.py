@@ -1,1 +1,371 @@
-"""Evaluation commands: eval, calibrate, bench (registered on the main app)."""
+"""Evaluation commands: ``eval verify|identify|detect``, ``calibrate``, ``bench`` (registered on the app).
+
+Thin: parse options, call :mod:`faceprint.evaluation`, print Markdown (or JSON with ``--json``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from faceprint.cli import app
+from faceprint.cli.common import emit_json, expand_images, fail, handle_errors, progress
+from faceprint.pipeline import DEFAULT_DETECTOR, DETECTORS, Pipeline, PipelineConfig
+
+log = logging.getLogger("faceprint.cli")
+
+eval_app = typer.Typer(
+    name="eval",
+    help="Measure accuracy on your own labelled photos: verification, identification, detection.",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help=f"Face detector: {', '.join(DETECTORS)}.")
+DeviceOpt = typer.Option("cpu", "--device", help="Inference device: cpu or cuda (needs onnxruntime-gpu).")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of Markdown text.")
+ReportOpt = typer.Option(None, "--report", help="Write report.md, report.html and PNG plots into this folder.")
+FaceOpt = typer.Option(
+    "largest", "--face", help="Which face of a photo with several: largest, or centre (use centre for LFW)."
+)
+CacheOpt = typer.Option(
+    None, "--cache", help="Embeddings cache (.npz) to reuse across runs; keyed by model, detector and path."
+)
+PeopleOpt = typer.Option(
+    None, "--people", help="With --dir: only these identities (LFW people*.txt, or one name per line)."
+)
+BatchOpt = typer.Option(32, "--batch", min=1, help="Faces embedded per network run.")
+
+
+def _quiet_plotting() -> None:
+    """`-v` turns on DEBUG for every logger; matplotlib's font search would drown the progress lines."""
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    logging.getLogger("PIL").setLevel(logging.INFO)
+
+
+def _pipeline(detector: str, device: str, threads: int | None = None) -> Pipeline:
+    return Pipeline(PipelineConfig(detector=detector, device=device, threads=threads))
+
+
+def _embed(paths: list[Path], pipeline: Pipeline, face: str, cache: Path | None, batch: int):
+    from faceprint.evaluation.embedding import embed_images
+
+    started = time.perf_counter()
+    result = embed_images(
+        paths,
+        pipeline,
+        face=face,
+        batch_size=batch,
+        cache=cache,
+        progress=lambda items: progress(items, "embedding"),
+    )
+    log.info("embedded %d photos in %.1f s", len(paths), time.perf_counter() - started)
+    return result
+
+
+def _identities(root: Path, people: Path | None) -> dict[str, list[Path]]:
+    from faceprint.evaluation.pairs import identity_folders, read_people
+
+    return identity_folders(root, read_people(people) if people is not None else None)
+
+
+def _pairs(pairs_file: Path | None, root: Path | None, folder: Path | None, people: Path | None,
+           impostors: int, seed: int) -> tuple[list, str, Path | None]:  # fmt: skip
+    from faceprint.evaluation.pairs import folder_pairs, read_pairs
+
+    if (pairs_file is None) == (folder is None):
+        raise fail("give either --pairs FILE (with --root DIR) or --dir ROOT")
+    if pairs_file is not None:
+        if people is not None:
+            raise fail("--people works with --dir only")
+        return read_pairs(pairs_file, root), str(pairs_file), root or pairs_file.parent
+    identities = _identities(folder, people)  # type: ignore[arg-type]
+    pairs = folder_pairs(identities, impostors=impostors, seed=seed)
+    return pairs, f"{folder} ({len(identities)} identities)", folder
+
+
+@eval_app.command("verify")
+@handle_errors
+def eval_verify(
+    pairs_file: Annotated[
+        Path | None, typer.Option("--pairs", help="LFW pairs.txt or CSV (a, b, same/different).")
+    ] = None,
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Folder the pair file's image paths are relative to.")
+    ] = None,
+    folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--dir", help="One subfolder per identity: all genuine pairs and a seeded sample of impostor pairs."
+        ),
+    ] = None,
+    people: Path | None = PeopleOpt,
+    impostors: Annotated[
+        int, typer.Option("--impostors", min=1, help="With --dir: impostor pairs to sample.")
+    ] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the impostor sample.")] = 0,
+    fmr: Annotated[float | None, typer.Option("--fmr", help="FMR of the configured threshold (default 1e-3).")] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Configured threshold (raw cosine score).")
+    ] = None,
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="Calibration table (default: shipped).")
+    ] = None,
+    cohorts: Annotated[
+        Path | None, typer.Option("--cohorts", help="CSV 'image or identity, cohort' for fairness.")
+    ] = None,
+    json_out: bool = JsonOpt,
+    report: Path | None = ReportOpt,
+    face: str = FaceOpt,
+    cache: Path | None = CacheOpt,
+    batch: int = BatchOpt,
+    detector: str = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Verification accuracy, EER, ROC AUC, TAR at FAR, threshold table and k-fold accuracy of a pair list."""
+    from faceprint.errors import FaceprintError
+    from faceprint.evaluation.report import to_markdown, verification_blocks, write_verification_report
+    from faceprint.evaluation.verification import cohort_of, evaluate_scores, read_cohorts, score_pairs
+    from faceprint.matching import DEFAULT_FMR, Calibration, shipped_calibration
+
+    if fmr is not None and threshold is not None:
+        raise fail("give --fmr or --threshold, not both")
+    pairs, source, base = _pairs(pairs_file, root, folder, people, impostors, seed)
+    pipeline = _pipeline(detector, device)
+    table = None
+    if calibration is not None:
+        table = Calibration.load(calibration)
+    else:
+        try:
+            table = shipped_calibration(pipeline.model_id)
+        except FaceprintError as exc:
+            typer.echo(f"note: {exc}; reporting without a configured threshold", err=True)
+    paths = list(dict.fromkeys(p for pair in pairs for p in (pair.a, pair.b)))
+    embeddings = _embed(paths, pipeline, face, cache, batch)
+    scored = score_pairs(pairs, embeddings)
+    labels = None
+    if cohorts is not None:
+        mapping = read_cohorts(cohorts)
+        labels = (
+            [cohort_of(p.a, base, mapping) for p in scored.pairs],
+            [cohort_of(p.b, base, mapping) for p in scored.pairs],
+        )
+    result = evaluate_scores(
+        scored,
+        model_id=pipeline.model_id,
+        source=source,
+        calibration=table,
+        threshold=threshold,
+        default_fmr=fmr if fmr is not None else DEFAULT_FMR,
+        cohorts=labels,
+    )
+    if report is not None:
+        _quiet_plotting()
+        written = write_verification_report(result, report)
+        typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
+    if json_out:
+        emit_json(result.to_dict())
+    else:
+        typer.echo(to_markdown(verification_blocks(result)), nl=False)
+
+
+@eval_app.command("identify")
+@handle_errors
+def eval_identify(
+    folder: Annotated[Path, typer.Option("--dir", help="One subfolder per identity.")],
+    people: Path | None = PeopleOpt,
+    enrol: Annotated[
+        int, typer.Option("--enrol", min=1, help="Photos enrolled per identity; the rest are probes.")
+    ] = 1,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            "--holdout",
+            min=0.0,
+            max=1.0,
+            help="Fraction of identities kept out of the gallery as distractors "
+            "(identities with --enrol photos or fewer always are).",
+        ),
+    ] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the enrolment choice and the hold-out.")] = 0,
+    json_out: bool = JsonOpt,
+    report: Path | None = ReportOpt,
+    face: str = FaceOpt,
+    cache: Path | None = CacheOpt,
+    batch: int = BatchOpt,
+    detector: str = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Rank-1/rank-5 identification (CMC) and open-set FNIR at FPIR on a folder of identities."""
+    from faceprint.evaluation.identification import evaluate_identification, split_identities
+    from faceprint.evaluation.report import identification_blocks, to_markdown, write_identification_report
+
+    identities = _identities(folder, people)
+    split = split_identities(identities, enrol=enrol, holdout=holdout, seed=seed)
+    pipeline = _pipeline(detector, device)
+    paths = [p for images in identities.values() for p in images]
+    result = evaluate_identification(split, _embed(paths, pipeline, face, cache, batch))
+    source = f"{folder} ({len(identities)} identities)"
+    if report is not None:
+        _quiet_plotting()
+        written = write_identification_report(result, source, report)
+        typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
+    if json_out:
+        emit_json(result.to_dict())
+    else:
+        typer.echo(to_markdown(identification_blocks(result, source)), nl=False)
+
+
+@eval_app.command("detect")
+@handle_errors
+def eval_detect(
+    annotations: Annotated[Path, typer.Option("--annotations", help="WIDER FACE, FDDB ellipse or dlib XML file.")],
+    root: Annotated[Path | None, typer.Option("--root", help="Image folder (default: the annotation file's).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, wider, fddb or dlib.")] = "auto",
+    iou: Annotated[
+        float, typer.Option("--iou", min=0.05, max=0.95, help="IoU for a detection to count as found.")
+    ] = 0.5,
+    json_out: bool = JsonOpt,
+    report: Path | None = ReportOpt,
+    detector: str = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Average precision, precision/recall and miss rate by face size of the detector."""
+    from faceprint.evaluation.detection import evaluate_detection, read_annotations
+    from faceprint.evaluation.report import detection_blocks, to_markdown, write_detection_report
+
+    truth = read_annotations(annotations, root, fmt)
+    result = evaluate_detection(
+        truth, _pipeline(detector, device), iou=iou, progress=lambda items: progress(items, "detecting")
+    )
+    if report is not None:
+        _quiet_plotting()
+        written = write_detection_report(result, str(annotations), report)
+        typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
+    if json_out:
+        emit_json(result.to_dict())
+    else:
+        typer.echo(to_markdown(detection_blocks(result, str(annotations))), nl=False)
+
+
+@app.command()
+@handle_errors
+def calibrate(
+    out: Annotated[Path, typer.Option("--out", help="Calibration table to write (.json).")],
+    pairs_file: Annotated[Path | None, typer.Option("--pairs", help="LFW pairs.txt or CSV pair list.")] = None,
+    root: Annotated[
+        Path | None, typer.Option("--root", help="Folder the pair file's image paths are relative to.")
+    ] = None,
+    folder: Annotated[
+        Path | None, typer.Option("--dir", help="One subfolder per identity: ALL pairs are used.")
+    ] = None,
+    people: Path | None = PeopleOpt,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Description of the data, stored in the table.")
+    ] = None,
+    json_out: bool = JsonOpt,
+    face: str = FaceOpt,
+    cache: Path | None = CacheOpt,
+    batch: int = BatchOpt,
+    detector: str = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Measure the score → false-match-rate table that `verify --fmr` uses, on your own labelled photos."""
+    import numpy as np
+
+    from faceprint.evaluation.calibration import calibrate_identities, calibrate_pairs
+    from faceprint.evaluation.pairs import read_pairs
+    from faceprint.evaluation.verification import score_pairs
+
+    if (pairs_file is None) == (folder is None):
+        raise fail("give either --pairs FILE (with --root DIR) or --dir ROOT")
+    if out.suffix != ".json":
+        raise fail(f"{out}: the calibration table must end in .json")
+    pipeline = _pipeline(detector, device)
+    setup = f"detector {detector}, face {face}"
+    if pairs_file is not None:
+        pairs = read_pairs(pairs_file, root)
+        paths = list(dict.fromkeys(p for pair in pairs for p in (pair.a, pair.b)))
+        scored = score_pairs(pairs, _embed(paths, pipeline, face, cache, batch))
+        skipped = len(scored.skipped)
+        what = source or f"{pairs_file.name}: {scored.scores.size} pairs ({skipped} skipped, no face); {setup}"
+        table = calibrate_pairs(scored, pipeline.model_id, what)
+    else:
+        identities = _identities(folder, people)  # type: ignore[arg-type]
+        paths = [p for images in identities.values() for p in images]
+        emb = _embed(paths, pipeline, face, cache, batch)
+        index = emb.index()
+        from faceprint.evaluation.embedding import key
+
+        rows, labels = [], []
+        for name, images in identities.items():
+            for p in images:
+                if key(p) in index:
+                    rows.append(index[key(p)])
+                    labels.append(name)
+        skipped = len(paths) - len(rows)
+        where = f"{folder.name}" + (f" restricted to {people.name}" if people else "")  # type: ignore[union-attr]
+        what = source or (
+            f"{where}: {len(set(labels))} people, {len(rows)} photos ({skipped} without a face), all pairs; {setup}"
+        )
+        table = calibrate_identities(emb.vectors[np.asarray(rows, dtype=int)], labels, pipeline.model_id, what)
+    table.save(out)
+    levels = [f for f in (1e-2, 1e-3, 1e-4, 1e-5, 1e-6) if f * table.impostor_pairs >= 1]
+    summary = {
+        "out": str(out),
+        "model": table.model_id,
+        "source": table.source,
+        "genuine_pairs": table.genuine_pairs,
+        "impostor_pairs": table.impostor_pairs,
+        "photos_skipped": skipped,
+        "thresholds": [
+            {"fmr": f, "threshold": round(t, 6), "fnmr": table.fnmr_at(t)}
+            for f in levels
+            for t in [table.threshold_for(f)]
+        ],
+    }
+    if json_out:
+        emit_json(summary)
+        return
+    typer.echo(
+        f"{out}: {table.genuine_pairs:,} genuine and {table.impostor_pairs:,} impostor pairs "
+        f"(resolves FMR down to {1 / table.impostor_pairs:.1e}); {skipped} photo(s) skipped"
+    )
+    typer.echo("| FMR | threshold | FNMR on the same data |\n|---|---|---|")
+    for row in summary["thresholds"]:
+        typer.echo(f"| {row['fmr']:g} | {row['threshold']:.4f} | {100 * row['fnmr']:.2f}% |")
+
+
+@app.command()
+@handle_errors
+def bench(
+    photos: Annotated[list[Path], typer.Argument(help="Photos or folders (recursed).")],
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Timed runs per photo.")] = 5,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs per photo first.")] = 1,
+    threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads.")] = None,
+    json_out: bool = JsonOpt,
+    detector: str = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Latency p50/p95/p99 of each pipeline stage and throughput, with the hardware and threads used."""
+    from faceprint.evaluation.bench import run_bench
+    from faceprint.evaluation.report import bench_blocks, to_markdown
+
+    files = expand_images(photos)
+    if not files:
+        raise fail("no image files found in " + ", ".join(map(str, photos)))
+    result = run_bench(
+        files,
+        _pipeline(detector, device, threads),
+        repeat=repeat,
+        warmup=warmup,
+        progress=lambda items: progress(items, "timing"),
+    )
+    if json_out:
+        emit_json(result.to_dict())
+    else:
+        typer.echo(to_markdown(bench_blocks(result)), nl=False)

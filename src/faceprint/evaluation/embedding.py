@@ -1,0 +1,174 @@
+"""Embed a set of images once each: one face per image, batched, with an optional cache file.
+
+Evaluation needs one faceprint per photo (the pair lists refer to a photo many times), so every distinct
+path is decoded, detected and embedded exactly once. Photos without a usable face are recorded with the
+reason, never dropped silently. The cache is an explicit ``.npz`` file chosen by the caller (never written
+next to the photos); it is keyed by model and detector, and entries are reused by absolute path.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from faceprint.errors import FaceprintError, InvalidImage
+from faceprint.image import Image, load_image
+from faceprint.pipeline import Pipeline
+from faceprint.types import Detection
+
+log = logging.getLogger(__name__)
+
+FACE_CHOICES = ("largest", "centre")
+NO_FACE = "no face found"
+
+Progress = Callable[[list[Path]], Iterable[Path]]
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One unit vector per image that had a face; ``failures`` maps the others to the reason."""
+
+    model_id: str
+    detector: str
+    keys: tuple[str, ...]
+    vectors: np.ndarray  # len(keys) × dim, float32, L2-normalised
+    failures: dict[str, str]
+
+    def index(self) -> dict[str, int]:
+        return {k: i for i, k in enumerate(self.keys)}
+
+    def vector(self, path: Path | str) -> np.ndarray | None:
+        i = self.index().get(key(path))
+        return None if i is None else self.vectors[i]
+
+    def save(self, path: Path) -> None:
+        with open(path, "wb") as fh:  # a file object: numpy would append ".npz" to a bare name
+            np.savez(
+                fh,
+                model_id=self.model_id,
+                detector=self.detector,
+                keys=np.array(self.keys, dtype=str),
+                vectors=self.vectors,
+                failed=np.array(list(self.failures), dtype=str),
+                reasons=np.array(list(self.failures.values()), dtype=str),
+            )
+
+    @classmethod
+    def load(cls, path: Path) -> Embeddings:
+        with np.load(path, allow_pickle=False) as data:
+            return cls(
+                str(data["model_id"]),
+                str(data["detector"]),
+                tuple(str(k) for k in data["keys"]),
+                np.asarray(data["vectors"], dtype=np.float32),
+                dict(zip((str(k) for k in data["failed"]), (str(r) for r in data["reasons"]), strict=True)),
+            )
+
+
+def key(path: Path | str) -> str:
+    return str(Path(path).resolve())
+
+
+def choose_face(detections: Sequence[Detection], image: Image, face: str) -> Detection:
+    """``largest``: the largest box; ``centre``: the box whose centre is nearest the image centre (for
+    datasets such as LFW where the labelled person is centred and others may be larger)."""
+    if face == "largest":
+        return max(detections, key=lambda d: d.area)
+    cx, cy = image.width / 2, image.height / 2
+    return min(detections, key=lambda d: ((d.box[0] + d.box[2]) / 2 - cx) ** 2 + ((d.box[1] + d.box[3]) / 2 - cy) ** 2)
+
+
+def embed_images(
+    paths: Iterable[Path],
+    pipeline: Pipeline,
+    *,
+    face: str = "largest",
+    batch_size: int = 32,
+    cache: Path | None = None,
+    progress: Progress | None = None,
+) -> Embeddings:
+    """Embed each distinct path once (see the module docstring)."""
+    if face not in FACE_CHOICES:
+        raise FaceprintError(f"face must be one of {', '.join(FACE_CHOICES)}, got {face!r}")
+    detector = f"{pipeline.config.detector}/{face}"
+    wanted = list(dict.fromkeys(key(p) for p in paths))
+    keys: list[str] = []
+    vectors: list[np.ndarray] = []
+    failures: dict[str, str] = {}
+    if cache is not None and Path(cache).is_file():
+        old = Embeddings.load(cache)
+        if old.model_id == pipeline.model_id and old.detector == detector:
+            known = old.index()
+            for k in wanted:
+                if k in known:
+                    keys.append(k)
+                    vectors.append(old.vectors[known[k]])
+                elif k in old.failures and old.failures[k] == NO_FACE:
+                    failures[k] = NO_FACE
+            log.info("cache %s: %d of %d images already embedded", cache, len(keys), len(wanted))
+        else:
+            log.warning("cache %s was made with %s/%s; ignoring it", cache, old.model_id, old.detector)
+    done = set(keys) | set(failures)
+    todo = [Path(k) for k in wanted if k not in done]
+
+    batch: list[tuple[Image, list[Detection]]] = []
+    batch_keys: list[str] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        for k, prints in zip(batch_keys, pipeline.embed_batch(batch), strict=True):
+            keys.append(k)
+            vectors.append(np.asarray(prints[0].vector, dtype=np.float32))
+        batch.clear()
+        batch_keys.clear()
+
+    started, n = time.perf_counter(), 0
+    for path in progress(todo) if progress else todo:
+        k = str(path)
+        try:
+            image = load_image(path)
+        except InvalidImage as exc:
+            failures[k] = exc.reason
+            continue
+        detections = pipeline.detect(image)
+        if not detections:
+            failures[k] = NO_FACE
+        else:
+            batch.append((image, [choose_face(detections, image, face)]))
+            batch_keys.append(k)
+            if len(batch) >= batch_size:
+                flush()
+        n += 1
+        if n % 500 == 0:
+            rate = n / (time.perf_counter() - started)
+            log.info("embedded %d/%d images (%.1f/s, %.0f s left)", n, len(todo), rate, (len(todo) - n) / rate)
+    flush()
+
+    dim = vectors[0].shape[0] if vectors else 0
+    matrix = np.vstack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
+    matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+    result = Embeddings(pipeline.model_id, detector, tuple(keys), matrix, failures)
+    if cache is not None and todo:
+        merged = result
+        if Path(cache).is_file():
+            merged = _merge(Embeddings.load(cache), result)
+        merged.save(Path(cache))
+    return result
+
+
+def _merge(old: Embeddings, new: Embeddings) -> Embeddings:
+    if (old.model_id, old.detector) != (new.model_id, new.detector):
+        return new
+    index = {k: v for k, v in zip(old.keys, old.vectors, strict=True)}
+    index.update(zip(new.keys, new.vectors, strict=True))
+    failures = {**old.failures, **new.failures}
+    for k in index:
+        failures.pop(k, None)
+    keys = tuple(index)
+    return Embeddings(new.model_id, new.detector, keys, np.vstack([index[k] for k in keys]), failures)
