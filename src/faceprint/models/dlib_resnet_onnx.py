@@ -29,7 +29,7 @@ from faceprint.models.dlib_format import DlibFormatError, LayerRecord, affine_pa
 
 __all__ = ["CONVERTER_VERSION", "INPUT_NAME", "OUTPUT_NAME", "build_resnet_onnx", "records_to_onnx"]
 
-CONVERTER_VERSION = "dlib-resnet-onnx-1"
+CONVERTER_VERSION = "dlib-resnet-onnx-2"
 INPUT_NAME = "chips"
 OUTPUT_NAME = "embedding"
 OPSET = 17
@@ -104,7 +104,12 @@ class _GraphBuilder:
     def relu(self, x: _Value) -> _Value:
         return _Value(self.node("Relu", [x.name], "relu"), x.shape)
 
-    def pool(self, x: _Value, rec: LayerRecord) -> _Value:
+    def pool(self, x: _Value, rec: LayerRecord, channels: int | None = None) -> _Value:
+        """A pooling layer; an ``avg_pool`` whose output is zero-padded to ``channels`` becomes a Conv.
+
+        The Conv (weights 1/(kh·kw) on the diagonal, 0 elsewhere) averages and widens in one op, which keeps
+        ORT's blocked NCHWc layout and its Conv+Add+Relu fusion alive where a Pad node would break them.
+        """
         a = rec.attrs
         if a["nr"] == 0 and a["nc"] == 0:
             op = "GlobalAveragePool" if rec.kind == "avg_pool" else "GlobalMaxPool"
@@ -113,11 +118,16 @@ class _GraphBuilder:
         sy, sx, py, px = a["stride_y"], a["stride_x"], a["padding_y"], a["padding_x"]
         if rec.kind == "avg_pool" and (py or px):
             raise DlibFormatError("avg_pool with padding is not supported")
-        op = "AveragePool" if rec.kind == "avg_pool" else "MaxPool"
-        out = self.node(op, [x.name], "pool", kernel_shape=[kh, kw], strides=[sy, sx], pads=[py, px, py, px])
         h = (x.shape[1] + 2 * py - kh) // sy + 1
         w = (x.shape[2] + 2 * px - kw) // sx + 1
-        return _Value(out, (x.shape[0], h, w))
+        geometry = {"kernel_shape": [kh, kw], "strides": [sy, sx], "pads": [py, px, py, px]}
+        if rec.kind == "avg_pool" and channels is not None and channels > x.shape[0]:
+            weight = np.zeros((channels, x.shape[0], kh, kw), dtype=np.float32)
+            weight[np.arange(x.shape[0]), np.arange(x.shape[0])] = 1.0 / (kh * kw)
+            out = self.node("Conv", [x.name, self.const("Wpool", weight)], "pool_widen", **geometry)
+            return _Value(out, (channels, h, w))
+        op = "AveragePool" if rec.kind == "avg_pool" else "MaxPool"
+        return _Value(self.node(op, [x.name], "pool", **geometry), (x.shape[0], h, w))
 
     def pad_to(self, x: _Value, shape: tuple[int, int, int]) -> str:
         if x.shape == shape:
@@ -167,7 +177,8 @@ def records_to_onnx(records: list[LayerRecord]) -> onnx.ModelProto:
             if not rec.attrs["disabled"]:
                 x = g.relu(x)
         elif rec.kind in ("max_pool", "avg_pool"):
-            x = g.pool(x, rec)
+            feeds_add = i + 1 < len(layers) and layers[i + 1].kind == "add_prev" and tags
+            x = g.pool(x, rec, channels=tags[-1].shape[0] if feeds_add else None)
         elif rec.kind == "tag_or_skip":
             run = 1
             while i + run < len(layers) and layers[i + run].kind == "tag_or_skip":
