@@ -1,0 +1,156 @@
+"""Service commands: serve, keys (create/list/revoke), audit."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from faceprint.cli import app
+from faceprint.cli.common import emit_json, fail, handle_errors
+
+keys_app = typer.Typer(help="API keys for the HTTP service (stored hashed in $FACEPRINT_HOME/service.sqlite3).")
+app.add_typer(keys_app, name="keys")
+
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def _settings(**overrides: object):  # -> Settings (imported lazily: the CLI starts fast)
+    from faceprint.service.settings import Settings
+
+    return Settings.from_env(**overrides)
+
+
+def _store():
+    from faceprint.service.store import ServiceStore
+
+    return ServiceStore(_settings().service_db)
+
+
+@app.command()
+@handle_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    gallery: Annotated[Path | None, typer.Option(help="Gallery directory (default $FACEPRINT_HOME/gallery).")] = None,
+    detector: Annotated[
+        str | None, typer.Option(help="Face detector: mmod or hog (default FACEPRINT_DETECTOR).")
+    ] = None,
+    insecure_no_auth: Annotated[
+        bool, typer.Option("--insecure-no-auth", help="Serve without API keys (local demos only).")
+    ] = False,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the HTTP API and web UI (see docs/service.md)."""
+    import uvicorn
+
+    from faceprint.service.app import create_app
+    from faceprint.service.middleware import RequestIdFilter
+
+    overrides: dict[str, object] = {"gallery": gallery, "detector": detector}
+    if insecure_no_auth:
+        overrides["auth"] = False
+    settings = _settings(**overrides)
+    _configure_logging(log_level, RequestIdFilter())
+    if not settings.auth:
+        exposed = host not in LOOPBACK
+        typer.echo(
+            "WARNING: --insecure-no-auth: anyone who can reach "
+            f"{host}:{port} can enrol, identify and delete people"
+            + (" — and this address is reachable from the network!" if exposed else " (loopback only)."),
+            err=True,
+        )
+    typer.echo(f"faceprint: serving on http://{host}:{port}/ (gallery {settings.gallery})", err=True)
+    uvicorn.run(
+        create_app(settings), host=host, port=port, log_config=None, access_log=False, log_level=log_level.lower()
+    )
+
+
+def _configure_logging(level: str, request_ids: logging.Filter) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(request_ids)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"))
+    for name in ("faceprint", "uvicorn"):
+        logger = logging.getLogger(name)
+        logger.handlers = [h for h in logger.handlers if isinstance(h, logging.NullHandler)] + [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
+
+
+@keys_app.command("create")
+@handle_errors
+def keys_create(
+    scope: Annotated[list[str], typer.Option("--scope", help="admin, enroll, recognize or read; repeat for several.")],
+    name: Annotated[str, typer.Option("--name", help="A label for lists and audit reading.")] = "",
+) -> None:
+    """Create a key; it is printed alone on stdout, once — store it now."""
+    from faceprint.service.auth import ApiKeyError, KeyStore
+
+    try:
+        key, text = KeyStore(_store()).create(scope, name)
+    except ApiKeyError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"created key {key.id} ({', '.join(key.scopes)}); it will not be shown again", err=True)
+    typer.echo(text)
+
+
+@keys_app.command("list")
+@handle_errors
+def keys_list(
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    all_keys: Annotated[bool, typer.Option("--all", help="Include revoked keys.")] = False,
+) -> None:
+    """List keys: id, name, scopes, created, last used (never the keys themselves)."""
+    from faceprint.service.auth import KeyStore
+
+    keys = KeyStore(_store()).list(include_revoked=all_keys)
+    if json_out:
+        emit_json([k.to_dict() for k in keys])
+        return
+    if not keys:
+        typer.echo("no keys; create one with `faceprint keys create --scope admin`", err=True)
+    for k in keys:
+        state = f"revoked {k.revoked_at}" if k.revoked_at else f"last used {k.last_used_at or 'never'}"
+        typer.echo(f"{k.id}  {','.join(k.scopes):<24} {k.name or '-':<20} created {k.created_at}  {state}")
+
+
+@keys_app.command("revoke")
+@handle_errors
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `faceprint keys list`).")]) -> None:
+    """Revoke a key; a running server refuses it from the next request on."""
+    from faceprint.service.auth import ApiKeyError, KeyStore
+
+    try:
+        key = KeyStore(_store()).revoke(key_id)
+    except ApiKeyError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"revoked key {key.id} ({key.name or 'unnamed'})", err=True)
+
+
+@app.command()
+@handle_errors
+def audit(
+    limit: Annotated[int, typer.Option(min=1, help="Entries to show, newest first.")] = 50,
+    action: Annotated[str | None, typer.Option(help="verify, identify, enrol, subject.delete, …")] = None,
+    key: Annotated[str | None, typer.Option("--key", help="Only this key id.")] = None,
+    subject: Annotated[str | None, typer.Option("--subject", help="Only entries naming this subject id.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO-8601 UTC time, e.g. 2026-11-22T00:00.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Read the service's audit log (who verified, identified, enrolled or deleted whom, and when)."""
+    from faceprint.service.audit import AuditLog
+
+    entries = AuditLog(_store()).query(limit=limit, action=action, key_id=key, subject_id=subject, since=since)
+    if json_out:
+        emit_json([e.to_dict() for e in entries])
+        return
+    for e in entries:
+        scores = ",".join(f"{s:.3f}" for s in e.scores)
+        typer.echo(
+            f"{e.at}  {e.action:<15} {e.status}  key={e.key_id or '-'}  subjects={','.join(e.subject_ids) or '-'}"
+            f"  scores={scores or '-'}  threshold={e.threshold if e.threshold is not None else '-'}"
+            f"  decision={e.decision or '-'}  request={e.request_id}"
+        )

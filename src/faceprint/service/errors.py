@@ -1,0 +1,127 @@
+"""Every error the service returns is an RFC 7807 ``application/problem+json`` body.
+
+Shape: ``{"type", "title", "status", "detail", "code", "request_id", ...extensions}``. Domain code raises
+domain errors (``faceprint.errors``, ``faceprint.gallery.errors``); only this module maps them to HTTP
+statuses. Anything a client can send ends as a 4xx; a 500 means a bug in faceprint and is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from faceprint.errors import FaceprintError, IncompatibleFaceprints, InvalidImage, NoFaceFound
+from faceprint.gallery.errors import (
+    CollectionNotFound,
+    ContractMismatch,
+    GalleryKeyError,
+    GalleryLocked,
+    SubjectExists,
+    SubjectNotFound,
+    TemplateNotFound,
+)
+
+PROBLEM_JSON = "application/problem+json"
+log = logging.getLogger("faceprint.service")
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    500: "Internal server error",
+    503: "Service unavailable",
+}
+
+
+class ApiError(Exception):
+    """An error with its HTTP status and a stable machine-readable ``code``."""
+
+    def __init__(self, status: int, code: str, detail: str, **extensions: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.extensions = extensions
+
+
+def problem(request: Request | None, status: int, code: str, detail: str, **extensions: Any) -> JSONResponse:
+    request_id = getattr(request.state, "request_id", None) if request is not None else None
+    body: dict[str, Any] = {
+        "type": f"urn:faceprint:problem:{code}",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "request_id": request_id,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+    body.update(extensions)
+    headers = {"WWW-Authenticate": 'Bearer realm="faceprint"'} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def map_domain_error(exc: FaceprintError) -> ApiError:
+    """Translate a library error into its HTTP meaning."""
+    if isinstance(exc, InvalidImage):
+        return ApiError(422, "invalid_image", str(exc), source=exc.source, reason=exc.reason)
+    if isinstance(exc, NoFaceFound):
+        return ApiError(422, "no_face", str(exc), source=exc.source)
+    if isinstance(exc, SubjectNotFound | CollectionNotFound):
+        return ApiError(404, "not_found", str(exc))
+    if isinstance(exc, TemplateNotFound):
+        return ApiError(404, "not_found", str(exc))
+    if isinstance(exc, SubjectExists):
+        return ApiError(409, "subject_exists", str(exc))
+    if isinstance(exc, ContractMismatch | IncompatibleFaceprints):
+        return ApiError(409, "contract_mismatch", str(exc))
+    if isinstance(exc, GalleryLocked):
+        return ApiError(503, "gallery_locked", str(exc))
+    if isinstance(exc, GalleryKeyError):
+        # The operator's problem, not the client's: say so without details that help an attacker.
+        log.error("gallery key error: %s", exc)
+        return ApiError(503, "gallery_unavailable", "the gallery cannot be decrypted; see the server log")
+    # Usage-level refusals (fmr out of range, empty name, bad cursor…) are the caller's to fix.
+    return ApiError(422, "invalid_request", str(exc))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return problem(request, exc.status, exc.code, exc.detail, **exc.extensions)
+
+    @app.exception_handler(FaceprintError)
+    async def _domain_error(request: Request, exc: FaceprintError) -> JSONResponse:
+        err = map_domain_error(exc)
+        return problem(request, err.status, err.code, err.detail, **err.extensions)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        first = errors[0] if errors else {"loc": [], "msg": "invalid request"}
+        detail = f"{'.'.join(first['loc'][1:] or first['loc']) or 'request'}: {first['msg']}"
+        return problem(request, 422, "validation_error", detail, errors=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
+        return problem(request, exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error")
+        return problem(request, 500, "internal_error", "internal error; the server log has the details")

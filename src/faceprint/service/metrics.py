@@ -1,0 +1,80 @@
+"""Prometheus metrics, on a registry owned by one app (no process-global collectors).
+
+Request counts and latency per route template (``/v1/subjects/{subject_id}``, never raw paths, so the label
+set stays bounded), time per pipeline stage, embedder batch sizes, decisions, and gallery size (read from the
+gallery when ``/metrics`` is scraped).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+STAGES = ("decode", "detect", "embed", "search", "enrol")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "faceprint_http_requests",
+            "HTTP requests by route template, method and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "faceprint_http_request_duration_seconds",
+            "HTTP request latency by route template",
+            ["route", "method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "faceprint_stage_duration_seconds",
+            "Time spent per pipeline stage (per call)",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "faceprint_embed_batch_faces",
+            "Faces per embedder run (micro-batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.decisions = Counter(
+            "faceprint_decisions",
+            "Verification and identification decisions",
+            ["action", "decision"],
+            registry=r,
+        )
+        self.gallery_subjects = Gauge(
+            "faceprint_gallery_subjects", "Subjects in the collection", ["collection"], registry=r
+        )
+        self.gallery_templates = Gauge(
+            "faceprint_gallery_templates", "Templates in the collection", ["collection"], registry=r
+        )
+        self.ready = Gauge("faceprint_ready", "1 when models are loaded and the gallery is open", registry=r)
+
+    @contextmanager
+    def time_stage(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage.labels(stage).observe(time.perf_counter() - start)
+
+    def timed(self, stage: str, func: Callable[..., object]) -> Callable[..., object]:
+        def wrapper(*args: object, **kwargs: object) -> object:
+            with self.time_stage(stage):
+                return func(*args, **kwargs)
+
+        return wrapper
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,133 @@
+"""One pure-ASGI middleware for what every request needs: a request id, the upload limit, metrics, an
+access-log line, and a problem+json 500 (with the request id) if a bug escapes a route."""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from faceprint.service.errors import PROBLEM_JSON, ApiError
+from faceprint.service.metrics import Metrics
+
+log = logging.getLogger("faceprint.service")
+access_log = logging.getLogger("faceprint.service.access")
+
+#: The current request's id, for log records (see :class:`RequestIdFilter`).
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("faceprint_request_id", default="-")
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds ``record.request_id`` so a log format can show it (installed by ``faceprint serve``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+class ServiceMiddleware:
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body: int, trust_request_id: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.max_body = max_body
+        self.trust_request_id = trust_request_id
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        incoming = headers.get("x-request-id", "")
+        request_id = incoming if self.trust_request_id and _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        token = request_id_var.set(request_id)
+        start = time.perf_counter()
+        status = {"code": 500, "started": False}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["started"] = True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise ApiError(413, "payload_too_large", self._too_large())
+            return message
+
+        try:
+            declared = headers.get("content-length")
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+                await self._problem(send_wrapper, 413, "payload_too_large", self._too_large(), request_id, scope)
+            else:
+                await self.app(scope, limited_receive, send_wrapper)
+        except ApiError as exc:  # raised by limited_receive outside a route's handlers
+            if not status["started"]:
+                await self._problem(send_wrapper, exc.status, exc.code, exc.detail, request_id, scope)
+        except Exception:
+            log.exception("internal error")
+            if not status["started"]:
+                await self._problem(
+                    send_wrapper,
+                    500,
+                    "internal_error",
+                    "internal error; the server log has the details",
+                    request_id,
+                    scope,
+                )
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            template = getattr(route, "path", None) or (
+                "/static" if scope["path"].startswith("/static") else "unmatched"
+            )
+            method = scope.get("method", "")
+            self.metrics.requests.labels(template, method, str(status["code"])).inc()
+            self.metrics.latency.labels(template, method).observe(elapsed)
+            access_log.info("%s %s %d %.1fms", method, scope["path"], status["code"], elapsed * 1000)
+            request_id_var.reset(token)
+
+    def _too_large(self) -> str:
+        return f"the request body is over the limit of {self.max_body:,} bytes (FACEPRINT_MAX_UPLOAD_BYTES)"
+
+    @staticmethod
+    async def _problem(send: Send, status: int, code: str, detail: str, request_id: str, scope: Scope) -> None:
+        from faceprint.service.errors import _TITLES
+
+        body: dict[str, Any] = {
+            "type": f"urn:faceprint:problem:{code}",
+            "title": _TITLES.get(status, "Error"),
+            "status": status,
+            "detail": detail,
+            "code": code,
+            "request_id": request_id,
+            "instance": scope.get("path"),
+        }
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", PROBLEM_JSON.encode()),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,94 @@
+"""Operations: liveness, readiness, Prometheus metrics, service information, and the web UI's page."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from faceprint import __version__
+from faceprint.service.auth import authenticate_request
+from faceprint.service.errors import ApiError
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["operations"], summary="The process is up")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", tags=["operations"], summary="Models loaded and gallery open (503 otherwise)")
+async def readyz(request: Request) -> JSONResponse:
+    state = request.app.state
+    checks = {"models": bool(getattr(state, "ready", False)), "gallery": False}
+    gallery = getattr(state, "gallery", None)
+    if gallery is not None:
+        try:
+            gallery.get_collection(state.settings.default_collection)
+            checks["gallery"] = True
+        except Exception:
+            checks["gallery"] = False
+    ready = all(checks.values())
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+    )
+
+
+@router.get(
+    "/metrics",
+    tags=["operations"],
+    summary="Prometheus metrics (scope `read` unless FACEPRINT_METRICS_PUBLIC)",
+    response_class=Response,
+)
+async def metrics(request: Request) -> Response:
+    state = request.app.state
+    if not state.settings.metrics_public:
+        principal = await authenticate_request(request)
+        if not principal.allows("read"):
+            raise ApiError(403, "forbidden", "metrics need a key with the 'read' scope", required_scope="read")
+    if getattr(state, "ready", False):
+        from anyio import to_thread
+
+        for coll in await to_thread.run_sync(state.gallery.list_collections):
+            stats = await to_thread.run_sync(state.gallery.stats, coll.name)
+            state.metrics.gallery_subjects.labels(coll.name).set(stats.subjects)
+            state.metrics.gallery_templates.labels(coll.name).set(stats.templates)
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@router.get("/v1/info", tags=["operations"], summary="Version, model, detector and whether keys are required")
+async def info(request: Request) -> dict[str, object]:
+    state = request.app.state
+    settings = state.settings
+    pipeline = getattr(state, "pipeline", None)
+    return {
+        "version": __version__,
+        "auth": settings.auth,
+        "ready": bool(getattr(state, "ready", False)),
+        "model_id": None if pipeline is None else pipeline.model_id,
+        "detector": settings.detector,
+        "collection": settings.default_collection,
+        "limits": {
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_pixels": settings.max_pixels,
+            "max_images_per_request": settings.max_images_per_request,
+        },
+    }
+
+
+@router.get("/", include_in_schema=False)
+async def index(request: Request) -> FileResponse:
+    from faceprint.service.app import STATIC_DIR
+
+    return FileResponse(STATIC_DIR / "index.html", headers=_UI_HEADERS)
+
+
+# The UI is one page of our own script: forbid everything else (framing, inline script, other origins).
+_UI_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
+        "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}

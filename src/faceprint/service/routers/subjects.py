@@ -1,0 +1,306 @@
+"""Subjects and their enrolled faces: ``/v1/subjects`` and ``/v1/subjects/{subject_id}/faces``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from faceprint.gallery import UNSET, Consent, Subject, enrol_images
+from faceprint.service.auth import Enroll, Read
+from faceprint.service.deps import Services, record, services
+from faceprint.service.errors import ApiError
+from faceprint.service.inference import BatchedPipeline
+from faceprint.service.uploads import openapi_body, read_images, validate_params
+
+router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
+
+MetadataValue = str | int | float | bool | None
+CollectionParam = Annotated[
+    str | None, Query(min_length=1, max_length=100, description="Collection (default: default)")
+]
+
+
+class ConsentIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    given_by: str = Field(..., min_length=1, max_length=200, description="Who consented")
+    purpose: str = Field(..., min_length=1, max_length=500, description="For what purpose")
+    given_at: datetime | None = Field(None, description="When (default: now)")
+
+    def to_consent(self) -> Consent:
+        at = self.given_at or datetime.now(UTC)
+        return Consent(self.given_by, at if at.tzinfo else at.replace(tzinfo=UTC), self.purpose)
+
+
+class SubjectCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., min_length=1, max_length=200)
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=64)
+    consent: ConsentIn | None = None
+    expires_at: datetime | None = Field(None, description="Retention: purged after this time")
+    collection: str | None = Field(None, min_length=1, max_length=100)
+
+
+class SubjectUpdate(BaseModel):
+    """Fields left out stay as they are; ``null`` clears consent or expiry."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(None, min_length=1, max_length=200)
+    metadata: dict[str, MetadataValue] | None = Field(None, max_length=64)
+    consent: ConsentIn | None = None
+    expires_at: datetime | None = None
+
+
+class EnrolParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _collection(svc: Services, name: str | None) -> str:
+    return name or svc.settings.default_collection
+
+
+async def _json_body(request: Request) -> Any:
+    import json
+
+    if not request.headers.get("content-type", "").split(";")[0].strip().lower().endswith("json"):
+        raise ApiError(415, "unsupported_media_type", "send application/json")
+    try:
+        return json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(422, "malformed_json", f"the request body is not valid JSON ({exc})") from None
+
+
+def _subject_out(subject: Subject) -> dict[str, object]:
+    return subject.to_dict()
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Create a subject (then enrol faces with POST /v1/subjects/{id}/faces)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": SubjectCreate.model_json_schema(ref_template="#/components/schemas/{model}")
+                }
+            },
+        }
+    },
+)
+async def create_subject(request: Request, principal: Enroll) -> dict[str, object]:
+    svc = services(request)
+    body = validate_params(SubjectCreate, await _json_body(request))
+    collection = _collection(svc, body.collection)
+    pipeline = svc.inference.pipeline
+    await svc.inference.run(
+        None, svc.gallery.ensure_collection, collection, pipeline.model_id, int(pipeline.embedder.dim)
+    )
+    subject = await svc.inference.run(
+        None,
+        svc.gallery.add_subject,
+        body.name,
+        collection=collection,
+        metadata=body.metadata,
+        consent=None if body.consent is None else body.consent.to_consent(),
+        expires_at=body.expires_at,
+    )
+    await record(request, principal, "subject.create", 201, collection=collection, subject_ids=(subject.id,))
+    return _subject_out(subject)
+
+
+@router.get("", summary="List subjects (paged; filter by name substring or metadata key=value)")
+async def list_subjects(
+    request: Request,
+    principal: Read,
+    collection: CollectionParam = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=1000, description="next_cursor of the previous page")] = None,
+    name: Annotated[str | None, Query(max_length=200, description="Case-insensitive substring of the name")] = None,
+    metadata: Annotated[list[str] | None, Query(description="key=value; repeat to require several")] = None,
+) -> dict[str, object]:
+    svc = services(request)
+    coll = _collection(svc, collection)
+    wanted: dict[str, str] = {}
+    for item in metadata or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ApiError(422, "validation_error", f"metadata filter {item!r} must read key=value")
+        wanted[key] = value
+
+    def matches(subject: Subject) -> bool:
+        if name and name.lower() not in subject.name.lower():
+            return False
+        return all(k in subject.metadata and _as_text(subject.metadata[k]) == v for k, v in wanted.items())
+
+    # Filters scan the gallery's pages in name order; a filtered page may hold fewer than `limit` items
+    # (never more), and `next_cursor` continues the scan.
+    page = await svc.inference.run(None, svc.gallery.list_subjects, collection=coll, limit=limit, cursor=cursor)
+    items = [s for s in page.items if matches(s)]
+    while not items and page.next_cursor and (name or wanted):
+        page = await svc.inference.run(
+            None, svc.gallery.list_subjects, collection=coll, limit=limit, cursor=page.next_cursor
+        )
+        items = [s for s in page.items if matches(s)]
+    return {"items": [_subject_out(s) for s in items], "next_cursor": page.next_cursor, "total": page.total}
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
+@router.get("/{subject_id}", summary="A subject and its templates")
+async def get_subject(
+    subject_id: str,
+    request: Request,
+    principal: Read,
+    collection: CollectionParam = None,
+) -> dict[str, object]:
+    svc = services(request)
+    coll = _collection(svc, collection)
+    subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
+    templates = await svc.inference.run(None, svc.gallery.list_templates, subject.id, collection=coll)
+    return {**_subject_out(subject), "faces": [t.to_dict() for t in templates]}
+
+
+@router.patch(
+    "/{subject_id}",
+    summary="Change name, metadata, consent or expiry",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": SubjectUpdate.model_json_schema(ref_template="#/components/schemas/{model}")
+                }
+            },
+        }
+    },
+)
+async def update_subject(
+    subject_id: str,
+    request: Request,
+    principal: Enroll,
+    collection: CollectionParam = None,
+) -> dict[str, object]:
+    svc = services(request)
+    coll = _collection(svc, collection)
+    body = validate_params(SubjectUpdate, await _json_body(request))
+    given = body.model_fields_set
+    if "name" in given and body.name is None:
+        raise ApiError(422, "validation_error", "name: cannot be null")
+    if "metadata" in given and body.metadata is None:
+        raise ApiError(422, "validation_error", "metadata: cannot be null (send {} to clear)")
+    changes: dict[str, Any] = {
+        "name": body.name if "name" in given else UNSET,
+        "metadata": body.metadata if "metadata" in given else UNSET,
+        "consent": (None if body.consent is None else body.consent.to_consent()) if "consent" in given else UNSET,
+        "expires_at": body.expires_at if "expires_at" in given else UNSET,
+    }
+    subject = await svc.inference.run(None, svc.gallery.update_subject, subject_id, collection=coll, **changes)
+    await record(
+        request,
+        principal,
+        "subject.update",
+        collection=coll,
+        subject_ids=(subject.id,),
+        detail={"fields": sorted(given)},
+    )
+    return _subject_out(subject)
+
+
+@router.delete("/{subject_id}", status_code=204, summary="Delete a subject, its faces and consent record")
+async def delete_subject(
+    subject_id: str,
+    request: Request,
+    principal: Enroll,
+    collection: CollectionParam = None,
+) -> Response:
+    svc = services(request)
+    coll = _collection(svc, collection)
+    subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
+    await svc.inference.run(None, svc.gallery.delete_subject, subject.id, collection=coll)
+    await record(request, principal, "subject.delete", 204, collection=coll, subject_ids=(subject.id,))
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{subject_id}/faces",
+    status_code=201,
+    summary="Enrol photos of the subject (quality-gated; each photo accepted or rejected with reasons)",
+    openapi_extra=openapi_body({"image": "One or more photos of the subject"}, EnrolParams, multi=True),
+)
+async def enrol_faces(
+    subject_id: str,
+    request: Request,
+    response: Response,
+    principal: Enroll,
+    collection: CollectionParam = None,
+) -> dict[str, object]:
+    svc = services(request)
+    coll = _collection(svc, collection)
+    subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
+    parsed = await read_images(request, ("image",), max_images=svc.settings.max_images_per_request, multi=True)
+    validate_params(EnrolParams, parsed.params)
+    uploads = parsed.images["image"]
+    inf = svc.inference
+    images = [await inf.decode(u) for u in uploads]
+    report = await inf.run(
+        "enrol",
+        enrol_images,
+        svc.gallery,
+        BatchedPipeline(inf.pipeline, inf.batcher),
+        subject.id,
+        images,
+        collection=coll,
+        create=False,
+    )
+    out = report.to_dict()
+    for item, upload in zip(out["images"], uploads, strict=True):  # type: ignore[call-overload]
+        item["image"] = upload.name
+    accepted = [o.template_id for o in report.accepted]
+    await record(
+        request,
+        principal,
+        "enrol",
+        201 if accepted else 422,
+        collection=coll,
+        subject_ids=(subject.id,),
+        decision=f"{len(accepted)}/{len(uploads)} accepted",
+        detail={"template_ids": accepted, "rejected": [list(o.reasons) for o in report.rejected]},
+    )
+    if not accepted:
+        raise ApiError(422, "no_usable_face", "no photo could be enrolled; see images[].reasons", images=out["images"])
+    return out
+
+
+@router.delete("/{subject_id}/faces/{template_id}", status_code=204, summary="Delete one enrolled face")
+async def delete_face(
+    subject_id: str,
+    template_id: int,
+    request: Request,
+    principal: Enroll,
+    collection: CollectionParam = None,
+) -> Response:
+    svc = services(request)
+    coll = _collection(svc, collection)
+    subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
+    templates = await svc.inference.run(None, svc.gallery.list_templates, subject.id, collection=coll)
+    if template_id not in {t.id for t in templates}:
+        raise ApiError(404, "not_found", f"subject {subject.id} has no face {template_id}")
+    await svc.inference.run(None, svc.gallery.delete_template, template_id)
+    await record(
+        request,
+        principal,
+        "template.delete",
+        204,
+        collection=coll,
+        subject_ids=(subject.id,),
+        detail={"template_id": template_id},
+    )
+    return Response(status_code=204)

@@ -1,0 +1,130 @@
+"""The service's settings: one frozen object, read from ``FACEPRINT_*`` variables or given directly.
+
+Every invalid value is refused at start-up with an error that names the variable, never silently replaced
+by a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from faceprint.errors import FaceprintError
+from faceprint.pipeline import DETECTORS
+
+SERVICE_DB_NAME = "service.sqlite3"
+
+
+class SettingsError(FaceprintError):
+    """A ``FACEPRINT_*`` variable (or setting) holds a value the service cannot use."""
+
+
+def default_home() -> Path:
+    """``$FACEPRINT_HOME``, or the user data directory (the same home the CLI uses)."""
+    home = os.environ.get("FACEPRINT_HOME")
+    if home:
+        return Path(home).expanduser()
+    from platformdirs import user_data_path
+
+    return user_data_path("faceprint", appauthor=False)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything ``create_app`` needs; see docs/service.md for the variable that sets each field."""
+
+    home: Path
+    gallery: Path
+    service_db: Path
+    auth: bool = True
+    detector: str = "mmod"
+    device: str = "cpu"
+    threads: int | None = None
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    max_images_per_request: int = 20
+    batch_max_faces: int = 32
+    batch_max_wait_ms: float = 4.0
+    inference_workers: int = 2
+    metrics_public: bool = False
+    default_collection: str = "default"
+    trust_request_id: bool = True
+    calibration: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.detector not in DETECTORS:
+            raise SettingsError(f"FACEPRINT_DETECTOR: unknown detector {self.detector!r}; choose {DETECTORS}")
+        for name in ("max_upload_bytes", "max_pixels", "max_images_per_request", "batch_max_faces"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_ENV[name]}: must be at least 1, got {getattr(self, name)}")
+        if self.inference_workers < 1:
+            raise SettingsError(f"FACEPRINT_INFERENCE_WORKERS: must be at least 1, got {self.inference_workers}")
+        if self.batch_max_wait_ms < 0:
+            raise SettingsError(f"FACEPRINT_BATCH_MAX_WAIT_MS: must be >= 0, got {self.batch_max_wait_ms}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``FACEPRINT_*`` variables; keyword ``overrides`` (CLI options) win over the environment."""
+        env = os.environ if environ is None else environ
+        home = Path(env["FACEPRINT_HOME"]).expanduser() if env.get("FACEPRINT_HOME") else default_home()
+        home = Path(overrides.pop("home", home))
+        values: dict[str, Any] = {
+            "home": home,
+            "gallery": Path(env.get("FACEPRINT_GALLERY") or home / "gallery").expanduser(),
+            "service_db": Path(env.get("FACEPRINT_SERVICE_DB") or home / SERVICE_DB_NAME).expanduser(),
+        }
+        for f in fields(cls):
+            var = _ENV.get(f.name)
+            if var is None or var not in env or env[var] == "":
+                continue
+            values[f.name] = _parse(var, env[var], f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if env.get("FACEPRINT_CALIBRATION") and "calibration" not in values:
+            values["calibration"] = env["FACEPRINT_CALIBRATION"]
+        for key in ("gallery", "service_db", "calibration"):
+            if values.get(key) is not None:
+                values[key] = Path(values[key]).expanduser()
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+_ENV = {
+    "auth": "FACEPRINT_AUTH",
+    "detector": "FACEPRINT_DETECTOR",
+    "device": "FACEPRINT_DEVICE",
+    "threads": "FACEPRINT_THREADS",
+    "max_upload_bytes": "FACEPRINT_MAX_UPLOAD_BYTES",
+    "max_pixels": "FACEPRINT_MAX_PIXELS",
+    "max_images_per_request": "FACEPRINT_MAX_IMAGES_PER_REQUEST",
+    "batch_max_faces": "FACEPRINT_BATCH_MAX_FACES",
+    "batch_max_wait_ms": "FACEPRINT_BATCH_MAX_WAIT_MS",
+    "inference_workers": "FACEPRINT_INFERENCE_WORKERS",
+    "metrics_public": "FACEPRINT_METRICS_PUBLIC",
+    "default_collection": "FACEPRINT_COLLECTION",
+    "trust_request_id": "FACEPRINT_TRUST_REQUEST_ID",
+}
+
+
+def _parse(var: str, raw: str, kind: object) -> Any:
+    text = str(kind)
+    try:
+        if "bool" in text:
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if "int" in text:
+            return int(raw)
+        if "float" in text:
+            return float(raw)
+    except ValueError:
+        expected = "true/false" if "bool" in text else ("an integer" if "int" in text else "a number")
+        raise SettingsError(f"{var}: expected {expected}, got {raw!r}") from None
+    return raw

@@ -1,0 +1,181 @@
+"""Reading images and parameters from a request: multipart uploads or JSON with base64 strings.
+
+Both forms carry the same field names (``image``; ``image_a``/``image_b`` for verify) and the same
+parameters, validated by one pydantic model per route. Everything a client can get wrong here ends as a
+4xx problem: 415 for another content type, 413 for too much, 422 for the rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+
+from faceprint.service.errors import ApiError
+
+M = TypeVar("M", bound=BaseModel)
+ALLOWED_PART_TYPES = ("image/", "application/octet-stream")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One image as received: ``name`` labels it in errors (the file name, or the field name)."""
+
+    field: str
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Parsed:
+    images: dict[str, list[Upload]]
+    params: dict[str, Any]
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+async def read_images(request: Request, fields: tuple[str, ...], *, max_images: int, multi: bool = False) -> Parsed:
+    """Images under ``fields`` (several per field when ``multi``) and the remaining parameters."""
+    kind = media_type(request)
+    if kind == "multipart/form-data":
+        parsed = await _from_multipart(request, fields, max_images)
+    elif kind == "application/json" or kind.endswith("+json"):
+        parsed = await _from_json(request, fields, multi)
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"send multipart/form-data (file fields {', '.join(fields)}) or application/json with base64 "
+            f"strings; got {kind or 'no content type'}",
+        )
+    for name in fields:
+        got = parsed.images.get(name, [])
+        if not got:
+            raise ApiError(422, "missing_image", f"the request has no image in field {name!r}", field=name)
+        if len(got) > 1 and not multi:
+            raise ApiError(422, "too_many_images", f"field {name!r} takes one image, got {len(got)}", field=name)
+    total = sum(len(v) for v in parsed.images.values())
+    if total > max_images:
+        raise ApiError(413, "too_many_images", f"{total} images in one request; the limit is {max_images}")
+    return parsed
+
+
+async def _from_multipart(request: Request, fields: tuple[str, ...], max_images: int) -> Parsed:
+    form = await request.form(max_files=max_images + len(fields), max_fields=100)
+    images: dict[str, list[Upload]] = {}
+    params: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if key in fields:
+            if not isinstance(value, UploadFile):
+                raise ApiError(
+                    422, "invalid_image", f"field {key!r} must be a file upload in multipart requests", field=key
+                )
+            declared = (value.content_type or "").lower()
+            if declared and not declared.startswith(ALLOWED_PART_TYPES):
+                raise ApiError(
+                    415,
+                    "unsupported_media_type",
+                    f"field {key!r} was sent as {declared}; send an image (image/jpeg, image/png, …)",
+                    field=key,
+                )
+            data = await value.read()
+            images.setdefault(key, []).append(Upload(key, _safe_name(value.filename) or key, data))
+        elif isinstance(value, str):
+            params[key] = value
+    return Parsed(images, params)
+
+
+async def _from_json(request: Request, fields: tuple[str, ...], multi: bool) -> Parsed:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(422, "malformed_json", f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise ApiError(422, "malformed_json", "the JSON body must be an object")
+    images: dict[str, list[Upload]] = {}
+    for name in fields:
+        value = body.pop(name, None)
+        if multi and value is None and "images" in body:
+            value = body.pop("images")
+        if value is None:
+            continue
+        values = value if isinstance(value, list) and multi else [value]
+        for i, item in enumerate(values):
+            label = name if len(values) == 1 else f"{name}[{i}]"
+            if not isinstance(item, str):
+                raise ApiError(422, "invalid_image", f"{label} must be a base64 string", field=name)
+            images.setdefault(name, []).append(Upload(name, label, _b64(item, label)))
+    return Parsed(images, body)
+
+
+def _b64(text: str, label: str) -> bytes:
+    if text.startswith("data:"):  # data URLs, as a browser's FileReader gives them
+        text = text.partition(",")[2]
+    try:
+        return base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "invalid_base64", f"{label} is not valid base64", field=label) from None
+
+
+def _safe_name(name: str | None) -> str:
+    """The client's file name, shortened and stripped of anything that could pollute logs or HTML."""
+    if not name:
+        return ""
+    cleaned = "".join(ch for ch in name.rsplit("/", 1)[-1].rsplit("\\", 1)[-1] if ch.isprintable())
+    return cleaned[:120]
+
+
+def validate_params(model: type[M], params: dict[str, Any]) -> M:
+    """Parameters from form fields or JSON; empty form fields count as absent."""
+    cleaned = {k: v for k, v in params.items() if not (isinstance(v, str) and v == "")}
+    try:
+        return model.model_validate(cleaned)
+    except ValidationError as exc:
+        errors = [{"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        first = errors[0]
+        raise ApiError(
+            422, "validation_error", f"{'.'.join(first['loc']) or 'parameters'}: {first['msg']}", errors=errors
+        ) from None
+
+
+def openapi_body(fields: dict[str, str], params: type[BaseModel], *, multi: bool = False) -> dict[str, Any]:
+    """``openapi_extra`` documenting both request forms of an image route."""
+    param_schema = params.model_json_schema()
+    props = dict(param_schema.get("properties", {}))
+    file_item = {"type": "string", "format": "binary"}
+    b64_item = {"type": "string", "format": "byte", "description": "base64 (a data: URL is accepted)"}
+    multipart_props: dict[str, Any] = {}
+    json_props: dict[str, Any] = {}
+    for name, description in fields.items():
+        if multi:
+            multipart_props[name] = {"type": "array", "items": file_item, "description": description}
+            json_props[name] = {
+                "description": description,
+                "anyOf": [b64_item, {"type": "array", "items": b64_item}],
+            }
+        else:
+            multipart_props[name] = {**file_item, "description": description}
+            json_props[name] = {**b64_item, "description": description}
+    required = list(fields)
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {**multipart_props, **props}, "required": required}
+                },
+                "application/json": {
+                    "schema": {"type": "object", "properties": {**json_props, **props}, "required": required}
+                },
+            },
+        }
+    }
