@@ -349,7 +349,8 @@ class GalleryContract:
     def test_export_import_round_trip(
         self, gallery: Gallery, open_store: OpenStore, people: People, tmp_path: Path
     ) -> None:
-        self.enrol(gallery, people, "ada", 3)
+        ada = gallery.add_subject("ada")
+        gallery.add_templates(ada.id, [people.print_of("ada", box=(1.0, 2.0, 30.0, 40.0)) for _ in range(3)])
         bob = self.enrol(gallery, people, "bob", 2)
         gallery.update_subject(
             bob, metadata={"k": "v"}, consent=Consent("bob", datetime(2026, 5, 1, tzinfo=UTC), "demo")
@@ -365,6 +366,7 @@ class GalleryContract:
         gallery.delete_subject("bob")
         back = import_gallery(gallery, out, cipher)
         assert (back.subjects, back.templates, back.negatives) == (2, 5, 1)
+        assert gallery.list_templates("ada")[0].box == (1.0, 2.0, 30.0, 40.0)
         restored = gallery.get_subject("bob")
         assert restored.id == bob and restored.metadata == {"k": "v"} and restored.consent is not None
         (ans,) = gallery.identify([people.print_of("ada")], threshold=THRESHOLD)
@@ -372,6 +374,28 @@ class GalleryContract:
         with pytest.raises(SubjectExists):
             import_gallery(gallery, out, cipher)
         assert import_gallery(gallery, out, cipher, skip_existing=True).skipped_subjects == 2
+
+    def test_bulk_is_all_or_nothing(self, gallery: Gallery, people: People) -> None:
+        self.enrol(gallery, people, "ada", 2)
+        (gallery.identify([people.print_of("ada")], threshold=THRESHOLD))  # the index is loaded
+        with gallery.bulk():
+            for name in ("bob", "cyd", "dee"):
+                s = gallery.add_subject(name)
+                gallery.add_templates(s.id, people.prints_of(name, 2))
+            gallery.delete_subject("ada")
+        assert gallery.stats().subjects == 3
+        (ans,) = gallery.identify([people.print_of("cyd")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "cyd"
+        with pytest.raises(RuntimeError), gallery.bulk():
+            s = gallery.add_subject("eve")
+            gallery.add_templates(s.id, people.prints_of("eve", 2))
+            gallery.delete_subject("bob")
+            raise RuntimeError("abort the batch")
+        assert gallery.find_subject("eve") is None and gallery.find_subject("bob") is not None
+        (eve,) = gallery.identify([people.print_of("eve")], threshold=THRESHOLD)
+        assert eve.match is None
+        (bob,) = gallery.identify([people.print_of("bob")], threshold=THRESHOLD)
+        assert bob.match is not None and bob.match.subject == "bob"
 
     def test_stats(self, gallery: Gallery, people: People) -> None:
         self.enrol(gallery, people, "ada", 3)

@@ -1,1 +1,337 @@
-"""Gallery commands: enroll, identify, subjects (registered on the main app)."""
+"""Gallery commands: enroll, identify, subjects …, gallery stats/export/import (registered on the main app)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import typer
+
+from faceprint.cli import app
+from faceprint.cli.common import EXIT_BAD_INPUT, emit_json, expand_images, fail, handle_errors, progress
+from faceprint.cli.core import DetectorOpt, DeviceOpt, JsonOpt, make_pipeline
+from faceprint.errors import InvalidImage
+from faceprint.gallery import (
+    DEFAULT_COLLECTION,
+    CollectionNotFound,
+    EmbeddedGallery,
+    default_gallery_path,
+    enrol_images,
+    export_gallery,
+    import_gallery,
+    open_gallery,
+)
+from faceprint.gallery.crypto import TemplateCipher, resolve_key
+from faceprint.gallery.enrol import EnrolReport, ImageOutcome, pick_face
+from faceprint.gallery.model import Consent
+from faceprint.image import load_image
+
+GalleryOpt = typer.Option(
+    None, "--gallery", help="Gallery directory (default: $FACEPRINT_HOME/gallery, FACEPRINT_HOME = user data dir)."
+)
+CollectionOpt = typer.Option(DEFAULT_COLLECTION, "--collection", help="Named collection inside the gallery.")
+EnrolImagesArg = typer.Argument(None, help="Photos of the subject (files or folders).")
+FromFoldersOpt = typer.Option(
+    None, "--from-folders", help="Root folder with one subfolder per person (subfolder name = subject)."
+)
+ProbeImagesArg = typer.Argument(..., help="Probe photos; every face in each is identified.")
+NotImageArg = typer.Argument(..., help="Photo of the face that is NOT this subject (largest face used).")
+ExportOutArg = typer.Argument(..., help="Export file to write (encrypted with the gallery key).")
+ExportCollectionsOpt = typer.Option(None, "--collection", help="Only these collections (repeatable).")
+ImportSourceArg = typer.Argument(..., help="A file written by `faceprint gallery export`.")
+
+
+def _open(path: Path | None, *, create: bool) -> EmbeddedGallery:
+    target = path if path is not None else default_gallery_path()
+    if not create and not (target / "gallery.sqlite3").is_file():
+        raise fail(f"no gallery at {target}: enroll someone first (or pass --gallery)")
+    return open_gallery(target, create=create)
+
+
+# -- enroll -------------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def enroll(
+    images: list[Path] = EnrolImagesArg,
+    subject: str | None = typer.Option(None, "--subject", help="Subject name (created when new)."),
+    from_folders: Path | None = FromFoldersOpt,
+    gallery: Path | None = GalleryOpt,
+    collection: str = CollectionOpt,
+    expires_in_days: float | None = typer.Option(None, "--expires-in-days", help="Retention: delete after N days."),
+    consent_by: str | None = typer.Option(None, "--consent-by", help="Who gave consent (recorded with the subject)."),
+    consent_purpose: str | None = typer.Option(None, "--consent-purpose", help="What the consent covers."),
+    keep_chips: bool = typer.Option(False, "--keep-chips", help="Also keep each aligned face chip, encrypted."),
+    json_out: bool = JsonOpt,
+    detector: str = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Enrol photos of a subject, or of everyone in a folder tree; rejected photos are listed with reasons."""
+    if (subject is None) == (from_folders is None):
+        raise fail("give either --subject NAME IMAGE... or --from-folders ROOT")
+    if (consent_by is None) != (consent_purpose is None):
+        raise fail("--consent-by and --consent-purpose go together")
+    if subject is not None:
+        files = expand_images(images or [])
+        if not files:
+            raise fail("no images given for --subject")
+        jobs = [(subject, files)]
+    else:
+        assert from_folders is not None
+        if not from_folders.is_dir():
+            raise fail(f"{from_folders}: not a folder")
+        jobs = [(d.name, expand_images([d])) for d in sorted(from_folders.iterdir()) if d.is_dir()]
+        jobs = [(name, files) for name, files in jobs if files]
+        if not jobs:
+            raise fail(f"{from_folders}: no subfolders with images")
+    now = datetime.now(UTC)
+    consent = None if consent_by is None else Consent(consent_by, now, str(consent_purpose))
+    expires = None if expires_in_days is None else now + timedelta(days=expires_in_days)
+    pipeline = make_pipeline(detector, device)
+    reports: list[EnrolReport] = []
+    with _open(gallery, create=True) as store:
+        work = [(name, path) for name, files in jobs for path in files]
+        outcomes: dict[str, list[ImageOutcome]] = {name: [] for name, _ in jobs}
+        last: dict[str, EnrolReport] = {}
+        for name, path in progress(work, "enrolling"):
+            report = enrol_images(
+                store,
+                pipeline,
+                name,
+                [path],
+                collection=collection,
+                metadata=None,
+                consent=consent,
+                expires_at=expires,
+                keep_chips=keep_chips,
+            )
+            outcomes[name] += report.outcomes
+            last[name] = report
+        for name, _ in jobs:
+            reports.append(EnrolReport(last[name].subject, tuple(outcomes[name])))
+    if json_out:
+        data = [r.to_dict() for r in reports]
+        emit_json(data[0] if subject is not None else data)
+    else:
+        for r in reports:
+            who = r.subject.name if r.subject else next(n for n, _ in jobs if outcomes[n] == list(r.outcomes))
+            typer.echo(f"{who}: {len(r.accepted)} photo(s) enrolled, {len(r.rejected)} rejected")
+        rejected = [o for r in reports for o in r.rejected]
+        if rejected:
+            typer.echo(f"rejected {len(rejected)} photo(s):", err=True)
+            for o in rejected:
+                typer.echo(f"  {o.source}: {'; '.join(o.reasons)}", err=True)
+    if not any(r.accepted for r in reports):
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+# -- identify -----------------------------------------------------------------------------------------------
+@app.command()
+@handle_errors
+def identify(
+    images: list[Path] = ProbeImagesArg,
+    gallery: Path | None = GalleryOpt,
+    collection: str = CollectionOpt,
+    top_k: int = typer.Option(5, "--top-k", min=1, help="Candidates listed per face."),
+    fmr: float | None = typer.Option(None, "--fmr", help="Target false-match rate per comparison (default 1e-3)."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Raw cosine-score threshold instead."),
+    json_out: bool = JsonOpt,
+    detector: str = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Who is in the photo? Each face gets a match (or none: nobody known) and ranked candidates."""
+    if fmr is not None and threshold is not None:
+        raise fail("give --fmr or --threshold, not both")
+    files = expand_images(images)
+    pipeline = make_pipeline(detector, device)
+    results = []
+    failed = 0
+    with _open(gallery, create=False) as store:
+        try:
+            store.get_collection(collection)
+        except CollectionNotFound:
+            raise fail(f"the gallery has no collection {collection!r}: enroll someone into it first") from None
+        for path in progress(files, "identifying", enabled=len(files) > 1):
+            try:
+                img = load_image(path)
+            except InvalidImage as exc:
+                typer.echo(f"error: {exc}", err=True)
+                failed += 1
+                continue
+            prints = pipeline.embed(img)
+            answers = store.identify(prints, collection=collection, top_k=top_k, fmr=fmr, threshold=threshold)
+            faces = [a.to_dict() for a in answers]
+            results.append({"image": str(path), "faces": faces})
+            if not json_out:
+                typer.echo(f"{path}: {len(faces)} face(s)")
+                for i, (face, ans) in enumerate(zip(faces, answers, strict=True)):
+                    x1, y1, x2, y2 = face["box"] or (0, 0, 0, 0)
+                    cands = ", ".join(f"{c['subject']} {c['score']:.3f}" for c in face["candidates"][:3]) or "-"
+                    who = face["match"] if face["match"] is not None else "unknown"
+                    typer.echo(
+                        f"  #{i} box=({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}): {who} "
+                        f"(threshold {ans.threshold:.3f}; candidates: {cands})"
+                    )
+    if json_out:
+        emit_json(results[0] if len(results) == 1 and len(files) == 1 else results)
+    if failed:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+# -- subjects -----------------------------------------------------------------------------------------------
+subjects_app = typer.Typer(help="List, show, delete and correct subjects; purge expired ones.", no_args_is_help=True)
+app.add_typer(subjects_app, name="subjects")
+
+
+@subjects_app.callback()
+def subjects_main(ctx: typer.Context, gallery: Path | None = GalleryOpt, collection: str = CollectionOpt) -> None:
+    ctx.obj = (gallery, collection)
+
+
+@subjects_app.command("list")
+@handle_errors
+def subjects_list(
+    ctx: typer.Context,
+    limit: int = typer.Option(100, "--limit", min=1, help="Subjects per page."),
+    cursor: str | None = typer.Option(None, "--cursor", help="Continue after this cursor (printed with a page)."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Subjects of the collection, by name, one page at a time."""
+    gallery, collection = ctx.obj
+    with _open(gallery, create=False) as store:
+        page = store.list_subjects(collection=collection, limit=limit, cursor=cursor)
+    if json_out:
+        emit_json({"total": page.total, "next_cursor": page.next_cursor, "subjects": [s.to_dict() for s in page.items]})
+        return
+    for s in page.items:
+        expiry = f"  expires {s.expires_at:%Y-%m-%d}" if s.expires_at else ""
+        typer.echo(f"{s.name}\t{s.template_count} template(s)\t{s.id}{expiry}")
+    typer.echo(f"{len(page.items)} of {page.total} subject(s)", err=True)
+    if page.next_cursor:
+        typer.echo(f"more: --cursor '{page.next_cursor}'", err=True)
+
+
+@subjects_app.command("show")
+@handle_errors
+def subjects_show(ctx: typer.Context, subject: str = typer.Argument(..., help="Name or id.")) -> None:
+    """One subject with its templates (JSON)."""
+    gallery, collection = ctx.obj
+    with _open(gallery, create=False) as store:
+        s = store.get_subject(subject, collection=collection)
+        templates = store.list_templates(s.id, collection=collection)
+    emit_json({**s.to_dict(), "templates": [t.to_dict() for t in templates]})
+
+
+@subjects_app.command("delete")
+@handle_errors
+def subjects_delete(
+    ctx: typer.Context,
+    subject: str = typer.Argument(..., help="Name or id."),
+    template: int | None = typer.Option(None, "--template", help="Delete only this template of the subject."),
+) -> None:
+    """Delete a subject with all its templates (or one template)."""
+    gallery, collection = ctx.obj
+    with _open(gallery, create=False) as store:
+        s = store.get_subject(subject, collection=collection)
+        if template is not None:
+            if template not in {t.id for t in store.list_templates(s.id, collection=collection)}:
+                raise fail(f"subject {s.name!r} has no template {template}")
+            store.delete_template(template)
+            typer.echo(f"deleted template {template} of {s.name}")
+            return
+        store.delete_subject(s.id, collection=collection)
+    typer.echo(f"deleted {s.name} ({s.id}) and {s.template_count} template(s)")
+
+
+@subjects_app.command("purge-expired")
+@handle_errors
+def subjects_purge(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
+    """Delete every subject (all collections) whose retention period has ended."""
+    gallery, _ = ctx.obj
+    with _open(gallery, create=False) as store:
+        purged = store.purge_expired()
+    if json_out:
+        emit_json([s.to_dict() for s in purged])
+        return
+    for s in purged:
+        typer.echo(f"purged {s.name} ({s.id}, {s.collection})")
+    typer.echo(f"{len(purged)} expired subject(s) purged", err=True)
+
+
+@subjects_app.command("not")
+@handle_errors
+def subjects_not(
+    ctx: typer.Context,
+    subject: str = typer.Argument(..., help="The subject the face was wrongly matched to (name or id)."),
+    image: Path = NotImageArg,
+    detector: str = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Correct a false match: later searches will not match this face (or faces like it) to the subject."""
+    gallery, collection = ctx.obj
+    pipeline = make_pipeline(detector, device)
+    img = load_image(image)
+    face, reason = pick_face(pipeline.detect(img))
+    if face is None:
+        raise fail(f"{image}: {reason}")
+    (fp,) = pipeline.embed(img, [face])
+    with _open(gallery, create=False) as store:
+        s = store.get_subject(subject, collection=collection)
+        store.add_negative(fp, s.id, collection=collection)
+    typer.echo(f"recorded: the face in {image} is not {s.name}")
+
+
+# -- gallery-wide -------------------------------------------------------------------------------------------
+gallery_app = typer.Typer(help="Gallery-wide operations: stats, export, import.", no_args_is_help=True)
+app.add_typer(gallery_app, name="gallery")
+
+
+@gallery_app.callback()
+def gallery_main(ctx: typer.Context, gallery: Path | None = GalleryOpt) -> None:
+    ctx.obj = gallery
+
+
+@gallery_app.command("stats")
+@handle_errors
+def gallery_stats(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
+    """Subjects, templates, index kind and disk use per collection."""
+    with _open(ctx.obj, create=False) as store:
+        stats = [store.stats(c.name).to_dict() for c in store.list_collections()]
+    if json_out:
+        emit_json(stats)
+        return
+    for s in stats:
+        typer.echo(
+            f"{s['collection']}: {s['subjects']} subject(s), {s['templates']} template(s), {s['negatives']} "
+            f"correction(s); {s['model_id']} {s['dim']}-d; {s['index']} search; {s['disk_bytes'] / 1e6:.1f} MB on disk"
+        )
+
+
+@gallery_app.command("export")
+@handle_errors
+def gallery_export(
+    ctx: typer.Context,
+    out: Path = ExportOutArg,
+    collection: list[str] = ExportCollectionsOpt,
+) -> None:
+    """Write the gallery (subjects, consent, templates, corrections) to one encrypted file."""
+    with _open(ctx.obj, create=False) as store:
+        report = export_gallery(store, out, store.cipher, collections=collection or None)
+    typer.echo(f"exported {report.subjects} subject(s), {report.templates} template(s) → {out}")
+
+
+@gallery_app.command("import")
+@handle_errors
+def gallery_import(
+    ctx: typer.Context,
+    source: Path = ImportSourceArg,
+    skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip subjects that already exist."),
+) -> None:
+    """Load an export into this gallery (the export's key must be available as FACEPRINT_KEY or key file)."""
+    if not source.is_file():
+        raise fail(f"{source}: file not found")
+    key, origin = resolve_key()
+    with _open(ctx.obj, create=True) as store:
+        report = import_gallery(store, source, TemplateCipher(key, origin), skip_existing=skip_existing)
+    typer.echo(
+        f"imported {report.subjects} subject(s), {report.templates} template(s); skipped {report.skipped_subjects}"
+    )

@@ -7,6 +7,7 @@ One contract test suite (``tests/gallery_contract.py``) runs against every imple
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 
@@ -142,6 +143,10 @@ class Gallery(Protocol):
     def negative_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[np.ndarray]: ...
 
     # -- housekeeping -----------------------------------------------------------------------------------
+    def bulk(self) -> AbstractContextManager[None]:
+        """Group the writes made inside the block into one atomic transaction (imports, bulk loads)."""
+        ...
+
     def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats: ...
 
     def close(self) -> None: ...

@@ -92,6 +92,7 @@ class _Delta:
 
     collection_id: int
     generation_before: int
+    generation_after: int = -1
     add_keys: list[int] = field(default_factory=list)
     add_vectors: list[np.ndarray] = field(default_factory=list)
     remove_keys: list[int] = field(default_factory=list)
@@ -130,6 +131,9 @@ class EmbeddedGallery:
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
         self._indexes: dict[int, _IndexState] = {}
+        self._tx_depth = 0
+        self._tx_owner = 0
+        self._pending: list[_Delta] = []
         self._closed = False
         try:
             self._wconn = connect(self.db_path, busy_timeout_ms=self._busy_ms)
@@ -194,9 +198,14 @@ class EmbeddedGallery:
         return self.path / f"index-{collection_id}.fpidx"
 
     # -- connections and transactions -------------------------------------------------------------------
+    def _in_own_transaction(self) -> bool:
+        return bool(self._tx_depth) and self._tx_owner == threading.get_ident()
+
     def _reader(self) -> sqlite3.Connection:
         if self._closed:
             raise GalleryError(f"the gallery at {self.path} is closed")
+        if self._in_own_transaction():  # reads inside bulk() must see its uncommitted writes
+            return self._wconn
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = connect(self.db_path, busy_timeout_ms=self._busy_ms)
@@ -207,27 +216,62 @@ class EmbeddedGallery:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction; inside :meth:`bulk` it joins the open one. Index patches (deltas) recorded
+        with :meth:`_finish` are applied after COMMIT, in commit order, and dropped on ROLLBACK."""
         if self._closed:
             raise GalleryError(f"the gallery at {self.path} is closed")
         with self._write_lock:
             conn = self._wconn
+            if self._tx_depth:
+                self._tx_depth += 1
+                try:
+                    yield conn
+                finally:
+                    self._tx_depth -= 1
+                return
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
                 if _is_locked(exc):
                     raise GalleryLocked(str(self.path)) from None
                 raise
+            self._tx_depth = 1
+            self._tx_owner = threading.get_ident()
+            self._pending = []
             try:
                 yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
+                self._pending = []
                 raise
+            finally:
+                self._tx_depth = 0
+            pending, self._pending = self._pending, []
+            for delta in pending:
+                self._apply(delta)
+
+    def _finish(self, delta: _Delta, conn: sqlite3.Connection) -> None:
+        delta.generation_after = self._generation(delta.collection_id, conn)
+        self._pending.append(delta)
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Group many writes into one transaction (one fsync): all of them are stored, or none.
+
+        For imports and bulk enrolment of already-computed faceprints; ordinary enrolment commits each
+        photo on its own so that everything acknowledged survives a crash.
+        """
+        with self._write():
+            yield
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """A consistent snapshot for several SELECTs."""
         conn = self._reader()
+        if self._in_own_transaction():
+            yield conn
+            return
         conn.execute("BEGIN")
         try:
             yield conn
@@ -425,8 +469,7 @@ class EmbeddedGallery:
             row = self._subject_row(conn, ref, cid)
             if row is None:
                 raise SubjectNotFound(ref, collection)
-            delta = self._delete_subjects(conn, cid, [str(row[0])])
-        self._apply(delta)
+            self._finish(self._delete_subjects(conn, cid, [str(row[0])]), conn)
 
     def _delete_subjects(self, conn: sqlite3.Connection, cid: int, subject_ids: list[str]) -> _Delta:
         delta = _Delta(cid, self._generation(cid, conn), removed_subjects=list(subject_ids))
@@ -441,7 +484,6 @@ class EmbeddedGallery:
     def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
         cutoff = to_iso(now or utcnow())
         purged: list[Subject] = []
-        deltas: list[_Delta] = []
         with self._write() as conn:
             rows = conn.execute(
                 f"SELECT {self._SUBJECT_COLS}, c.name, c.id FROM subjects s JOIN collections c "
@@ -453,9 +495,7 @@ class EmbeddedGallery:
                 purged.append(self._subject_from_row(row, str(row[7])))
                 by_collection.setdefault(int(row[8]), []).append(str(row[0]))
             for cid, ids in by_collection.items():
-                deltas.append(self._delete_subjects(conn, cid, ids))
-        for delta in deltas:
-            self._apply(delta)
+                self._finish(self._delete_subjects(conn, cid, ids), conn)
         return purged
 
     # -- templates --------------------------------------------------------------------------------------
@@ -514,7 +554,7 @@ class EmbeddedGallery:
                 ids.append(int(cur.lastrowid))
                 delta.add_keys.append(int(cur.lastrowid))
                 delta.add_vectors.append(vec)
-        self._apply(delta)
+            self._finish(delta, conn)
         templates = {t.id: t for t in self.list_templates(sid, collection=collection)}
         return [templates[i] for i in ids if i in templates]
 
@@ -570,7 +610,7 @@ class EmbeddedGallery:
                 raise TemplateNotFound(template_id)
             delta = _Delta(int(row[0]), self._generation(int(row[0]), conn), remove_keys=[template_id])
             conn.execute("DELETE FROM templates WHERE id = ?", (template_id,))
-        self._apply(delta)
+            self._finish(delta, conn)
 
     # -- negatives --------------------------------------------------------------------------------------
     def add_negative(self, faceprint: Faceprint, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
@@ -591,7 +631,7 @@ class EmbeddedGallery:
                     to_iso(utcnow()),
                 ),
             )
-        self._apply(delta)
+            self._finish(delta, conn)
 
     def negative_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[np.ndarray]:
         subject = self.get_subject(ref, collection=collection)
@@ -623,7 +663,7 @@ class EmbeddedGallery:
             for sid, vec in delta.negatives:
                 prev = state.negatives.get(sid)
                 state.negatives[sid] = vec[None, :] if prev is None else np.vstack([prev, vec])
-            state.generation = self._generation(delta.collection_id, self._wconn)
+            state.generation = delta.generation_after
             state.dirty = True
 
     def _current_index(self, cid: int, coll: Collection) -> _IndexState:

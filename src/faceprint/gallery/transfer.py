@@ -20,7 +20,7 @@ from faceprint.gallery.base import Gallery
 from faceprint.gallery.crypto import TemplateCipher
 from faceprint.gallery.errors import GalleryCorrupt, SubjectExists, WrongKey
 from faceprint.gallery.model import Consent, from_iso
-from faceprint.types import Faceprint
+from faceprint.types import Detection, Faceprint
 
 FORMAT = "faceprint-gallery-export"
 VERSION = 1
@@ -120,44 +120,50 @@ def import_gallery(
     """
     records = list(_read(Path(path), cipher))
     counts = {"collection": 0, "subject": 0, "templates": 0, "negatives": 0, "skipped": 0}
-    for rec in records:
-        if rec["type"] == "collection":
-            gallery.ensure_collection(rec["name"], rec["model_id"], int(rec["dim"]))
-            counts["collection"] += 1
-            continue
-        coll = gallery.get_collection(rec["collection"])
-        if gallery.find_subject(rec["id"], collection=coll.name) or gallery.find_subject(
-            rec["name"], collection=coll.name
-        ):
-            if skip_existing:
-                counts["skipped"] += 1
-                continue
-            raise SubjectExists(rec["name"], coll.name)
-        consent = None if rec["consent"] is None else Consent.from_dict(rec["consent"])
-        gallery.add_subject(
-            rec["name"],
-            collection=coll.name,
-            metadata=rec["metadata"],
-            consent=consent,
-            expires_at=from_iso(rec["expires_at"]),
-            subject_id=rec["id"],
-        )
-        prints = [
-            Faceprint(
-                np.frombuffer(base64.b64decode(t["vector"]), dtype="<f4").copy(), t["model_id"], None, t["quality"]
-            )
-            for t in rec["templates"]
-        ]
-        if prints:
-            gallery.add_templates(
-                rec["id"], prints, collection=coll.name, source_sha256=[t["source_sha256"] for t in rec["templates"]]
-            )
-        for neg in rec["negatives"]:
-            vec = np.frombuffer(base64.b64decode(neg), dtype="<f4").copy()
-            gallery.add_negative(Faceprint(vec, coll.model_id), rec["id"], collection=coll.name)
-        counts["subject"] += 1
-        counts["templates"] += len(prints)
-        counts["negatives"] += len(rec["negatives"])
+    with gallery.bulk():  # all or nothing
+        for rec in records:
+            _import_record(gallery, rec, counts, skip_existing)
     return TransferReport(
         counts["collection"], counts["subject"], counts["templates"], counts["negatives"], counts["skipped"]
     )
+
+
+def _import_record(gallery: Gallery, rec: dict, counts: dict[str, int], skip_existing: bool) -> None:
+    if rec["type"] == "collection":
+        gallery.ensure_collection(rec["name"], rec["model_id"], int(rec["dim"]))
+        counts["collection"] += 1
+        return
+    coll = gallery.get_collection(rec["collection"])
+    if gallery.find_subject(rec["id"], collection=coll.name) or gallery.find_subject(rec["name"], collection=coll.name):
+        if skip_existing:
+            counts["skipped"] += 1
+            return
+        raise SubjectExists(rec["name"], coll.name)
+    consent = None if rec["consent"] is None else Consent.from_dict(rec["consent"])
+    gallery.add_subject(
+        rec["name"],
+        collection=coll.name,
+        metadata=rec["metadata"],
+        consent=consent,
+        expires_at=from_iso(rec["expires_at"]),
+        subject_id=rec["id"],
+    )
+    prints = [
+        Faceprint(
+            np.frombuffer(base64.b64decode(t["vector"]), dtype="<f4").copy(),
+            t["model_id"],
+            None if t["box"] is None else Detection(box=tuple(t["box"]), score=float("nan")),
+            t["quality"],
+        )
+        for t in rec["templates"]
+    ]
+    if prints:
+        gallery.add_templates(
+            rec["id"], prints, collection=coll.name, source_sha256=[t["source_sha256"] for t in rec["templates"]]
+        )
+    for neg in rec["negatives"]:
+        vec = np.frombuffer(base64.b64decode(neg), dtype="<f4").copy()
+        gallery.add_negative(Faceprint(vec, coll.model_id), rec["id"], collection=coll.name)
+    counts["subject"] += 1
+    counts["templates"] += len(prints)
+    counts["negatives"] += len(rec["negatives"])
