@@ -54,6 +54,10 @@ def parse_label(value: str) -> bool | None:
     return None
 
 
+def _is_image(cell: str) -> bool:
+    return Path(cell).suffix.lower() in IMAGE_SUFFIXES
+
+
 def lfw_image(root: Path, name: str, number: str | int) -> Path:
     return root / name / f"{name}_{int(number):04d}.jpg"
 
@@ -81,16 +85,14 @@ def read_lfw_pairs(path: Path, root: Path) -> list[Pair]:
         raise PairFileError(path, None, f"header promises {folds * block} pairs, the file has {len(body)}")
     pairs = []
     for k, (lineno, fields) in enumerate(body):
-        if len(fields) == 3:
-            name, i, j = fields
-            a, b, same = lfw_image(root, name, i), lfw_image(root, name, j), True
-        elif len(fields) == 4:
-            n1, i, n2, j = fields
-            a, b, same = lfw_image(root, n1, i), lfw_image(root, n2, j), False
-        else:
+        if len(fields) not in (3, 4):
             raise PairFileError(path, lineno, f"expected 3 (same) or 4 (different) fields, got {len(fields)}")
+        i, j = fields[1], fields[-1]
         if not (i.isdigit() and j.isdigit()):
             raise PairFileError(path, lineno, "image numbers must be integers")
+        same = len(fields) == 3
+        other = fields[0] if same else fields[2]
+        a, b = lfw_image(root, fields[0], i), lfw_image(root, other, j)
         pairs.append(Pair(a, b, same, k // block if folds > 1 else None))
     return pairs
 
@@ -100,7 +102,8 @@ def read_csv_pairs(path: Path, root: Path | None = None) -> list[Pair]:
 
     With a header, the label column is found by name (``same``, ``label``, ``is_same``, ``match``, …) and
     the first two other columns are the images; an optional ``fold`` column assigns folds. Without one, the
-    columns are ``a, b, label[, fold]``. Relative image paths are resolved against ``root`` (default: the
+    columns are ``a, b, label[, fold]`` (a first row is data when its first two cells end in an image
+    suffix and the third is a label). Relative image paths are resolved against ``root`` (default: the
     CSV file's folder).
     """
     path = Path(path)
@@ -114,7 +117,9 @@ def read_csv_pairs(path: Path, root: Path | None = None) -> list[Pair]:
     if not rows:
         raise PairFileError(path, None, "no rows")
     first = [c.strip() for c in rows[0][1]]
-    has_header = len(first) < 3 or parse_label(first[2]) is None
+    # "same" is both a label value and a column name: a data row has two image paths and a label.
+    is_data = len(first) >= 3 and all(_is_image(c) for c in first[:2]) and parse_label(first[2]) is not None
+    has_header = not is_data
     if has_header:
         names = [c.lower() for c in first]
         label_col = next((i for i, c in enumerate(names) if c in _LABEL_COLUMNS), None)

@@ -175,7 +175,7 @@ def evaluate_scores(
     if gen.size == 0 or imp.size == 0:
         raise FaceprintError(
             f"need at least one scored genuine and one impostor pair; have {gen.size} and {imp.size} "
-            f"({len(scored.skipped)} pairs skipped)"
+            f"({len(scored.skipped)} pairs skipped" + (f", e.g. {scored.skipped[0][1]})" if scored.skipped else ")")
         )
     notes: list[str] = []
     best_acc, best_t = m.best_accuracy(gen, imp)
@@ -216,7 +216,7 @@ def evaluate_scores(
         cohort_out["threshold_from"] = "configured" if threshold is not None else "best accuracy"
     if scored.skipped:
         notes.append(
-            f"{len(scored.skipped)} of {n_all} pairs skipped because an image had no usable face; "
+            f"{len(scored.skipped)} of {n_all} pairs skipped because an image had no usable face or could not be read; "
             "the rates above are over the scored pairs only"
         )
     return VerificationResult(
