@@ -1,0 +1,300 @@
+// faceprint web UI: plain DOM code over the /v1 API. Server data is only ever inserted with textContent.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { key: sessionStorage.getItem("faceprint-key") || "", auth: true, webcamShots: [], stream: null };
+
+function headers(extra = {}) {
+  return state.key ? { ...extra, Authorization: `Bearer ${state.key}` } : extra;
+}
+
+async function api(path, options = {}) {
+  const response = await fetch(path, { ...options, headers: headers(options.headers || {}) });
+  if (response.status === 204) return null;
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const message = body.detail || body.title || `HTTP ${response.status}`;
+    const error = new Error(`${response.status} ${body.code || ""}: ${message}`);
+    error.body = body;
+    throw error;
+  }
+  return body;
+}
+
+function showError(error) {
+  $("error").textContent = error ? String(error.message || error) : "";
+}
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function addNumber(form, name, input) {
+  if (input.value !== "") form.append(name, input.value);
+}
+
+// -- tabs and key --------------------------------------------------------------------------------------
+for (const button of document.querySelectorAll("#tabs button")) {
+  button.addEventListener("click", () => {
+    for (const b of document.querySelectorAll("#tabs button")) b.classList.toggle("active", b === button);
+    for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === `tab-${button.dataset.tab}`);
+    showError(null);
+    if (button.dataset.tab === "subjects") loadSubjects(true);
+    if (button.dataset.tab === "audit") loadAudit();
+  });
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.key = $("api-key").value.trim();
+  sessionStorage.setItem("faceprint-key", state.key);
+  $("api-key").value = "";
+  refreshStatus();
+});
+
+async function refreshStatus() {
+  try {
+    const info = await api("/v1/info");
+    state.auth = info.auth;
+    const who = !info.auth ? "no authentication (demo mode)" : state.key ? "key set" : "enter an API key";
+    $("status").textContent = `v${info.version} · ${info.model_id || "loading"} · ${info.detector} · ${who}`;
+    $("key-form").hidden = !info.auth;
+  } catch (error) {
+    $("status").textContent = "server unreachable";
+  }
+}
+
+// -- identify -------------------------------------------------------------------------------------------
+function drawFaces(file, faces) {
+  return new Promise((resolve) => {
+    const img = new Image();
+    img.onload = () => {
+      const canvas = $("identify-canvas");
+      const scale = Math.min(1, 720 / img.naturalWidth);
+      canvas.width = Math.round(img.naturalWidth * scale);
+      canvas.height = Math.round(img.naturalHeight * scale);
+      const ctx = canvas.getContext("2d");
+      ctx.drawImage(img, 0, 0, canvas.width, canvas.height);
+      ctx.lineWidth = 3;
+      ctx.font = "bold 16px system-ui, sans-serif";
+      for (const face of faces) {
+        const [x1, y1, x2, y2] = face.box.map((v) => v * scale);
+        const label = face.match || "unknown";
+        ctx.strokeStyle = face.match ? "#1a7f37" : "#b42318";
+        ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+        const width = ctx.measureText(label).width + 8;
+        ctx.fillStyle = ctx.strokeStyle;
+        ctx.fillRect(x1, Math.max(0, y1 - 22), width, 22);
+        ctx.fillStyle = "#fff";
+        ctx.fillText(label, x1 + 4, Math.max(16, y1 - 6));
+      }
+      URL.revokeObjectURL(img.src);
+      resolve();
+    };
+    img.src = URL.createObjectURL(file);
+  });
+}
+
+$("identify-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError(null);
+  const file = $("identify-file").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("image", file);
+  addNumber(form, "threshold", $("identify-threshold"));
+  addNumber(form, "fmr", $("identify-fmr"));
+  const list = $("identify-results");
+  list.replaceChildren(el("li", "identifying…", "muted"));
+  try {
+    const result = await api("/v1/identify", { method: "POST", body: form });
+    await drawFaces(file, result.faces);
+    list.replaceChildren();
+    if (!result.faces.length) list.append(el("li", "no face found", "muted"));
+    result.faces.forEach((face, i) => {
+      const item = el("li");
+      item.append(el("span", `face ${i + 1}: `));
+      item.append(el("span", face.match || "unknown", face.match ? "match" : "unknown"));
+      if (face.score !== null) item.append(el("span", ` score ${face.score.toFixed(3)}`, "muted"));
+      const others = face.candidates.filter((c) => c.subject !== face.match).slice(0, 3);
+      if (others.length) {
+        item.append(el("span", ` · also: ${others.map((c) => `${c.subject} ${c.score.toFixed(3)}`).join(", ")}`, "muted"));
+      }
+      list.append(item);
+    });
+    list.dataset.done = "1";
+  } catch (error) {
+    list.replaceChildren();
+    showError(error);
+  }
+});
+
+// -- enrol ------------------------------------------------------------------------------------------------
+$("webcam-start").addEventListener("click", async () => {
+  showError(null);
+  try {
+    state.stream = await navigator.mediaDevices.getUserMedia({ video: true });
+    $("webcam-video").srcObject = state.stream;
+    $("webcam-video").classList.add("on");
+    $("webcam-capture").disabled = false;
+  } catch (error) {
+    showError(`webcam: ${error.message || error}`);
+  }
+});
+
+$("webcam-capture").addEventListener("click", () => {
+  const video = $("webcam-video");
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  canvas.toBlob((blob) => {
+    state.webcamShots.push(blob);
+    $("webcam-count").textContent = `${state.webcamShots.length} webcam photo(s)`;
+  }, "image/jpeg", 0.92);
+});
+
+$("enrol-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError(null);
+  const files = [...$("enrol-files").files];
+  if (!files.length && !state.webcamShots.length) {
+    showError("choose photos or capture from the webcam");
+    return;
+  }
+  const out = $("enrol-result");
+  out.replaceChildren(el("li", "enrolling…", "muted"));
+  const body = { name: $("enrol-name").value.trim() };
+  if ($("enrol-consent-by").value.trim()) {
+    body.consent = { given_by: $("enrol-consent-by").value.trim(), purpose: $("enrol-consent-purpose").value.trim() || "identification" };
+  }
+  try {
+    const subject = await api("/v1/subjects", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const form = new FormData();
+    for (const file of files) form.append("image", file);
+    state.webcamShots.forEach((blob, i) => form.append("image", blob, `webcam-${i + 1}.jpg`));
+    let report;
+    try {
+      report = await api(`/v1/subjects/${encodeURIComponent(subject.id)}/faces`, { method: "POST", body: form });
+    } catch (error) {
+      // Nothing usable: remove the empty subject again so a retry can reuse the name.
+      await api(`/v1/subjects/${encodeURIComponent(subject.id)}`, { method: "DELETE" }).catch(() => {});
+      report = null;
+      const images = (error.body && error.body.images) || [];
+      out.replaceChildren(...images.map((o) => el("li", `${o.image}: rejected — ${o.reasons.join("; ")}`, "unknown")));
+      throw error;
+    }
+    out.replaceChildren(el("li", `${subject.name}: ${report.accepted} photo(s) enrolled, ${report.rejected} rejected`, "match"));
+    for (const o of report.images) {
+      out.append(el("li", `${o.image}: ${o.accepted ? "enrolled" : `rejected — ${o.reasons.join("; ")}`}`, o.accepted ? "" : "unknown"));
+    }
+    state.webcamShots = [];
+    $("webcam-count").textContent = "";
+  } catch (error) {
+    showError(error);
+  }
+});
+
+// -- verify -----------------------------------------------------------------------------------------------
+$("verify-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError(null);
+  const form = new FormData();
+  form.append("image_a", $("verify-a").files[0]);
+  form.append("image_b", $("verify-b").files[0]);
+  addNumber(form, "threshold", $("verify-threshold"));
+  const out = $("verify-result");
+  out.textContent = "comparing…";
+  out.className = "verdict muted";
+  try {
+    const r = await api("/v1/verify", { method: "POST", body: form });
+    const fmr = r.fmr === null ? "FMR unknown" : `FMR ${Number(r.fmr).toExponential(1)}`;
+    out.textContent = `${r.same_person ? "Same person" : "Different people"} — score ${r.score.toFixed(3)}, threshold ${r.threshold.toFixed(3)} (${fmr})`;
+    out.className = `verdict ${r.same_person ? "match" : "unknown"}`;
+  } catch (error) {
+    out.textContent = "";
+    showError(error);
+  }
+});
+
+// -- subjects -----------------------------------------------------------------------------------------------
+let subjectsCursor = null;
+
+async function loadSubjects(reset) {
+  showError(null);
+  const body = $("subjects-body");
+  if (reset) {
+    subjectsCursor = null;
+    body.replaceChildren();
+  }
+  const params = new URLSearchParams({ limit: "50" });
+  if (subjectsCursor) params.set("cursor", subjectsCursor);
+  const filter = $("subjects-filter").value.trim();
+  if (filter) params.set("name", filter);
+  try {
+    const page = await api(`/v1/subjects?${params}`);
+    for (const s of page.items) {
+      const row = el("tr");
+      row.append(el("td", s.name), el("td", s.templates), el("td", (s.created_at || "").slice(0, 19).replace("T", " ")), el("td", s.id, "id"));
+      const cell = el("td");
+      const del = el("button", "Delete");
+      del.type = "button";
+      del.addEventListener("click", async () => {
+        if (!confirm(`Delete ${s.name} and all their faces?`)) return;
+        try {
+          await api(`/v1/subjects/${encodeURIComponent(s.id)}`, { method: "DELETE" });
+          row.remove();
+        } catch (error) {
+          showError(error);
+        }
+      });
+      cell.append(del);
+      row.append(cell);
+      body.append(row);
+    }
+    subjectsCursor = page.next_cursor;
+    $("subjects-more").hidden = !subjectsCursor;
+  } catch (error) {
+    showError(error);
+  }
+}
+
+$("subjects-refresh").addEventListener("click", () => loadSubjects(true));
+$("subjects-more").addEventListener("click", () => loadSubjects(false));
+$("subjects-filter").addEventListener("change", () => loadSubjects(true));
+
+// -- audit ---------------------------------------------------------------------------------------------------
+async function loadAudit() {
+  showError(null);
+  try {
+    const page = await api("/v1/audit?limit=50");
+    const body = $("audit-body");
+    body.replaceChildren();
+    for (const e of page.items) {
+      const row = el("tr");
+      row.append(
+        el("td", (e.at || "").slice(0, 19).replace("T", " ")),
+        el("td", e.action),
+        el("td", e.status),
+        el("td", e.key_id || "-"),
+        el("td", (e.subject_ids || []).join(", ") || "-", "id"),
+        el("td", (e.scores || []).map((s) => s.toFixed(3)).join(", ") || "-"),
+        el("td", e.decision || "-"),
+      );
+      body.append(row);
+    }
+  } catch (error) {
+    showError(error);
+  }
+}
+
+$("audit-refresh").addEventListener("click", loadAudit);
+
+refreshStatus();
