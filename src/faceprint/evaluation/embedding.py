@@ -91,6 +91,7 @@ def embed_images(
     batch_size: int = 32,
     cache: Path | None = None,
     progress: Progress | None = None,
+    checkpoint: int = 2000,
 ) -> Embeddings:
     """Embed each distinct path once (see the module docstring)."""
     if face not in FACE_CHOICES:
@@ -148,18 +149,30 @@ def embed_images(
         if n % 500 == 0:
             rate = n / (time.perf_counter() - started)
             log.info("embedded %d/%d images (%.1f/s, %.0f s left)", n, len(todo), rate, (len(todo) - n) / rate)
+        if cache is not None and n % checkpoint == 0:
+            flush()  # a long run that is interrupted keeps what it has done
+            _save_merged(cache, _collect(pipeline.model_id, detector, keys, vectors, failures))
     flush()
+    result = _collect(pipeline.model_id, detector, keys, vectors, failures)
+    if cache is not None and todo:
+        _save_merged(cache, result)
+    return result
 
+
+def _collect(
+    model_id: str, detector: str, keys: list[str], vectors: list[np.ndarray], failures: dict[str, str]
+) -> Embeddings:
     dim = vectors[0].shape[0] if vectors else 0
     matrix = np.vstack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
     matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    result = Embeddings(pipeline.model_id, detector, tuple(keys), matrix, failures)
-    if cache is not None and todo:
-        merged = result
-        if Path(cache).is_file():
-            merged = _merge(Embeddings.load(cache), result)
-        merged.save(Path(cache))
-    return result
+    return Embeddings(model_id, detector, tuple(keys), matrix, dict(failures))
+
+
+def _save_merged(cache: Path, new: Embeddings) -> None:
+    merged = _merge(Embeddings.load(cache), new) if Path(cache).is_file() else new
+    tmp = Path(cache).with_name(Path(cache).name + ".tmp")
+    merged.save(tmp)
+    tmp.replace(cache)  # atomic: a crash mid-write leaves the previous cache intact
 
 
 def _merge(old: Embeddings, new: Embeddings) -> Embeddings:
@@ -171,4 +184,5 @@ def _merge(old: Embeddings, new: Embeddings) -> Embeddings:
     for k in index:
         failures.pop(k, None)
     keys = tuple(index)
-    return Embeddings(new.model_id, new.detector, keys, np.vstack([index[k] for k in keys]), failures)
+    vectors = np.vstack([index[k] for k in keys]) if keys else new.vectors
+    return Embeddings(new.model_id, new.detector, keys, vectors, failures)
