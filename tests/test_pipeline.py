@@ -48,9 +48,14 @@ def test_annotated_boxes_of_dlib_testing_set(pipeline) -> None:
     found = total = 0
     for image in tree.getroot().iter("image"):
         truth = [
-            (int(b.get("left")), int(b.get("top")), int(b.get("left")) + int(b.get("width")),
-             int(b.get("top")) + int(b.get("height")))
-            for b in image.iter("box") if b.get("ignore") != "1"
+            (
+                int(b.get("left")),
+                int(b.get("top")),
+                int(b.get("left")) + int(b.get("width")),
+                int(b.get("top")) + int(b.get("height")),
+            )
+            for b in image.iter("box")
+            if b.get("ignore") != "1"
         ]
         faces = pipeline.detect(DATA / "dlib_faces" / image.get("file"))
         total += len(truth)
@@ -60,7 +65,7 @@ def test_annotated_boxes_of_dlib_testing_set(pipeline) -> None:
 
 def test_no_face_in_a_photo_of_dogs(pipeline) -> None:
     assert pipeline.detect(DATA / "dlib_faces" / "dogs.jpg") == []
-    with pytest.raises(NoFaceFound, match="dogs.jpg"):
+    with pytest.raises(NoFaceFound, match=r"dogs\.jpg"):
         pipeline.largest_face(DATA / "dlib_faces" / "dogs.jpg")
 
 

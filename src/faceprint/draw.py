@@ -21,8 +21,9 @@ def draw_detections(pixels: np.ndarray, faces: Sequence[Detection], labels: Sequ
         cv2.rectangle(canvas, (x1, y1), (x2, y2), (0, 220, 0), thickness)
         text = labels[i] if labels is not None else f"{face.score:.2f}"
         scale = max(0.4, thickness * 0.4)
-        cv2.putText(canvas, text, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0),
-                    thickness, cv2.LINE_AA)
+        cv2.putText(
+            canvas, text, (x1, max(12, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), thickness, cv2.LINE_AA
+        )
         if face.landmarks is not None:
             for x, y in face.landmarks:
                 cv2.circle(canvas, (round(float(x)), round(float(y))), thickness + 1, (255, 0, 0), -1)

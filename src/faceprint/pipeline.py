@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,7 @@ class PipelineConfig:
     threads: int | None = None
     upsample: int | None = None  # None: the detector's own default
     min_score: float | None = None  # detections below are dropped; None: the detector's default
-    quality: QualityPolicy = QualityPolicy()
+    quality: QualityPolicy = field(default_factory=QualityPolicy)
 
     def __post_init__(self) -> None:
         if self.detector not in DETECTORS:
@@ -110,9 +110,7 @@ class Pipeline:
         img = load_image(image)
         return extract_chips(img.pixels, [d.landmarks for d in detections], self.template)
 
-    def embed(
-        self, image: ImageSource | Image, detections: Sequence[Detection] | None = None
-    ) -> list[Faceprint]:
+    def embed(self, image: ImageSource | Image, detections: Sequence[Detection] | None = None) -> list[Faceprint]:
         """Faceprints of every face (or of the given detections), in detection order."""
         img = load_image(image)
         if detections is None:

@@ -83,9 +83,7 @@ def verify(
     if fmr is not None and threshold is not None:
         raise fail("give --fmr or --threshold, not both")
     pipeline = make_pipeline(detector, device)
-    result = run_verify(
-        load_image(image_a), load_image(image_b), fmr=fmr, threshold=threshold, pipeline=pipeline
-    )
+    result = run_verify(load_image(image_a), load_image(image_b), fmr=fmr, threshold=threshold, pipeline=pipeline)
     data = result.to_dict()
     for note in data.get("notes", []):
         typer.echo(f"note: {note}", err=True)
