@@ -185,3 +185,20 @@ def test_verification_result_and_report(tmp_path: Path) -> None:
     assert {p.name for p in written} == {"report.md", "report.html", "roc.png", "det.png", "histogram.png"}
     assert all(p.stat().st_size > 0 for p in written)
     assert (tmp_path / "report" / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from faceprint.cli import app
+
+    runner = CliRunner()
+    neither = runner.invoke(app, ["eval", "verify"])
+    assert neither.exit_code == 2 and "give either --pairs FILE" in neither.stderr
+    missing = runner.invoke(app, ["eval", "verify", "--pairs", str(tmp_path / "nope.txt")])
+    assert missing.exit_code == 2 and "nope.txt: file not found" in missing.stderr
+    (tmp_path / "p.txt").write_text("10\t300\nAnn\t1\t2\n")
+    short = runner.invoke(app, ["calibrate", "--pairs", str(tmp_path / "p.txt"), "--out", str(tmp_path / "t.json")])
+    assert short.exit_code == 2 and "header promises 6000 pairs, the file has 1" in short.stderr
+    bad_out = runner.invoke(app, ["calibrate", "--dir", str(tmp_path), "--out", str(tmp_path / "t.txt")])
+    assert bad_out.exit_code == 2 and "must end in .json" in bad_out.stderr
