@@ -1,0 +1,180 @@
+"""dlib's MMOD CNN face detector (``mmod_human_face_detector.dat``) as an ONNX graph plus its geometry.
+
+dlib's network is ``loss_mmod<con<1,9,9,1,1, rcon5<rcon5<rcon5<downsampler<input_rgb_image_pyramid<
+pyramid_down<6>>>>>>>>`` — three stride-2 5×5 convolutions, three 5×5 ones and a 9×9 scorer, each but the last
+followed by batch-norm statistics (stored as ``bn_con``, applied by dlib as a fixed ``affine``) and a relu.
+
+The graph covers the convolutional trunk only: ``image`` float32 1×3×H×W (dynamic H, W; the tiled, normalised
+pyramid that :mod:`faceprint.detect.mmod` builds) → ``scores`` float32 1×W×h×w, one channel per detector
+window. Every affine is folded into the convolution before it (in float64, then cast), so the graph is seven
+Conv nodes and six Relu nodes, which ONNX Runtime fuses and runs in its blocked NCHWc layout.
+
+:func:`read_mmod` gives what the rest of the pipeline needs from the same file (:class:`MMODGeometry`): the
+channel means, pyramid paddings, detector windows, NMS thresholds, and the affine map from a score-map cell to
+its centre in the input tensor, composed from the convolutions' strides, paddings and kernel sizes exactly as
+dlib's ``output_tensor_to_input_tensor`` does (``x_in = x_out·stride − padding + kernel//2`` per layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from faceprint.models.dlib_format import DlibFormatError, LayerRecord, affine_params, read_network
+
+__all__ = [
+    "CONVERTER_VERSION",
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "MMODGeometry",
+    "build_mmod_onnx",
+    "read_mmod",
+    "records_to_onnx",
+]
+
+CONVERTER_VERSION = "dlib-mmod-onnx-1"
+INPUT_NAME = "image"
+OUTPUT_NAME = "scores"
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class MMODGeometry:
+    """Everything outside the conv trunk that dlib's detector does, as stored in the ``.dat`` file."""
+
+    channel_means: tuple[float, float, float]  # subtracted from R, G, B before dividing by 256
+    pyramid_padding: int
+    pyramid_outer_padding: int
+    windows: tuple[tuple[int, int], ...]  # (width, height) of each detector window = score channel
+    nms_iou: float
+    nms_percent_covered: float
+    # score-map cell (c, r) → input tensor point (c·stride + offset, r·stride + offset), per axis (x, y)
+    stride: tuple[int, int]
+    offset: tuple[int, int]
+
+
+def _require(cond: bool, what: str) -> None:
+    if not cond:
+        raise DlibFormatError(f"not dlib's MMOD face detector: {what}")
+
+
+def _check_records(records: list[LayerRecord]) -> None:
+    _require(len(records) >= 3, "too few layers")
+    _require(records[0].kind == "input_rgb_image_pyramid", f"input layer is {records[0].kind!r}")
+    _require(records[-1].kind == "loss_mmod", f"loss layer is {records[-1].kind!r}")
+    loss = records[-1].attrs
+    _require(not loss["use_bounding_box_regression"], "bounding-box regression is not supported")
+    _require(bool(loss["assume_image_pyramid"]), "the detector does not assume an image pyramid")
+    for rec in records[1:-1]:
+        _require(rec.kind in ("con", "bn_con", "affine", "relu"), f"unsupported layer {rec.kind!r}")
+
+
+def read_mmod(path: Path | str) -> MMODGeometry:
+    """The non-network parameters of an MMOD detector file."""
+    records = read_network(path)
+    _check_records(records)
+    inp, loss = records[0].attrs, records[-1].attrs
+    stride, offset = [1, 1], [0, 0]
+    # compose dlib's map_output_to_input from the output layer down to the input
+    for rec in reversed(records[1:-1]):
+        if rec.kind != "con":
+            continue
+        a = rec.attrs
+        for axis, (s, p, k) in enumerate(
+            ((a["stride_x"], a["padding_x"], a["nc"]), (a["stride_y"], a["padding_y"], a["nr"]))
+        ):
+            offset[axis] = offset[axis] * s - p + k // 2
+            stride[axis] *= s
+    windows = tuple((int(w["width"]), int(w["height"])) for w in loss["detector_windows"])
+    _require(len(windows) > 0, "no detector windows")
+    return MMODGeometry(
+        channel_means=(float(inp["avg_red"]), float(inp["avg_green"]), float(inp["avg_blue"])),
+        pyramid_padding=int(inp["pyramid_padding"]),
+        pyramid_outer_padding=int(inp["pyramid_outer_padding"]),
+        windows=windows,
+        nms_iou=float(loss["overlaps_nms_iou"]),
+        nms_percent_covered=float(loss["overlaps_nms_percent_covered"]),
+        stride=(stride[0], stride[1]),
+        offset=(offset[0], offset[1]),
+    )
+
+
+def records_to_onnx(records: list[LayerRecord]) -> onnx.ModelProto:
+    """The conv trunk of an MMOD detector as an ONNX model (affine layers folded into the convolutions)."""
+    _check_records(records)
+    nodes: list[onnx.NodeProto] = []
+    inits: list[onnx.TensorProto] = []
+    x, channels = INPUT_NAME, 3
+    layers = records[1:-1]
+    i = 0
+    while i < len(layers):
+        rec = layers[i]
+        n = len(nodes)
+        if rec.kind == "con":
+            a = rec.attrs
+            weight = rec.params["weight"].astype(np.float64)
+            _require(weight.shape[1] == channels, f"con expects {weight.shape[1]} channels, has {channels}")
+            bias = rec.params.get("bias", np.zeros(weight.shape[0], np.float32)).astype(np.float64)
+            nxt = layers[i + 1] if i + 1 < len(layers) else None
+            if nxt is not None and (nxt.kind == "bn_con" or (nxt.kind == "affine" and nxt.attrs["mode"] == "conv")):
+                scale, shift = (v.astype(np.float64) for v in affine_params(nxt))
+                if scale.size:  # y = scale·(w∗x + b) + shift
+                    weight = weight * scale[:, None, None, None]
+                    bias = bias * scale + shift
+                i += 1
+            w_name, b_name = f"W{n}", f"B{n}"
+            inits.append(numpy_helper.from_array(weight.astype(np.float32), w_name))
+            inits.append(numpy_helper.from_array(bias.astype(np.float32), b_name))
+            py, px = a["padding_y"], a["padding_x"]
+            nodes.append(
+                helper.make_node(
+                    "Conv",
+                    [x, w_name, b_name],
+                    [f"conv{n}"],
+                    name=f"conv{n}",
+                    kernel_shape=[a["nr"], a["nc"]],
+                    strides=[a["stride_y"], a["stride_x"]],
+                    pads=[py, px, py, px],
+                )
+            )
+            x, channels = f"conv{n}", weight.shape[0]
+            if a["use_relu"]:
+                nodes.append(helper.make_node("Relu", [x], [f"relu{n}"], name=f"relu{n}"))
+                x = f"relu{n}"
+        elif rec.kind in ("affine", "bn_con"):  # an affine not after a convolution
+            scale, shift = affine_params(rec)
+            if scale.size:
+                inits.append(numpy_helper.from_array(scale.reshape(1, -1, 1, 1), f"S{n}"))
+                inits.append(numpy_helper.from_array(shift.reshape(1, -1, 1, 1), f"T{n}"))
+                nodes.append(helper.make_node("Mul", [x, f"S{n}"], [f"mul{n}"], name=f"mul{n}"))
+                nodes.append(helper.make_node("Add", [f"mul{n}", f"T{n}"], [f"add{n}"], name=f"add{n}"))
+                x = f"add{n}"
+        elif rec.kind == "relu" and not rec.attrs["disabled"]:
+            nodes.append(helper.make_node("Relu", [x], [f"relu{n}"], name=f"relu{n}"))
+            x = f"relu{n}"
+        i += 1
+    num_windows = len(records[-1].attrs["detector_windows"])
+    _require(channels == num_windows, f"{channels} score channels for {num_windows} detector windows")
+    nodes.append(helper.make_node("Identity", [x], [OUTPUT_NAME], name="scores"))
+    graph = helper.make_graph(
+        nodes,
+        "dlib_mmod_face_detector",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, 3, "height", "width"])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [1, channels, "rows", "cols"])],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceprint " + CONVERTER_VERSION
+    )
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def build_mmod_onnx(path: Path) -> onnx.ModelProto:
+    """Builder for :func:`faceprint.models.convert.converted_model`."""
+    return records_to_onnx(read_network(path))
