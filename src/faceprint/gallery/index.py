@@ -122,7 +122,9 @@ class ExactIndex:
         scores = np.full((len(q), k), -np.inf, dtype=np.float32)
         if self._n == 0 or k <= 0:
             return keys, scores
-        sims = q @ self._vectors[: self._n].T  # Q×N
+        # einsum, not `@`: a 1×N product through multi-threaded OpenBLAS costs ~30 ms of thread hand-off on a
+        # busy 2-core machine (measured), while this single-threaded loop scans 100k × 128 in ~4 ms of CPU.
+        sims = np.einsum("qd,nd->qn", q, self._vectors[: self._n])  # Q×N
         take = min(k, self._n)
         if take < self._n:
             part = np.argpartition(-sims, take - 1, axis=1)[:, :take]

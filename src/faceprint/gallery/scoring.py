@@ -38,7 +38,7 @@ def aggregate(hits: Sequence[Hit], *, top_templates: int = SUBJECT_TOP_TEMPLATES
     out = []
     for subject_id, scores in per_subject.items():
         best = sorted(scores, reverse=True)[:top_templates]
-        out.append(Candidate(subject_id, names[subject_id], float(np.mean(best)), len(scores)))
+        out.append(Candidate(subject_id, names[subject_id], sum(best) / len(best), len(scores)))
     out.sort(key=lambda c: (-c.score, c.subject))
     return out
 
