@@ -202,3 +202,14 @@ def test_cli_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
     assert short.exit_code == 2 and "header promises 6000 pairs, the file has 1" in short.stderr
     bad_out = runner.invoke(app, ["calibrate", "--dir", str(tmp_path), "--out", str(tmp_path / "t.txt")])
     assert bad_out.exit_code == 2 and "must end in .json" in bad_out.stderr
+
+
+def test_calibration_resolves_target_fmrs_in_a_narrow_score_range() -> None:
+    from faceprint.matching import Calibration
+
+    rng = np.random.default_rng(0)
+    impostor = rng.normal(0.85, 0.04, 200_000)  # dlib-like: impostors crowd into a narrow band
+    table = Calibration.from_scores("toy", rng.normal(0.95, 0.015, 2_000), impostor, "synthetic")
+    for target in (1e-2, 1e-3, 1e-4):
+        measured = float(np.mean(impostor >= table.threshold_for(target)))
+        assert 0.95 * target <= measured <= target

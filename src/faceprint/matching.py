@@ -88,11 +88,17 @@ class Calibration:
         impostor = np.sort(np.asarray(impostor, dtype=np.float64))
         if len(genuine) == 0 or len(impostor) == 0:
             raise FaceprintError("calibration needs at least one genuine and one impostor pair")
-        # Thresholds: every distinct score in the impostor tail (where FMR is small) plus a uniform grid.
-        tail = impostor[-min(len(impostor), 1000) :]
+        # Thresholds: every distinct score in the impostor tail (where FMR is small), a uniform grid, and the
+        # impostor scores at log-spaced FMR levels (50 per decade down to 1/N). The last keep `threshold_for`
+        # within a few percent of any target FMR: real models' scores crowd into a narrow range (dlib's
+        # impostors mostly sit in 0.75–0.95), where one grid step can change the FMR by 10%.
+        n = len(impostor)
+        tail = impostor[-min(n, 1000) :]
         grid = np.linspace(-1.0, 1.0, points)
+        levels = np.logspace(0.0, -np.log10(n), max(2, int(50 * np.log10(n)) + 1))
+        quantiles = impostor[np.clip(n - np.ceil(levels * n).astype(np.int64), 0, n - 1)]
         # Rounded before counting, so the stored table is exactly the one the counts describe.
-        thresholds = np.unique(np.round(np.concatenate([grid, tail, [1.000001]]), 6))
+        thresholds = np.unique(np.round(np.concatenate([grid, tail, quantiles, [1.000001]]), 6))
         fmr = 1.0 - np.searchsorted(impostor, thresholds, side="left") / len(impostor)
         fnmr = np.searchsorted(genuine, thresholds, side="left") / len(genuine)
         return cls(
@@ -122,9 +128,7 @@ def shipped_calibration(model_id: str) -> Calibration:
     name = f"{model_id}.json"
     ref = resources.files("faceprint.models") / "calibration" / name
     if not ref.is_file():
-        raise FaceprintError(
-            f"no calibration table shipped for model {model_id!r}; run `faceprint calibrate`"
-        )
+        raise FaceprintError(f"no calibration table shipped for model {model_id!r}; run `faceprint calibrate`")
     with resources.as_file(ref) as path:
         return Calibration.load(path)
 
