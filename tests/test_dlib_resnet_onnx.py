@@ -134,6 +134,7 @@ def test_matches_dlib_descriptors(embedder: DlibResNetEmbedder, dlib_chips) -> N
     np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
     cosines = np.sum(ours.astype(np.float64) * refs, axis=1)
     assert cosines.min() >= 0.9999, cosines
+    assert np.abs(ours - refs).max() < 1e-4  # measured ~2e-7: the same network, not an approximation
     # Different people stay apart, the same person close (sanity that chips are not all alike).
     assert float(ours[1] @ ours[2]) > float(ours[0] @ ours[1])
 
