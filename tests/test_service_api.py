@@ -380,12 +380,15 @@ def test_subject_lifecycle_enrol_identify_delete(service) -> None:
         files=[
             ("image", ("group.jpg", GROUP.read_bytes(), "image/jpeg")),
             ("image", ("land.jpg", landscape(), "image/jpeg")),
+            ("image", ("cut.jpg", OTHER.read_bytes()[:2000], "image/jpeg")),
         ],
         headers=enroll,
     )
     body = assert_problem(rejected, 422, "no_usable_face")
-    assert [bool(i["reasons"]) for i in body["images"]] == [True, True]
+    assert [i["image"] for i in body["images"]] == ["group.jpg", "land.jpg", "cut.jpg"]
+    assert [bool(i["reasons"]) and not i["accepted"] for i in body["images"]] == [True, True, True]
     assert "no face" in body["images"][1]["reasons"][0]
+    assert "truncated or corrupt" in body["images"][2]["reasons"][0]
     other = client.post(
         f"/v1/subjects/{bob['id']}/faces",
         json={"image": [base64.b64encode(OTHER.read_bytes()).decode()]},

@@ -67,6 +67,9 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
         ),
         openapi_tags=OPENAPI_TAGS,
         lifespan=lifespan,
+        # Swagger UI and ReDoc load their scripts from a CDN: useless offline, so only /openapi.json is served.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics

@@ -29,15 +29,23 @@ class Inference:
         self.batcher = batcher
         self.metrics = metrics
         self.max_pixels = max_pixels
-        # Detection and search are CPU-bound: more threads than cores only adds queueing inside them.
+        # Decoding, detection and enrolment are CPU-bound: more threads than cores only adds queueing inside
+        # them. Short jobs (gallery reads and writes, search, audit) get their own threads, so they never wait
+        # behind a queue of detections.
         self.limiter = CapacityLimiter(workers)
+        self.io_limiter = CapacityLimiter(max(8, 2 * workers))
+
+    async def compute(self, stage: str | None, func: Callable[..., T], *args: object, **kwargs: object) -> T:
+        """A CPU-heavy ``func(*args, **kwargs)`` in a worker thread (at most ``workers`` at once)."""
+        return await to_thread.run_sync(self._call(stage, func, args, kwargs), limiter=self.limiter)
 
     async def run(self, stage: str | None, func: Callable[..., T], *args: object, **kwargs: object) -> T:
-        """``func(*args, **kwargs)`` in a worker thread (at most ``workers`` at once), timed as ``stage``."""
+        """A short ``func(*args, **kwargs)`` (storage, search) in a worker thread, timed as ``stage``."""
+        return await to_thread.run_sync(self._call(stage, func, args, kwargs), limiter=self.io_limiter)
+
+    def _call(self, stage: str | None, func: Callable[..., T], args: tuple, kwargs: dict) -> Callable[[], T]:
         call = functools.partial(func, *args, **kwargs)
-        if stage is not None:
-            call = functools.partial(self._timed, stage, call)
-        return await to_thread.run_sync(call, limiter=self.limiter)
+        return call if stage is None else functools.partial(self._timed, stage, call)
 
     def _timed(self, stage: str, call: Callable[[], T]) -> T:
         with self.metrics.time_stage(stage):
@@ -52,16 +60,25 @@ class Inference:
             raise
 
     async def decode(self, upload: Upload) -> Image:
-        return await self.run("decode", self.decode_sync, upload)
+        return await self.compute("decode", self.decode_sync, upload)
 
     async def detect(self, image: Image) -> list[Detection]:
-        return await self.run("detect", self.pipeline.detect, image)
+        return await self.compute("detect", self.pipeline.detect, image)
+
+    async def decode_and_detect(self, upload: Upload) -> tuple[Image, list[Detection]]:
+        """Both in one worker-thread job: a request queues for the CPU once, not twice."""
+
+        def work() -> tuple[Image, list[Detection]]:
+            image = self._timed("decode", functools.partial(self.decode_sync, upload))
+            return image, self._timed("detect", functools.partial(self.pipeline.detect, image))
+
+        return await self.compute(None, work)
 
     async def embed(self, image: Image, detections: Sequence[Detection]) -> list[Faceprint]:
         return await self.batcher.embed(image, detections)
 
-    async def largest_face(self, image: Image) -> tuple[Faceprint, int]:
-        detections = await self.detect(image)
+    async def largest_face(self, upload: Upload) -> tuple[Faceprint, int]:
+        image, detections = await self.decode_and_detect(upload)
         if not detections:
             raise NoFaceFound(image.source)
         largest = max(detections, key=lambda d: d.area)
@@ -80,7 +97,7 @@ class Inference:
                 assess(d, c, self.pipeline.config.quality).to_dict() for d, c in zip(detections, chips, strict=True)
             ]
 
-        return await self.run(None, work)
+        return await self.compute(None, work)
 
 
 class BatchedPipeline:

@@ -25,8 +25,7 @@ async def detect(request: Request, principal: Recognize) -> dict[str, object]:
     svc = services(request)
     parsed = await read_images(request, ("image",), max_images=svc.settings.max_images_per_request)
     validate_params(DetectParams, parsed.params)
-    image = await svc.inference.decode(parsed.images["image"][0])
-    faces = await svc.inference.detect(image)
+    image, faces = await svc.inference.decode_and_detect(parsed.images["image"][0])
     qualities = await svc.inference.quality(image, faces)
     return {
         "image": image.source,

@@ -38,8 +38,7 @@ async def identify(request: Request, principal: Recognize) -> dict[str, object]:
     collection = params.collection or svc.settings.default_collection
     calibration = svc.calibration_for(params.threshold)
     inf = svc.inference
-    image = await inf.decode(parsed.images["image"][0])
-    detections = await inf.detect(image)
+    image, detections = await inf.decode_and_detect(parsed.images["image"][0])
     prints = await inf.embed(image, detections)
     answers = await inf.run(
         "search",

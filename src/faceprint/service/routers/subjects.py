@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from faceprint.gallery import UNSET, Consent, Subject, enrol_images
+from faceprint.errors import InvalidImage
+from faceprint.gallery import UNSET, Consent, EmbeddedGallery, EnrolReport, ImageOutcome, Subject, enrol_images
+from faceprint.image import Image
 from faceprint.service.auth import Enroll, Read
 from faceprint.service.deps import Services, record, services
 from faceprint.service.errors import ApiError
-from faceprint.service.inference import BatchedPipeline
-from faceprint.service.uploads import openapi_body, read_images, validate_params
+from faceprint.service.inference import BatchedPipeline, Inference
+from faceprint.service.uploads import Upload, openapi_body, read_images, validate_params
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
@@ -249,20 +252,10 @@ async def enrol_faces(
     validate_params(EnrolParams, parsed.params)
     uploads = parsed.images["image"]
     inf = svc.inference
-    images = [await inf.decode(u) for u in uploads]
-    report = await inf.run(
-        "enrol",
-        enrol_images,
-        svc.gallery,
-        BatchedPipeline(inf.pipeline, inf.batcher),
-        subject.id,
-        images,
-        collection=coll,
-        create=False,
-    )
+    pipeline = BatchedPipeline(inf.pipeline, inf.batcher)
+    outcomes = await inf.compute("enrol", _enrol, inf, svc.gallery, pipeline, subject.id, uploads, coll)
+    report = EnrolReport(subject, tuple(outcomes))
     out = report.to_dict()
-    for item, upload in zip(out["images"], uploads, strict=True):  # type: ignore[call-overload]
-        item["image"] = upload.name
     accepted = [o.template_id for o in report.accepted]
     await record(
         request,
@@ -277,6 +270,33 @@ async def enrol_faces(
     if not accepted:
         raise ApiError(422, "no_usable_face", "no photo could be enrolled; see images[].reasons", images=out["images"])
     return out
+
+
+def _enrol(
+    inf: Inference,
+    gallery: EmbeddedGallery,
+    pipeline: BatchedPipeline,
+    subject_id: str,
+    uploads: list[Upload],
+    collection: str,
+) -> list[ImageOutcome]:
+    """Decode each upload (an undecodable one is a rejected photo, not a failed request), enrol the rest
+    with the gallery's own enrolment, and give the outcomes back in upload order, named as uploaded."""
+    decoded: dict[int, Image] = {}
+    outcomes: dict[int, ImageOutcome] = {}
+    for i, upload in enumerate(uploads):
+        try:
+            decoded[i] = inf.decode_sync(upload)
+        except (InvalidImage, ApiError) as exc:
+            reason = exc.reason if isinstance(exc, InvalidImage) else exc.detail
+            outcomes[i] = ImageOutcome(upload.name, False, (reason,))
+    if decoded:
+        report = enrol_images(
+            gallery, pipeline, subject_id, list(decoded.values()), collection=collection, create=False
+        )
+        for i, outcome in zip(decoded, report.outcomes, strict=True):
+            outcomes[i] = replace(outcome, source=uploads[i].name)
+    return [outcomes[i] for i in range(len(uploads))]
 
 
 @router.delete("/{subject_id}/faces/{template_id}", status_code=204, summary="Delete one enrolled face")

@@ -42,10 +42,11 @@ async def verify(request: Request, principal: Recognize) -> dict[str, object]:
     params = validate_params(VerifyParams, parsed.params)
     calibration = svc.calibration_for(params.threshold)
     inf = svc.inference
-    img_a, img_b = await asyncio.gather(
-        inf.decode(parsed.images["image_a"][0]), inf.decode(parsed.images["image_b"][0])
+    results = await asyncio.gather(
+        inf.largest_face(parsed.images["image_a"][0]),
+        inf.largest_face(parsed.images["image_b"][0]),
+        return_exceptions=True,
     )
-    results = await asyncio.gather(inf.largest_face(img_a), inf.largest_face(img_b), return_exceptions=True)
     for field, result in zip(("image_a", "image_b"), results, strict=True):
         if isinstance(result, NoFaceFound):
             raise ApiError(422, "no_face", f"{field}: no face found", field=field)
