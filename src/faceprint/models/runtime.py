@@ -35,9 +35,7 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def create_session(
-    model: bytes | Path, *, device: str = "cpu", threads: int | None = None
-) -> ort.InferenceSession:
+def create_session(model: bytes | Path, *, device: str = "cpu", threads: int | None = None) -> ort.InferenceSession:
     """An inference session with all graph optimisations on and intra-op threads = cores."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -45,5 +43,7 @@ def create_session(
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.log_severity_level = 3
+    # Spinning worker threads burn a core while idle and slow everything else on a shared or busy machine.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = str(model) if isinstance(model, Path) else model
     return ort.InferenceSession(source, sess_options=options, providers=providers_for(device))
