@@ -25,7 +25,7 @@ from faceprint.service.audit import AuditLog
 from faceprint.service.auth import KeyStore
 from faceprint.service.batching import EmbedBatcher
 from faceprint.service.errors import install_error_handlers
-from faceprint.service.inference import Inference
+from faceprint.service.inference import Inference, InferenceBackend, LocalBackend
 from faceprint.service.metrics import Metrics
 from faceprint.service.middleware import ServiceMiddleware
 from faceprint.service.settings import Settings, SettingsError
@@ -42,15 +42,18 @@ OPENAPI_TAGS = [
 ]
 
 
-def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastAPI:
-    """The FastAPI app. ``pipeline`` lets a caller share already loaded models (tests, embedding hosts)."""
+def create_app(
+    settings: Settings, *, pipeline: Pipeline | None = None, backend: InferenceBackend | None = None
+) -> FastAPI:
+    """The FastAPI app. ``pipeline`` lets a caller share already loaded models (tests, embedding hosts);
+    ``backend`` runs the networks elsewhere (``faceprint.scale``: Ray Serve), started in the lifespan."""
     from faceprint.service.routers import audit, detect, health, identify, subjects, verify
 
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await to_thread.run_sync(_start, app, settings, pipeline, metrics)
+        await to_thread.run_sync(_start, app, settings, pipeline, backend, metrics)
         try:
             yield
         finally:
@@ -87,7 +90,9 @@ def create_app(settings: Settings, *, pipeline: Pipeline | None = None) -> FastA
     return app
 
 
-def _start(app: FastAPI, settings: Settings, pipeline: Pipeline | None, metrics: Metrics) -> None:
+def _start(
+    app: FastAPI, settings: Settings, pipeline: Pipeline | None, backend: InferenceBackend | None, metrics: Metrics
+) -> None:
     from faceprint.gallery import open_gallery
 
     store = ServiceStore(settings.service_db)
@@ -98,20 +103,22 @@ def _start(app: FastAPI, settings: Settings, pipeline: Pipeline | None, metrics:
         pipeline = Pipeline(
             PipelineConfig(detector=settings.detector, device=settings.device, threads=settings.threads)
         )
-    # Load every model now: the first request should not pay for it, and /readyz should mean "ready".
-    _warm_up(pipeline)
+    if backend is None:
+        # Load every model now: the first request should not pay for it, and /readyz should mean "ready".
+        _warm_up(pipeline)
+        batcher = EmbedBatcher(
+            pipeline, max_faces=settings.batch_max_faces, max_wait_s=settings.batch_max_wait_ms / 1000, metrics=metrics
+        )
+        backend = LocalBackend(pipeline, batcher)
+    backend.start()  # a remote backend waits here until its models answer
+    app.state.backend = backend
     app.state.pipeline = pipeline
-    app.state.calibration = _calibration(settings, pipeline.model_id)
+    app.state.calibration = _calibration(settings, backend.model_id)
     gallery = open_gallery(settings.gallery)
-    gallery.ensure_collection(settings.default_collection, pipeline.model_id, int(pipeline.embedder.dim))
+    gallery.ensure_collection(settings.default_collection, backend.model_id, backend.dim)
     app.state.gallery = gallery
-    batcher = EmbedBatcher(
-        pipeline, max_faces=settings.batch_max_faces, max_wait_s=settings.batch_max_wait_ms / 1000, metrics=metrics
-    )
-    batcher.start()
-    app.state.batcher = batcher
     app.state.inference = Inference(
-        pipeline, batcher, metrics, workers=settings.inference_workers, max_pixels=settings.max_pixels
+        pipeline, backend, metrics, workers=settings.inference_workers, max_pixels=settings.max_pixels
     )
     app.state.ready = True
     metrics.ready.set(1)
@@ -156,7 +163,7 @@ def _warm_up(pipeline: Pipeline) -> None:
 def _stop(app: FastAPI) -> None:
     app.state.ready = False
     app.state.metrics.ready.set(0)
-    for name in ("batcher", "gallery", "store"):
+    for name in ("backend", "gallery", "store"):
         thing = getattr(app.state, name, None)
         if thing is not None:
             try:

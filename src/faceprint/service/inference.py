@@ -1,10 +1,15 @@
-"""The pipeline as the routes use it: every stage off the event loop, timed, embedder calls batched."""
+"""The pipeline as the routes use it: every stage off the event loop, timed, embedder calls batched.
+
+Where the networks run is an :class:`InferenceBackend`: :class:`LocalBackend` (this process, the embedder
+micro-batched) by default, or ``faceprint.scale.backend.RayBackend`` (Ray Serve deployments). Decoding,
+chips, quality and search stay in the service either way.
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 from anyio import CapacityLimiter, to_thread
@@ -21,12 +26,63 @@ from faceprint.types import Detection, Faceprint
 T = TypeVar("T")
 
 
-class Inference:
-    def __init__(
-        self, pipeline: Pipeline, batcher: EmbedBatcher, metrics: Metrics, *, workers: int, max_pixels: int
-    ) -> None:
+class InferenceBackend(Protocol):
+    """Detection and embedding for the service; ``detect``/``embed_sync`` are called from worker threads."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def detect(self, image: Image) -> list[Detection]: ...
+
+    async def embed(self, image: Image, detections: Sequence[Detection]) -> list[Faceprint]: ...
+
+    def embed_sync(self, image: Image, detections: Sequence[Detection]) -> list[Faceprint]: ...
+
+
+class LocalBackend:
+    """The models in this process: detection on the calling thread, embedding through the micro-batcher."""
+
+    def __init__(self, pipeline: Pipeline, batcher: EmbedBatcher) -> None:
         self.pipeline = pipeline
         self.batcher = batcher
+
+    @property
+    def model_id(self) -> str:
+        return self.pipeline.model_id
+
+    @property
+    def dim(self) -> int:
+        return int(self.pipeline.embedder.dim)
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    def detect(self, image: Image) -> list[Detection]:
+        return self.pipeline.detect(image)
+
+    async def embed(self, image: Image, detections: Sequence[Detection]) -> list[Faceprint]:
+        return await self.batcher.embed(image, detections)
+
+    def embed_sync(self, image: Image, detections: Sequence[Detection]) -> list[Faceprint]:
+        return self.batcher.embed_sync(image, detections)
+
+
+class Inference:
+    def __init__(
+        self, pipeline: Pipeline, backend: InferenceBackend, metrics: Metrics, *, workers: int, max_pixels: int
+    ) -> None:
+        self.pipeline = pipeline  # chips and quality policy; its networks are used only through the backend
+        self.backend = backend
         self.metrics = metrics
         self.max_pixels = max_pixels
         # Decoding, detection and enrolment are CPU-bound: more threads than cores only adds queueing inside
@@ -63,19 +119,19 @@ class Inference:
         return await self.compute("decode", self.decode_sync, upload)
 
     async def detect(self, image: Image) -> list[Detection]:
-        return await self.compute("detect", self.pipeline.detect, image)
+        return await self.compute("detect", self.backend.detect, image)
 
     async def decode_and_detect(self, upload: Upload) -> tuple[Image, list[Detection]]:
         """Both in one worker-thread job: a request queues for the CPU once, not twice."""
 
         def work() -> tuple[Image, list[Detection]]:
             image = self._timed("decode", functools.partial(self.decode_sync, upload))
-            return image, self._timed("detect", functools.partial(self.pipeline.detect, image))
+            return image, self._timed("detect", functools.partial(self.backend.detect, image))
 
         return await self.compute(None, work)
 
     async def embed(self, image: Image, detections: Sequence[Detection]) -> list[Faceprint]:
-        return await self.batcher.embed(image, detections)
+        return await self.backend.embed(image, detections)
 
     async def largest_face(self, upload: Upload) -> tuple[Faceprint, int]:
         image, detections = await self.decode_and_detect(upload)
@@ -101,26 +157,26 @@ class Inference:
 
 
 class BatchedPipeline:
-    """What :func:`faceprint.gallery.enrol_images` needs from a pipeline, with embedding through the batcher.
+    """What :func:`faceprint.gallery.enrol_images` needs from a pipeline, with the networks of the backend.
 
     Used from a worker thread: ``embed`` blocks that thread, not the event loop.
     """
 
-    def __init__(self, pipeline: Pipeline, batcher: EmbedBatcher) -> None:
+    def __init__(self, pipeline: Pipeline, backend: InferenceBackend) -> None:
         self._pipeline = pipeline
-        self._batcher = batcher
+        self._backend = backend
 
     @property
     def model_id(self) -> str:
         return self._pipeline.model_id
 
     def detect(self, image: Image) -> list[Detection]:
-        return self._pipeline.detect(image)
+        return self._backend.detect(image)
 
     def embed(self, image: Image, detections: Sequence[Detection] | None = None) -> list[Faceprint]:
         if detections is None:
-            detections = self._pipeline.detect(image)
-        return self._batcher.embed_sync(image, detections)
+            detections = self._backend.detect(image)
+        return self._backend.embed_sync(image, detections)
 
     def chips(self, image: Image, detections: Sequence[Detection]) -> np.ndarray:
         return self._pipeline.chips(image, detections)

@@ -98,10 +98,8 @@ async def create_subject(request: Request, principal: Enroll) -> dict[str, objec
     svc = services(request)
     body = validate_params(SubjectCreate, await _json_body(request))
     collection = _collection(svc, body.collection)
-    pipeline = svc.inference.pipeline
-    await svc.inference.run(
-        None, svc.gallery.ensure_collection, collection, pipeline.model_id, int(pipeline.embedder.dim)
-    )
+    backend = svc.inference.backend
+    await svc.inference.run(None, svc.gallery.ensure_collection, collection, backend.model_id, backend.dim)
     subject = await svc.inference.run(
         None,
         svc.gallery.add_subject,
@@ -252,7 +250,7 @@ async def enrol_faces(
     validate_params(EnrolParams, parsed.params)
     uploads = parsed.images["image"]
     inf = svc.inference
-    pipeline = BatchedPipeline(inf.pipeline, inf.batcher)
+    pipeline = BatchedPipeline(inf.pipeline, inf.backend)
     outcomes = await inf.compute("enrol", _enrol, inf, svc.gallery, pipeline, subject.id, uploads, coll)
     report = EnrolReport(subject, tuple(outcomes))
     out = report.to_dict()
