@@ -567,3 +567,27 @@ def test_keys_and_audit_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     shown = runner.invoke(app, ["audit", "--json", "--action", "verify"])
     assert shown.exit_code == 0 and json.loads(shown.stdout)[0]["decision"] == "same"
     assert "abcd1234" in runner.invoke(app, ["audit"]).stdout
+
+
+def test_every_route_and_service_command_is_documented(service) -> None:
+    """docs/service.md must name every API path and every service command (it fails when one is added)."""
+    client, _ = service
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "service.md").read_text()
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, methods in paths.items():
+        documented = path.replace("{subject_id}", "{id}").replace("{template_id}", "{face_id}")
+        for method in methods:
+            assert f"`{method.upper()} {documented}" in doc, f"{method.upper()} {path} is not in docs/service.md"
+    for command in (
+        "faceprint serve",
+        "faceprint keys create",
+        "faceprint keys list",
+        "faceprint keys revoke",
+        "faceprint audit",
+        "--insecure-no-auth",
+    ):
+        assert command in doc, command
+    from faceprint.service.settings import _ENV
+
+    for variable in _ENV.values():
+        assert variable in doc, f"{variable} is not in docs/service.md"

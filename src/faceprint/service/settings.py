@@ -43,6 +43,7 @@ class Settings:
     detector: str = "mmod"
     device: str = "cpu"
     threads: int | None = None
+    upsample: int | None = None  # detector upsampling; None: the detector's default (finds smaller faces, slower)
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000
     max_images_per_request: int = 20
@@ -62,6 +63,8 @@ class Settings:
                 raise SettingsError(f"{_ENV[name]}: must be at least 1, got {getattr(self, name)}")
         if self.inference_workers < 1:
             raise SettingsError(f"FACEPRINT_INFERENCE_WORKERS: must be at least 1, got {self.inference_workers}")
+        if self.upsample is not None and not 0 <= self.upsample <= 3:
+            raise SettingsError(f"FACEPRINT_UPSAMPLE: must be 0 to 3, got {self.upsample}")
         if self.batch_max_wait_ms < 0:
             raise SettingsError(f"FACEPRINT_BATCH_MAX_WAIT_MS: must be >= 0, got {self.batch_max_wait_ms}")
 
@@ -98,6 +101,7 @@ _ENV = {
     "detector": "FACEPRINT_DETECTOR",
     "device": "FACEPRINT_DEVICE",
     "threads": "FACEPRINT_THREADS",
+    "upsample": "FACEPRINT_UPSAMPLE",
     "max_upload_bytes": "FACEPRINT_MAX_UPLOAD_BYTES",
     "max_pixels": "FACEPRINT_MAX_PIXELS",
     "max_images_per_request": "FACEPRINT_MAX_IMAGES_PER_REQUEST",
