@@ -101,7 +101,12 @@ def _start(
     app.state.audit = AuditLog(store)
     if pipeline is None:
         pipeline = Pipeline(
-            PipelineConfig(detector=settings.detector, device=settings.device, threads=settings.threads)
+            PipelineConfig(
+                detector=settings.detector,
+                device=settings.device,
+                threads=settings.threads,
+                upsample=settings.upsample,
+            )
         )
     if backend is None:
         # Load every model now: the first request should not pay for it, and /readyz should mean "ready".
