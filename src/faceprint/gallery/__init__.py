@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from faceprint.gallery.base import DEFAULT_COLLECTION, UNSET, Gallery
 from faceprint.gallery.embedded import EmbeddedGallery
@@ -39,6 +40,10 @@ from faceprint.gallery.model import (
     Template,
 )
 from faceprint.gallery.transfer import export_gallery, import_gallery
+
+if TYPE_CHECKING:
+    from faceprint.gallery.milvus import MilvusGallery
+    from faceprint.gallery.postgres import PostgresGallery
 
 __all__ = [
     "DEFAULT_COLLECTION",
@@ -84,8 +89,20 @@ def default_gallery_path() -> Path:
     return user_data_path("faceprint", appauthor=False) / "gallery"
 
 
-def open_gallery(path: str | Path | None = None, *, key: bytes | None = None, create: bool = True) -> EmbeddedGallery:
-    """Open (or create) the embedded gallery at ``path`` (default :func:`default_gallery_path`)."""
+def open_gallery(
+    path: str | Path | None = None, *, key: bytes | None = None, create: bool = True
+) -> EmbeddedGallery | PostgresGallery | MilvusGallery:
+    """Open (or create) the gallery at ``path`` (default :func:`default_gallery_path`).
+
+    ``postgresql://…`` / ``postgres://…`` → PostgreSQL + pgvector; ``milvus://host:port`` or a ``*.db`` path →
+    Milvus (a server, or Milvus Lite in that file); anything else → the embedded directory. The server
+    backends are imported only when asked for (see :mod:`faceprint.gallery.location`).
+    """
+    from faceprint.gallery.location import open_backend
+
+    backend = open_backend(path, key=key, create=create)
+    if backend is not None:
+        return backend
     return EmbeddedGallery(
         Path(path).expanduser() if path is not None else default_gallery_path(), key=key, create=create
     )

