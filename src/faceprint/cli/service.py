@@ -43,8 +43,14 @@ def serve(
         bool, typer.Option("--insecure-no-auth", help="Serve without API keys (local demos only).")
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    ray: Annotated[
+        bool, typer.Option("--ray", help="Run detector and embedder as Ray Serve deployments (docs/deploy.md).")
+    ] = False,
+    address: Annotated[
+        str | None, typer.Option(help="With --ray: Ray cluster to join ('auto': this node's); default: start one.")
+    ] = None,
 ) -> None:
-    """Run the HTTP API and web UI (see docs/service.md)."""
+    """Run the HTTP API and web UI (see docs/service.md; --ray: docs/deploy.md)."""
     import uvicorn
 
     from faceprint.service.app import create_app
@@ -63,7 +69,15 @@ def serve(
             + (" — and this address is reachable from the network!" if exposed else " (loopback only)."),
             err=True,
         )
+    if address is not None and not ray:
+        raise fail("--address needs --ray")
     typer.echo(f"faceprint: serving on http://{host}:{port}/ (gallery {settings.gallery})", err=True)
+    if ray:
+        from faceprint.scale.server import serve_forever
+        from faceprint.scale.settings import RaySettings
+
+        serve_forever(settings, RaySettings.from_env(address=address), host=host, port=port)
+        return
     uvicorn.run(
         create_app(settings), host=host, port=port, log_config=None, access_log=False, log_level=log_level.lower()
     )

@@ -1,0 +1,64 @@
+"""The faceprint Serve application: the HTTP API (``create_app``) as the ingress, models as deployments.
+
+Imports Ray: import this module only on the Ray path. Two ways in:
+
+* ``faceprint serve --ray`` calls :func:`build_app` with the settings it parsed from options and env;
+* a RayService (Kubernetes) or ``serve run`` uses the import path ``faceprint.scale.ray_app:app_builder``,
+  which reads the same ``FACEPRINT_*`` / ``FACEPRINT_RAY_*`` variables (set them in the runtime env).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from faceprint.pipeline import Pipeline, PipelineConfig
+from faceprint.scale.backend import RayBackend
+from faceprint.scale.deployments import FaceDetector, FaceEmbedder
+from faceprint.scale.settings import RaySettings
+from faceprint.service.settings import Settings
+
+INGRESS_NAME = "FaceprintAPI"
+
+
+@serve.deployment(name=INGRESS_NAME)
+@serve.ingress()
+class FaceprintAPI:
+    """The same FastAPI app as ``faceprint serve``, built in the replica around a :class:`RayBackend`."""
+
+    def __init__(self, detector: Any, embedder: Any, settings: Settings) -> None:
+        self._settings = settings
+        config = PipelineConfig(detector=settings.detector, device=settings.device)
+        self._backend = RayBackend(detector, embedder, Pipeline(config))
+
+    def __serve_build_asgi_app__(self) -> Any:
+        # Built here, in the replica, rather than pickled from the driver: the app holds locks, a
+        # Prometheus registry and (after start-up) open databases.
+        from faceprint.service.app import create_app
+
+        return create_app(self._settings, backend=self._backend)
+
+
+def build_app(settings: Settings, ray_settings: RaySettings) -> Application:
+    """The bound application: ``FaceprintAPI(FaceDetector, FaceEmbedder)`` with the scaling settings."""
+    rs = ray_settings
+    upsample = getattr(settings, "upsample", None)
+    detector = FaceDetector.options(**rs.detector.options()).bind(
+        settings.detector, settings.device, rs.detector.threads, upsample
+    )
+    embedder = FaceEmbedder.options(**rs.embedder.options()).bind(
+        settings.device, rs.embedder.threads, rs.batch_max_size, rs.batch_wait_ms
+    )
+    return FaceprintAPI.options(**rs.ingress.options()).bind(detector, embedder, settings)
+
+
+def app_builder(args: dict[str, Any] | None = None) -> Application:
+    """Application builder for ``serve run`` / RayService ``import_path``; settings from the environment.
+
+    ``args`` (the config's ``args:``) may override service settings by field name, e.g. ``{"detector":
+    "hog", "gallery": "/data/gallery"}``.
+    """
+    overrides = dict(args or {})
+    return build_app(Settings.from_env(**overrides), RaySettings.from_env())
