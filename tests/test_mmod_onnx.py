@@ -17,7 +17,8 @@ from PIL import Image
 
 from faceprint.detect.mmod import MMODDetector, _model_file, tiled_pyramid_layout
 from faceprint.models.catalogue import model_path
-from faceprint.models.mmod_onnx import build_mmod_onnx, read_mmod
+from faceprint.models.dlib_format import read_network
+from faceprint.models.mmod_onnx import build_mmod_onnx, read_mmod, records_to_onnx
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 if not DATA.is_dir():
@@ -82,6 +83,19 @@ def test_graph_is_valid_and_folded() -> None:
     onnx.checker.check_model(model)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Conv") == 7 and "Mul" not in ops and "Add" not in ops
+
+
+def test_split_scorer_equals_plain_conv() -> None:
+    import onnxruntime as ort
+
+    records = read_network(model_path("dlib-mmod"))
+    x = np.random.default_rng(0).uniform(-0.5, 0.5, (1, 3, 157, 203)).astype(np.float32)
+    outs = []
+    for split in (True, False):
+        model = records_to_onnx(records, split_scorer=split).SerializeToString()
+        outs.append(ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"image": x})[0])
+    assert outs[0].shape == outs[1].shape == (1, 1, 17, 22)
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5)
 
 
 def test_geometry_from_the_file() -> None:

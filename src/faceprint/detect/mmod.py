@@ -41,6 +41,7 @@ from faceprint.models.mmod_onnx import (
     OUTPUT_NAME,
     MMODGeometry,
     build_mmod_onnx,
+    build_resize_onnx,
     read_mmod,
 )
 from faceprint.models.runtime import create_session
@@ -112,19 +113,26 @@ def tiled_pyramid_layout(rows: int, cols: int, padding: int, outer_padding: int)
 def _resize_bilinear(src: np.ndarray, rows: int, cols: int) -> np.ndarray:
     """dlib's ``resize_image`` with bilinear interpolation: corner pixels map onto corner pixels.
 
-    ``src`` is C×H×W float32; the result is C×rows×cols float32.
+    ``src`` is C×H×W float32; the result is C×rows×cols float32. Separable: rows first, then columns.
     """
     h, w = src.shape[1:]
     ys = np.arange(rows) * ((h - 1) / max(rows - 1, 1))
     xs = np.arange(cols) * ((w - 1) / max(cols - 1, 1))
-    top = np.floor(ys).astype(np.int64)
-    left = np.floor(xs).astype(np.int64)
+    top = np.floor(ys).astype(np.intp)
+    left = np.floor(xs).astype(np.intp)
     fy = (ys - top).astype(np.float32)[None, :, None]
-    fx = (xs - left).astype(np.float32)[None, None, :]
-    bottom = np.minimum(top + 1, h - 1)
-    right = np.minimum(left + 1, w - 1)
-    vert = src[:, top, :] * (1 - fy) + src[:, bottom, :] * fy
-    return vert[:, :, left] * (1 - fx) + vert[:, :, right] * fx
+    fx = (xs - left).astype(np.float32)
+    out = np.take(src, top, axis=1)
+    lower = np.take(src, np.minimum(top + 1, h - 1), axis=1)
+    lower -= out
+    lower *= fy
+    out += lower  # top + fy·(bottom − top)
+    result = np.take(out, left, axis=2)
+    right = np.take(out, np.minimum(left + 1, w - 1), axis=2)
+    right -= result
+    right *= fx
+    result += right
+    return result
 
 
 def _pyramid_up(image: np.ndarray) -> np.ndarray:
@@ -174,6 +182,7 @@ class MMODDetector:
             raise ValueError("upsample must be >= 0")
         self.geometry = _geometry()
         self.session = create_session(_model_file(), device=device, threads=threads)
+        self._resizer = create_session(build_resize_onnx().SerializeToString(), device=device, threads=threads)
         self.upsample = int(upsample)
         self.min_score = float(min_score)
         self._lock = threading.Lock()
@@ -189,14 +198,18 @@ class MMODDetector:
         if len(layout.rects) == 0:
             return tensor, layout
         planes = tensor[0]
-        means = np.array(g.channel_means, dtype=np.float32)[:, None, None]
         l0, t0, r0, b0 = layout.rects[0]
-        # (v - mean) / 256 in float, as dlib's to_tensor does
-        planes[:, t0 : b0 + 1, l0 : r0 + 1] = (np.moveaxis(image, 2, 0) - means) / np.float32(256.0)
-        for (pl, pt, pr, pb), (left, top, right, bottom) in zip(layout.rects[:-1], layout.rects[1:], strict=True):
-            planes[:, top : bottom + 1, left : right + 1] = _resize_bilinear(
-                planes[:, pt : pb + 1, pl : pr + 1], bottom - top + 1, right - left + 1
-            )
+        level = planes[:, t0 : b0 + 1, l0 : r0 + 1]
+        # (v − mean) / 256 in float32, as dlib's to_tensor (dividing by 256 is exact)
+        means = np.array(g.channel_means, dtype=np.float32)[:, None, None]
+        np.subtract(np.moveaxis(image, 2, 0), means, out=level)
+        level *= np.float32(1 / 256)
+        prev = np.ascontiguousarray(level)[None]
+        for left, top, right, bottom in layout.rects[1:].tolist():
+            # each level is a bilinear resize of the one before it, as dlib's create_tiled_pyramid
+            sizes = np.array([1, 3, bottom - top + 1, right - left + 1], dtype=np.int64)
+            prev = self._resizer.run(["y"], {"x": prev, "sizes": sizes})[0]
+            planes[:, top : bottom + 1, left : right + 1] = prev[0]
         return tensor, layout
 
     def scores(self, tensor: np.ndarray) -> np.ndarray:

@@ -6,8 +6,9 @@ followed by batch-norm statistics (stored as ``bn_con``, applied by dlib as a fi
 
 The graph covers the convolutional trunk only: ``image`` float32 1×3×H×W (dynamic H, W; the tiled, normalised
 pyramid that :mod:`faceprint.detect.mmod` builds) → ``scores`` float32 1×W×h×w, one channel per detector
-window. Every affine is folded into the convolution before it (in float64, then cast), so the graph is seven
-Conv nodes and six Relu nodes, which ONNX Runtime fuses and runs in its blocked NCHWc layout.
+window. Every affine is folded into the convolution before it (in float64, then cast); ONNX Runtime fuses
+the relus and runs the 3-, 16- and 32-channel convolutions in its blocked NCHWc layout. The 9×9 scorer is
+split into a 1×1 convolution and shifted sums (:func:`_split_conv`).
 
 :func:`read_mmod` gives what the rest of the pipeline needs from the same file (:class:`MMODGeometry`): the
 channel means, pyramid paddings, detector windows, NMS thresholds, and the affine map from a score-map cell to
@@ -32,11 +33,12 @@ __all__ = [
     "OUTPUT_NAME",
     "MMODGeometry",
     "build_mmod_onnx",
+    "build_resize_onnx",
     "read_mmod",
     "records_to_onnx",
 ]
 
-CONVERTER_VERSION = "dlib-mmod-onnx-1"
+CONVERTER_VERSION = "dlib-mmod-onnx-2"
 INPUT_NAME = "image"
 OUTPUT_NAME = "scores"
 OPSET = 17
@@ -103,8 +105,13 @@ def read_mmod(path: Path | str) -> MMODGeometry:
     )
 
 
-def records_to_onnx(records: list[LayerRecord]) -> onnx.ModelProto:
-    """The conv trunk of an MMOD detector as an ONNX model (affine layers folded into the convolutions)."""
+def records_to_onnx(records: list[LayerRecord], *, split_scorer: bool = True) -> onnx.ModelProto:
+    """The conv trunk of an MMOD detector as an ONNX model (affine layers folded into the convolutions).
+
+    ``split_scorer`` rewrites the last convolution (45 → 1 channel, 9×9) as a 1×1 convolution to one channel
+    per kernel tap plus a sum of shifted slices (see :func:`_split_conv`): same result, ~10% less time,
+    because ONNX Runtime runs a one-output 9×9 convolution as a slow matrix-vector product.
+    """
     _check_records(records)
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
@@ -126,21 +133,25 @@ def records_to_onnx(records: list[LayerRecord]) -> onnx.ModelProto:
                     weight = weight * scale[:, None, None, None]
                     bias = bias * scale + shift
                 i += 1
-            w_name, b_name = f"W{n}", f"B{n}"
-            inits.append(numpy_helper.from_array(weight.astype(np.float32), w_name))
-            inits.append(numpy_helper.from_array(bias.astype(np.float32), b_name))
-            py, px = a["padding_y"], a["padding_x"]
-            nodes.append(
-                helper.make_node(
-                    "Conv",
-                    [x, w_name, b_name],
-                    [f"conv{n}"],
-                    name=f"conv{n}",
-                    kernel_shape=[a["nr"], a["nc"]],
-                    strides=[a["stride_y"], a["stride_x"]],
-                    pads=[py, px, py, px],
+            is_scorer = all(r.kind != "con" for r in layers[i + 1 :])
+            if is_scorer and split_scorer and a["stride_y"] == a["stride_x"] == 1:
+                x = _split_conv(nodes, inits, x, weight, bias, a["padding_y"], a["padding_x"], f"conv{n}")
+            else:
+                w_name, b_name = f"W{n}", f"B{n}"
+                inits.append(numpy_helper.from_array(weight.astype(np.float32), w_name))
+                inits.append(numpy_helper.from_array(bias.astype(np.float32), b_name))
+                py, px = a["padding_y"], a["padding_x"]
+                nodes.append(
+                    helper.make_node(
+                        "Conv",
+                        [x, w_name, b_name],
+                        [f"conv{n}"],
+                        name=f"conv{n}",
+                        kernel_shape=[a["nr"], a["nc"]],
+                        strides=[a["stride_y"], a["stride_x"]],
+                        pads=[py, px, py, px],
+                    )
                 )
-            )
             x, channels = f"conv{n}", weight.shape[0]
             if a["use_relu"]:
                 nodes.append(helper.make_node("Relu", [x], [f"relu{n}"], name=f"relu{n}"))
@@ -175,6 +186,79 @@ def records_to_onnx(records: list[LayerRecord]) -> onnx.ModelProto:
     return model
 
 
+def _split_conv(
+    nodes: list[onnx.NodeProto],
+    inits: list[onnx.TensorProto],
+    x: str,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    pad_y: int,
+    pad_x: int,
+    out: str,
+) -> str:
+    """A stride-1 F×C×kh×kw convolution as ``Σ_(i,j) shift_(i,j)(taps[i,j])`` with ``taps = Conv1×1(x)``.
+
+    ``taps`` has kh·kw·F channels, tap ``(i, j)`` at channels ``[(i·kw + j)·F, +F)``, holding
+    ``Σ_c w[f, c, i, j]·x[c]``; padded by the convolution's padding, tap (i, j) is sliced at offset (i, j)
+    to the output size, and all slices plus the bias are summed.
+    """
+    filters, channels, kh, kw = weight.shape
+    taps = weight.transpose(2, 3, 0, 1).reshape(kh * kw * filters, channels, 1, 1)
+    inits.append(numpy_helper.from_array(taps.astype(np.float32), f"{out}_Wtaps"))
+    nodes.append(
+        helper.make_node("Conv", [x, f"{out}_Wtaps"], [f"{out}_taps"], name=f"{out}_taps", kernel_shape=[1, 1])
+    )
+    source = f"{out}_taps"
+    if pad_y or pad_x:
+        pads = np.array([0, 0, pad_y, pad_x, 0, 0, pad_y, pad_x], dtype=np.int64)
+        inits.append(numpy_helper.from_array(pads, f"{out}_pads"))
+        nodes.append(helper.make_node("Pad", [source, f"{out}_pads"], [f"{out}_padded"], name=f"{out}_pad"))
+        source = f"{out}_padded"
+    inits.append(numpy_helper.from_array(np.array([1, 2, 3], dtype=np.int64), f"{out}_axes"))
+    # padded size − (k − 1) is the output size, so each slice ends (k − 1 − offset) before the end
+    last = np.iinfo(np.int64).max
+    terms = []
+    for i in range(kh):
+        for j in range(kw):
+            k = i * kw + j
+            starts = np.array([k * filters, i, j], dtype=np.int64)
+            ends = np.array([(k + 1) * filters, i - (kh - 1) or last, j - (kw - 1) or last], dtype=np.int64)
+            inits.append(numpy_helper.from_array(starts, f"{out}_s{k}"))
+            inits.append(numpy_helper.from_array(ends, f"{out}_e{k}"))
+            nodes.append(
+                helper.make_node(
+                    "Slice", [source, f"{out}_s{k}", f"{out}_e{k}", f"{out}_axes"], [f"{out}_t{k}"], name=f"{out}_t{k}"
+                )
+            )
+            terms.append(f"{out}_t{k}")
+    inits.append(numpy_helper.from_array(bias.astype(np.float32).reshape(1, -1, 1, 1), f"{out}_B"))
+    nodes.append(helper.make_node("Sum", [*terms, f"{out}_B"], [out], name=out))
+    return out
+
+
 def build_mmod_onnx(path: Path) -> onnx.ModelProto:
     """Builder for :func:`faceprint.models.convert.converted_model`."""
     return records_to_onnx(read_network(path))
+
+
+def build_resize_onnx() -> onnx.ModelProto:
+    """dlib's bilinear ``resize_image`` as a one-node graph: ``x`` 1×C×h×w, ``sizes`` [1, C, rows, cols] → ``y``.
+
+    ``align_corners`` maps output pixel ``i`` to input ``i·(h−1)/(rows−1)``, as dlib does. Used to build the
+    pyramid levels (ONNX Runtime's kernel is several times faster than NumPy gathers).
+    """
+    node = helper.make_node(
+        "Resize", ["x", "", "", "sizes"], ["y"], mode="linear", coordinate_transformation_mode="align_corners"
+    )
+    graph = helper.make_graph(
+        [node],
+        "dlib_resize_bilinear",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "channels", "h", "w"]),
+            helper.make_tensor_value_info("sizes", TensorProto.INT64, [4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, "channels", "rows", "cols"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="faceprint")
+    model.ir_version = 8
+    return model
