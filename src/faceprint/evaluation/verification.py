@@ -45,9 +45,16 @@ class PairScores:
 def score_pairs(pairs: Sequence[Pair], embeddings: Embeddings) -> PairScores:
     """Cosine score of every pair; a pair is skipped (with the reason) when an image has no embedding."""
     index = embeddings.index()
+    keys: dict[Path, str] = {}  # resolving a path is a few system calls; pair lists repeat paths a lot
+
+    def key_of(path: Path) -> str:
+        if path not in keys:
+            keys[path] = key(path)
+        return keys[path]
+
     kept, ia, ib, skipped = [], [], [], []
     for pair in pairs:
-        ka, kb = key(pair.a), key(pair.b)
+        ka, kb = key_of(pair.a), key_of(pair.b)
         if ka in index and kb in index:
             kept.append(pair)
             ia.append(index[ka])
