@@ -1,0 +1,792 @@
+"""The Milvus backend: the gallery in a Milvus server (``milvus://host:19530[/database]``) or in a Milvus Lite
+file (``faces.db``), through pymilvus's ``MilvusClient``.
+
+Everything lives in Milvus, so every client of one server shares one gallery with no other store to run:
+
+``<prefix>_catalog``     the template-key check value and one row per faceprint collection (name, model,
+                         dimension, created_at); Milvus wants a vector field in every collection, so it
+                         has a 2-d placeholder vector.
+``<prefix>_s_<hash>``    a collection's subjects: id (primary key), name, expiry, metadata/consent (JSON).
+``<prefix>_t_<hash>``    its templates and negatives: int64 id, kind (0 template, 1 negative), subject id,
+                         provenance (JSON), the AES-256-GCM copy of the vector (base64) and the plaintext
+                         vector under an HNSW index (inner product: vectors are L2-normalised).
+
+Consistency level ``Strong`` on every collection: a search or query waits until it sees every write
+acknowledged before it started, so a returned enrolment is searchable at once by every client.
+
+Milvus has no multi-statement transactions. One ``add_templates`` is one insert request (Milvus applies a
+request whole), and a deletion removes the templates before the subject row, so a search never returns a
+template whose subject is gone. :meth:`bulk` buffers the writes of its block (nothing is written when the
+block raises) and sends them as a few large requests at the end; a crash while those are being sent can
+leave part of the batch, which re-running the import with ``skip_existing`` completes. Milvus does not
+enforce unique names either: the check-then-insert of a name can race between two clients writing at the
+same moment (single-writer enrolment, or PostgreSQL, where that matters).
+
+Template ids are made by the client (:class:`_Ids`, snowflake-style) so that :meth:`bulk` can return them
+before anything is written. Chips (``--keep-chips``) are refused: a chip is larger than a Milvus VARCHAR.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from faceprint.gallery.base import DEFAULT_COLLECTION, UNSET, Unset
+from faceprint.gallery.crypto import TemplateCipher, resolve_key
+from faceprint.gallery.errors import (
+    CollectionNotFound,
+    ContractMismatch,
+    GalleryError,
+    SubjectExists,
+    SubjectNotFound,
+    TemplateNotFound,
+)
+from faceprint.gallery.model import (
+    Collection,
+    Consent,
+    GalleryStats,
+    Identification,
+    Metadata,
+    Page,
+    Subject,
+    Template,
+    from_iso,
+    metadata_json,
+    to_iso,
+    utcnow,
+)
+from faceprint.gallery.scoring import Hit
+from faceprint.gallery.shared import (
+    check_contract,
+    check_name,
+    check_sidecars,
+    decide,
+    make_cursor,
+    neighbours_wanted,
+    parse_cursor,
+    redact_location,
+    resolve_threshold,
+    vector_aad,
+)
+from faceprint.matching import Calibration, normalise
+from faceprint.types import Faceprint
+
+log = logging.getLogger(__name__)
+
+CONSISTENCY = "Strong"
+HNSW_M = 16
+HNSW_EF_CONSTRUCTION = 128
+HNSW_EF_SEARCH = 100
+TEMPLATE, NEGATIVE = 0, 1
+_TEXT_MAX = 65_535  # Milvus VARCHAR limit (bytes)
+_NAME_MAX = 1_024
+_QUERY_BATCH = 4_096
+_PLACEHOLDER = [0.0, 0.0]
+
+
+class _Ids:
+    """Snowflake-style int64 ids: milliseconds since 2024 (41 bits) ‖ random node (10 bits) ‖ sequence (12).
+
+    Increasing within a process and time-ordered across processes; two clients collide only if they drew
+    the same node number and write in the same millisecond with the same sequence number.
+    """
+
+    _EPOCH_MS = 1_704_067_200_000
+
+    def __init__(self) -> None:
+        self._node = secrets.randbelow(1 << 10)
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            candidate = ((int(time.time() * 1000) - self._EPOCH_MS) << 22) | (self._node << 12)
+            self._last = max(candidate, self._last + 1)
+            return self._last
+
+
+def _q(value: str) -> str:
+    """A Milvus filter string literal."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _in(field_name: str, values: Iterable[str]) -> str:
+    return f"{field_name} in [{', '.join(_q(v) for v in values)}]"
+
+
+def _micros(value: datetime | None) -> int:
+    if value is None:
+        return -1
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1_000_000)
+
+
+@dataclass
+class _Batch:
+    """Writes buffered by :meth:`MilvusGallery.bulk`, per Milvus collection pair."""
+
+    subjects: dict[str, dict[str, dict | None]] = field(default_factory=dict)  # s-coll → id → row | None
+    deleted: dict[str, set[str]] = field(default_factory=dict)  # s-coll → subject ids to delete first
+    rows: dict[str, list[dict]] = field(default_factory=dict)  # t-coll → template/negative rows
+    dropped: dict[str, set[int]] = field(default_factory=dict)  # t-coll → template ids to delete
+
+
+@dataclass(frozen=True)
+class _Names:
+    subjects: str
+    templates: str
+
+
+def parse_uri(uri: str) -> tuple[str, dict[str, str]]:
+    """``milvus://[user:pass@]host:port[/db][?token=…]`` → pymilvus uri and client keywords; a path → itself."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in ("milvus", "milvus+http", "milvus+https"):
+        return str(Path(uri).expanduser()), {}
+    http = "https" if parts.scheme.lower().endswith("https") else "http"
+    kwargs: dict[str, str] = {}
+    if parts.username:
+        kwargs["token"] = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    query = parse_qs(parts.query)
+    if "token" in query:
+        kwargs["token"] = query["token"][0]
+    if parts.path.strip("/"):
+        kwargs["db_name"] = parts.path.strip("/")
+    return f"{http}://{parts.hostname}:{parts.port or 19530}", kwargs
+
+
+class MilvusGallery:
+    """:class:`~faceprint.gallery.base.Gallery` on Milvus or Milvus Lite (see the module docstring)."""
+
+    def __init__(
+        self,
+        uri: str,
+        *,
+        key: bytes | None = None,
+        create: bool = True,
+        prefix: str = "faceprint",
+        ef_search: int = HNSW_EF_SEARCH,
+    ) -> None:
+        """``prefix`` names this gallery's Milvus collections (several galleries can share a server)."""
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,100}", prefix):
+            raise GalleryError(f"invalid Milvus collection prefix {prefix!r}")
+        self.location = redact_location(uri)
+        self.prefix = prefix
+        self.ef_search = int(ef_search)
+        target, kwargs = parse_uri(uri)
+        self._local_path = None if target.startswith(("http://", "https://")) else Path(target)
+        if self._local_path is not None and not create and not self._local_path.exists():
+            raise GalleryError(f"no gallery at {self._local_path}")
+        try:
+            self._client = MilvusClient(uri=target, **kwargs)
+        except MilvusException as exc:
+            raise GalleryError(f"cannot open the Milvus gallery {self.location}: {exc}") from None
+        self._catalog = f"{prefix}_catalog"
+        self._ids = _Ids()
+        self._local = threading.local()
+        self._loaded: set[str] = set()
+        self._closed = False
+        try:
+            if not self._client.has_collection(self._catalog):
+                if not create:
+                    raise GalleryError(f"no faceprint gallery {prefix!r} in {self.location}")
+                self._create_catalog()
+            self.cipher = self._open_cipher(key)
+        except BaseException:
+            self._client.close()
+            raise
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client.close()
+
+    def __enter__(self) -> MilvusGallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def client(self) -> MilvusClient:
+        if self._closed:
+            raise GalleryError(f"the gallery {self.location} is closed")
+        return self._client
+
+    # -- schema -----------------------------------------------------------------------------------------
+    def _create_catalog(self) -> None:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("key", DataType.VARCHAR, is_primary=True, max_length=_NAME_MAX + 16)
+        schema.add_field("value", DataType.VARCHAR, max_length=_TEXT_MAX)
+        schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
+        self._create(self._catalog, schema, "placeholder", "FLAT", {})
+
+    def _create(self, name: str, schema: Any, vector_field: str, index: str, params: dict) -> None:
+        index_params = self._client.prepare_index_params()
+        index_params.add_index(vector_field, index_type=index, metric_type="IP", params=params)
+        try:
+            self._client.create_collection(
+                name, schema=schema, index_params=index_params, consistency_level=CONSISTENCY
+            )
+        except MilvusException:
+            if not self._client.has_collection(name):  # lost a creation race: fine; anything else is not
+                raise
+        self._loaded.add(name)
+
+    def _create_collection_pair(self, names: _Names, dim: int) -> None:
+        subjects = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        subjects.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
+        subjects.add_field("name", DataType.VARCHAR, max_length=_NAME_MAX)
+        subjects.add_field("expires", DataType.INT64)  # µs since the epoch, -1: never
+        subjects.add_field("info", DataType.VARCHAR, max_length=_TEXT_MAX)
+        subjects.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
+        self._create(names.subjects, subjects, "placeholder", "FLAT", {})
+        templates = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        templates.add_field("id", DataType.INT64, is_primary=True)
+        templates.add_field("kind", DataType.INT8)
+        templates.add_field("subject_id", DataType.VARCHAR, max_length=64)
+        templates.add_field("info", DataType.VARCHAR, max_length=4_096)
+        templates.add_field("enc", DataType.VARCHAR, max_length=_TEXT_MAX)
+        templates.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
+        params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
+        self._create(names.templates, templates, "vector", "HNSW", params)
+
+    def _names(self, name: str) -> _Names:
+        digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+        return _Names(f"{self.prefix}_s_{digest}", f"{self.prefix}_t_{digest}")
+
+    def _ready(self, name: str) -> str:
+        """Load a collection once per process (a fresh Milvus Lite process starts with nothing loaded)."""
+        if name not in self._loaded:
+            self.client.load_collection(name)
+            self._loaded.add(name)
+        return name
+
+    def _open_cipher(self, key: bytes | None) -> TemplateCipher:
+        rows = {r["key"]: r["value"] for r in self._query(self._catalog, _in("key", ["key_check", "key_id"]))}
+        if "key_check" not in rows:  # a new gallery: the only place a key file may be created
+            secret, origin = resolve_key(key, create=True)
+            cipher = TemplateCipher(secret, origin)
+            self.client.upsert(
+                self._catalog,
+                [
+                    {"key": "key_check", "value": _b64(cipher.check_value()), "placeholder": _PLACEHOLDER},
+                    {"key": "key_id", "value": cipher.key_id, "placeholder": _PLACEHOLDER},
+                ],
+            )
+            return cipher
+        secret, origin = resolve_key(key, create=False)
+        cipher = TemplateCipher(secret, origin)
+        cipher.verify(base64.b64decode(rows["key_check"]), rows.get("key_id"))
+        return cipher
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def _query(self, name: str, expr: str, fields: Sequence[str] | None = None) -> list[dict]:
+        """Every row matching ``expr`` (an iterator past Milvus's 16,384-row query window)."""
+        out_fields = list(fields) if fields else ["*"]
+        try:
+            iterator = self.client.query_iterator(
+                self._ready(name), batch_size=_QUERY_BATCH, filter=expr, output_fields=out_fields
+            )
+            rows: list[dict] = []
+            while True:
+                batch = iterator.next()
+                if not batch:
+                    iterator.close()
+                    return rows
+                rows.extend(dict(r) for r in batch)
+        except MilvusException as exc:
+            raise GalleryError(f"Milvus gallery {self.location}: {exc}") from None
+
+    def _count(self, name: str, expr: str) -> int:
+        rows = self.client.query(self._ready(name), filter=expr, output_fields=["count(*)"])
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    # -- bulk -------------------------------------------------------------------------------------------
+    def _batch(self) -> _Batch | None:
+        return getattr(self._local, "batch", None)
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Buffer the block's writes; send them when it ends, drop them when it raises (module docstring)."""
+        if self._batch() is not None:
+            yield
+            return
+        batch = _Batch()
+        self._local.batch = batch
+        try:
+            yield
+        finally:
+            self._local.batch = None
+        self._flush(batch)
+
+    def _flush(self, batch: _Batch) -> None:
+        client = self.client
+        for scoll, ids in batch.deleted.items():
+            tcoll = scoll.replace("_s_", "_t_", 1)
+            for chunk in _chunks(sorted(ids)):
+                client.delete(self._ready(tcoll), filter=_in("subject_id", chunk))
+                client.delete(self._ready(scoll), ids=chunk)
+        for tcoll, pks in batch.dropped.items():
+            for chunk in _chunks(sorted(pks)):
+                client.delete(self._ready(tcoll), ids=chunk)
+        for scoll, subjects in batch.subjects.items():
+            rows = [r for r in subjects.values() if r is not None]
+            for chunk in _chunks(rows):
+                client.upsert(self._ready(scoll), chunk)
+        for tcoll, rows in batch.rows.items():
+            for chunk in _chunks(rows):
+                client.insert(self._ready(tcoll), chunk)
+
+    def _write_subject(self, names: _Names, row: dict) -> None:
+        batch = self._batch()
+        if batch is None:
+            self.client.upsert(self._ready(names.subjects), [row])
+        else:
+            batch.subjects.setdefault(names.subjects, {})[row["id"]] = row
+
+    def _write_rows(self, names: _Names, rows: list[dict]) -> None:
+        batch = self._batch()
+        if batch is None:
+            if rows:
+                self.client.insert(self._ready(names.templates), rows)  # one request: all or nothing
+        else:
+            batch.rows.setdefault(names.templates, []).extend(rows)
+
+    # -- collections ------------------------------------------------------------------------------------
+    def ensure_collection(self, name: str, model_id: str, dim: int) -> Collection:
+        coll = self._find_collection(name)
+        if coll is None:
+            self._create_collection_pair(self._names(name), dim)
+            record = {"model_id": model_id, "dim": int(dim), "created_at": to_iso(utcnow())}
+            row = {"key": f"collection:{name}", "value": json.dumps(record), "placeholder": _PLACEHOLDER}
+            self.client.upsert(self._catalog, [row])
+            coll = self._find_collection(name)
+            assert coll is not None
+        if coll.model_id != model_id or coll.dim != dim:
+            raise ContractMismatch(name, f"{coll.model_id} ({coll.dim}-d)", f"{model_id} ({dim}-d)")
+        return coll
+
+    @staticmethod
+    def _collection_from_row(row: dict) -> Collection:
+        record = json.loads(row["value"])
+        created = from_iso(record["created_at"])
+        assert created is not None
+        return Collection(row["key"].split(":", 1)[1], record["model_id"], int(record["dim"]), created)
+
+    def _find_collection(self, name: str) -> Collection | None:
+        rows = self._query(self._catalog, f"key == {_q('collection:' + name)}")
+        return self._collection_from_row(rows[0]) if rows else None
+
+    def _collection(self, name: str) -> tuple[_Names, Collection]:
+        coll = self._find_collection(name)
+        if coll is None:
+            raise CollectionNotFound(name)
+        return self._names(name), coll
+
+    def get_collection(self, name: str = DEFAULT_COLLECTION) -> Collection:
+        return self._collection(name)[1]
+
+    def list_collections(self) -> list[Collection]:
+        rows = self._query(self._catalog, 'key like "collection:%"')
+        return sorted((self._collection_from_row(r) for r in rows), key=lambda c: c.name)
+
+    # -- subjects ---------------------------------------------------------------------------------------
+    def _subject_rows(self, names: _Names, ref: str) -> dict | None:
+        """The subject's row by id, else by name, as this thread sees it (its bulk batch included)."""
+        batch = self._batch()
+        pending = {} if batch is None else batch.subjects.get(names.subjects, {})
+        deleted = set() if batch is None else batch.deleted.get(names.subjects, set())
+        for sid, row in pending.items():
+            if row is not None and (sid == ref or row["name"] == ref):
+                return row
+        for expr in (f"id == {_q(ref)}", f"name == {_q(ref)}"):
+            for row in self._query(names.subjects, expr):
+                if row["id"] in pending or row["id"] in deleted:
+                    continue  # replaced (renamed) or deleted in this batch
+                return row
+        return None
+
+    def _template_rows(self, names: _Names, subject_ids: Sequence[str], kind: int, fields: Sequence[str]) -> list:
+        if not subject_ids:
+            return []
+        rows: list[dict] = []
+        for chunk in _chunks(list(subject_ids)):
+            rows += self._query(names.templates, f"kind == {kind} and {_in('subject_id', chunk)}", fields)
+        batch = self._batch()
+        if batch is not None:
+            wanted = set(subject_ids)
+            gone = batch.deleted.get(names.subjects, set())
+            dropped = batch.dropped.get(names.templates, set())
+            rows = [r for r in rows if r["subject_id"] not in gone and r["id"] not in dropped]
+            rows += [r for r in batch.rows.get(names.templates, []) if r["kind"] == kind and r["subject_id"] in wanted]
+        return sorted(rows, key=lambda r: r["id"])
+
+    def _subject(self, names: _Names, row: dict, collection: str, count: int | None = None) -> Subject:
+        info = json.loads(row["info"])
+        if count is None:
+            count = len(self._template_rows(names, [row["id"]], TEMPLATE, ["id", "subject_id", "kind"]))
+        created = from_iso(info["created_at"])
+        assert created is not None
+        return Subject(
+            id=row["id"],
+            name=row["name"],
+            collection=collection,
+            metadata=info["metadata"],
+            consent=None if info["consent"] is None else Consent.from_dict(info["consent"]),
+            created_at=created,
+            expires_at=from_iso(info["expires_at"]),
+            template_count=count,
+        )
+
+    @staticmethod
+    def _subject_row(
+        sid: str,
+        name: str,
+        metadata: Metadata,
+        consent: Consent | None,
+        created_at: str | None,
+        expires_at: datetime | None,
+    ) -> dict:
+        if len(name.encode()) > _NAME_MAX:
+            raise GalleryError(f"a subject name is limited to {_NAME_MAX} bytes on Milvus")
+        info = json.dumps(
+            {
+                "metadata": json.loads(metadata_json(metadata)),
+                "consent": None if consent is None else consent.to_dict(),
+                "created_at": created_at,
+                "expires_at": to_iso(expires_at),
+            },
+            ensure_ascii=False,
+        )
+        if len(info.encode()) > _TEXT_MAX:
+            raise GalleryError(f"a subject's metadata and consent are limited to {_TEXT_MAX} bytes on Milvus")
+        return {"id": sid, "name": name, "expires": _micros(expires_at), "info": info, "placeholder": _PLACEHOLDER}
+
+    def add_subject(
+        self,
+        name: str,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        metadata: Metadata | None = None,
+        consent: Consent | None = None,
+        expires_at: datetime | None = None,
+        subject_id: str | None = None,
+    ) -> Subject:
+        check_name(name)
+        names, _ = self._collection(collection)
+        sid = subject_id or uuid.uuid4().hex
+        if self._subject_rows(names, name) is not None or (
+            subject_id is not None and self._subject_rows(names, subject_id) is not None
+        ):
+            raise SubjectExists(name, collection)
+        row = self._subject_row(sid, name, metadata or {}, consent, to_iso(utcnow()), expires_at)
+        self._write_subject(names, row)
+        return self._subject(names, row, collection, count=0)
+
+    def find_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject | None:
+        names, _ = self._collection(collection)
+        row = self._subject_rows(names, ref)
+        return None if row is None else self._subject(names, row, collection)
+
+    def get_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject:
+        subject = self.find_subject(ref, collection=collection)
+        if subject is None:
+            raise SubjectNotFound(ref, collection)
+        return subject
+
+    def list_subjects(
+        self, *, collection: str = DEFAULT_COLLECTION, limit: int = 100, cursor: str | None = None
+    ) -> Page:
+        """One page in (name, id) order. Milvus cannot sort a query, so this reads every subject's name
+        and id (not their metadata) and sorts here: fine to a few million subjects per collection."""
+        if limit < 1:
+            raise GalleryError(f"limit must be at least 1, got {limit}")
+        names, _ = self._collection(collection)
+        after = parse_cursor(cursor) or ("", "")
+        keys = sorted((r["name"], r["id"]) for r in self._query(names.subjects, 'id != ""', ["id", "name"]))
+        remaining = [k for k in keys if k > after]
+        page = remaining[: limit + 1]
+        ids = [sid for _, sid in page[:limit]]
+        rows = {r["id"]: r for r in self._query(names.subjects, _in("id", ids))} if ids else {}
+        counts: dict[str, int] = {}
+        for t in self._template_rows(names, ids, TEMPLATE, ["id", "subject_id", "kind"]):
+            counts[t["subject_id"]] = counts.get(t["subject_id"], 0) + 1
+        items = tuple(self._subject(names, rows[s], collection, counts.get(s, 0)) for s in ids if s in rows)
+        next_cursor = make_cursor(items[-1].name, items[-1].id) if len(page) > limit and items else None
+        return Page(items, next_cursor, len(keys))
+
+    def update_subject(
+        self,
+        ref: str,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        name: str | Unset = UNSET,
+        metadata: Metadata | Unset = UNSET,
+        consent: Consent | Unset | None = UNSET,
+        expires_at: datetime | Unset | None = UNSET,
+    ) -> Subject:
+        names, _ = self._collection(collection)
+        current = self._subject_rows(names, ref)
+        if current is None:
+            raise SubjectNotFound(ref, collection)
+        subject = self._subject(names, current, collection)
+        if not isinstance(name, Unset):
+            check_name(name)
+            other = self._subject_rows(names, name)
+            if other is not None and other["id"] != subject.id:
+                raise SubjectExists(name, collection)
+        row = self._subject_row(
+            subject.id,
+            subject.name if isinstance(name, Unset) else name,
+            subject.metadata if isinstance(metadata, Unset) else metadata,
+            subject.consent if isinstance(consent, Unset) else consent,
+            to_iso(subject.created_at),
+            subject.expires_at if isinstance(expires_at, Unset) else expires_at,
+        )
+        self._write_subject(names, row)
+        return self.get_subject(subject.id, collection=collection)
+
+    def _delete_subjects(self, names: _Names, subject_ids: list[str]) -> None:
+        """Templates and negatives first, then the subject rows: search never meets an orphan template."""
+        batch = self._batch()
+        if batch is not None:
+            for sid in subject_ids:
+                batch.subjects.get(names.subjects, {}).pop(sid, None)
+                batch.deleted.setdefault(names.subjects, set()).add(sid)
+            pending = batch.rows.get(names.templates, [])
+            batch.rows[names.templates] = [r for r in pending if r["subject_id"] not in set(subject_ids)]
+            return
+        for chunk in _chunks(subject_ids):
+            self.client.delete(self._ready(names.templates), filter=_in("subject_id", chunk))
+            self.client.delete(self._ready(names.subjects), ids=chunk)
+
+    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
+        names, _ = self._collection(collection)
+        row = self._subject_rows(names, ref)
+        if row is None:
+            raise SubjectNotFound(ref, collection)
+        self._delete_subjects(names, [row["id"]])
+
+    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
+        cutoff = _micros(now or utcnow())
+        purged: list[Subject] = []
+        for coll in self.list_collections():
+            names = self._names(coll.name)
+            rows = self._query(names.subjects, f"expires >= 0 and expires <= {cutoff}")
+            subjects = sorted((self._subject(names, r, coll.name) for r in rows), key=lambda s: s.name)
+            self._delete_subjects(names, [s.id for s in subjects])
+            purged += subjects
+        return purged
+
+    # -- templates --------------------------------------------------------------------------------------
+    def add_templates(
+        self,
+        ref: str,
+        faceprints: Sequence[Faceprint],
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        source_sha256: Sequence[str | None] | None = None,
+        chips: Sequence[np.ndarray] | None = None,
+    ) -> list[Template]:
+        names, coll = self._collection(collection)
+        check_contract(coll, faceprints)
+        shas = check_sidecars(len(faceprints), source_sha256, chips)
+        if chips is not None:
+            raise GalleryError("the Milvus backend does not keep face chips; use PostgreSQL or the embedded gallery")
+        row = self._subject_rows(names, ref)
+        if row is None:
+            raise SubjectNotFound(ref, collection)
+        sid = row["id"]
+        if not faceprints:
+            return []
+        vectors = normalise(np.stack([fp.vector for fp in faceprints])).astype(np.float32)
+        now = utcnow()
+        rows, out = [], []
+        for fp, vec, sha in zip(faceprints, vectors, shas, strict=True):
+            tid = self._ids.next()
+            box = None if fp.detection is None else tuple(float(v) for v in fp.detection.box)
+            quality = None if fp.quality is None else float(fp.quality)
+            info = {"model_id": fp.model_id, "quality": quality, "box": box, "sha256": sha, "created_at": to_iso(now)}
+            enc = self.cipher.encrypt(vec.astype("<f4").tobytes(), vector_aad(sid, fp.model_id))
+            rows.append(
+                {
+                    "id": tid,
+                    "kind": TEMPLATE,
+                    "subject_id": sid,
+                    "info": json.dumps(info),
+                    "enc": _b64(enc),
+                    "vector": vec.tolist(),
+                }
+            )
+            out.append(Template(tid, sid, fp.model_id, quality, box, sha, now))  # type: ignore[arg-type]
+        self._write_rows(names, rows)
+        return out
+
+    @staticmethod
+    def _template(row: dict) -> Template:
+        info = json.loads(row["info"])
+        created = from_iso(info["created_at"])
+        assert created is not None
+        box = None if info["box"] is None else tuple(float(v) for v in info["box"])
+        return Template(
+            int(row["id"]), row["subject_id"], info["model_id"], info["quality"], box, info["sha256"], created
+        )  # type: ignore[arg-type]
+
+    def list_templates(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[Template]:
+        names, _ = self._collection(collection)
+        subject = self.get_subject(ref, collection=collection)
+        rows = self._template_rows(names, [subject.id], TEMPLATE, ["id", "kind", "subject_id", "info"])
+        return [self._template(r) for r in rows]
+
+    def template_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> dict[int, np.ndarray]:
+        names, _ = self._collection(collection)
+        subject = self.get_subject(ref, collection=collection)
+        rows = self._template_rows(names, [subject.id], TEMPLATE, ["id", "kind", "subject_id", "info", "enc"])
+        out = {}
+        for r in rows:
+            aad = vector_aad(subject.id, json.loads(r["info"])["model_id"])
+            out[int(r["id"])] = np.frombuffer(self.cipher.decrypt(base64.b64decode(r["enc"]), aad), "<f4").copy()
+        return out
+
+    def delete_template(self, template_id: int) -> None:
+        for coll in self.list_collections():
+            names = self._names(coll.name)
+            rows = self._query(names.templates, f"id == {int(template_id)} and kind == {TEMPLATE}", ["id"])
+            batch = self._batch()
+            if batch is not None:
+                pending = batch.rows.get(names.templates, [])
+                if any(r["id"] == template_id and r["kind"] == TEMPLATE for r in pending):
+                    batch.rows[names.templates] = [r for r in pending if r["id"] != template_id]
+                    return
+                if rows:
+                    batch.dropped.setdefault(names.templates, set()).add(int(template_id))
+                    return
+            elif rows:
+                self.client.delete(self._ready(names.templates), ids=[int(template_id)])
+                return
+        raise TemplateNotFound(template_id)
+
+    # -- negatives --------------------------------------------------------------------------------------
+    def add_negative(self, faceprint: Faceprint, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
+        names, coll = self._collection(collection)
+        check_contract(coll, [faceprint])
+        row = self._subject_rows(names, ref)
+        if row is None:
+            raise SubjectNotFound(ref, collection)
+        sid = row["id"]
+        vec = normalise(faceprint.vector).astype(np.float32)
+        enc = self.cipher.encrypt(vec.astype("<f4").tobytes(), vector_aad(sid, coll.model_id, "neg"))
+        info = json.dumps({"created_at": to_iso(utcnow())})
+        negative = {"id": self._ids.next(), "kind": NEGATIVE, "subject_id": sid, "info": info, "enc": _b64(enc)}
+        self._write_rows(names, [{**negative, "vector": vec.tolist()}])
+
+    def negative_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[np.ndarray]:
+        names, coll = self._collection(collection)
+        subject = self.get_subject(ref, collection=collection)
+        return list(self._negatives(names, coll, [subject.id]).get(subject.id, np.empty((0, coll.dim))))
+
+    def _negatives(self, names: _Names, coll: Collection, subject_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        grouped: dict[str, list[np.ndarray]] = {}
+        for r in self._template_rows(names, subject_ids, NEGATIVE, ["id", "kind", "subject_id", "enc"]):
+            aad = vector_aad(r["subject_id"], coll.model_id, "neg")
+            grouped.setdefault(r["subject_id"], []).append(
+                np.frombuffer(self.cipher.decrypt(base64.b64decode(r["enc"]), aad), "<f4").copy()
+            )
+        return {sid: np.stack(v) for sid, v in grouped.items()}
+
+    # -- search -----------------------------------------------------------------------------------------
+    def identify(
+        self,
+        faceprints: Sequence[Faceprint],
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        top_k: int = 5,
+        fmr: float | None = None,
+        threshold: float | None = None,
+        calibration: Calibration | None = None,
+        one_to_one: bool = True,
+    ) -> list[Identification]:
+        names, coll = self._collection(collection)
+        limit = resolve_threshold(coll, top_k=top_k, fmr=fmr, threshold=threshold, calibration=calibration)
+        check_contract(coll, faceprints)
+        if not faceprints:
+            return []
+        probes = normalise(np.stack([fp.vector for fp in faceprints])).astype(np.float32)
+        wanted = neighbours_wanted(top_k)
+        try:
+            results = self.client.search(
+                self._ready(names.templates),
+                data=probes.tolist(),
+                filter=f"kind == {TEMPLATE}",
+                limit=wanted,
+                output_fields=["subject_id"],
+                search_params={"metric_type": "IP", "params": {"ef": max(self.ef_search, wanted)}},
+            )
+        except MilvusException as exc:
+            raise GalleryError(f"Milvus gallery {self.location}: {exc}") from None
+        found = sorted({h["entity"]["subject_id"] for face in results for h in face})
+        subject_names: dict[str, str] = {}
+        for chunk in _chunks(found):
+            for r in self._query(names.subjects, _in("id", chunk), ["id", "name"]):
+                subject_names[r["id"]] = r["name"]
+        hits = [
+            [
+                Hit(h["entity"]["subject_id"], subject_names[h["entity"]["subject_id"]], float(h["distance"]))
+                for h in face
+                if h["entity"]["subject_id"] in subject_names  # deleted meanwhile
+            ]
+            for face in results
+        ]
+        negatives = self._negatives(names, coll, list(subject_names))
+        return decide(faceprints, probes, hits, negatives, top_k=top_k, threshold=limit, one_to_one=one_to_one)
+
+    # -- housekeeping -----------------------------------------------------------------------------------
+    def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats:
+        names, coll = self._collection(collection)
+        subjects = self._count(names.subjects, 'id != ""')
+        templates = self._count(names.templates, f"kind == {TEMPLATE}")
+        negatives = self._count(names.templates, f"kind == {NEGATIVE}")
+        disk = _du(self._local_path) if self._local_path is not None else 0
+        return GalleryStats(coll.name, coll.model_id, coll.dim, subjects, templates, negatives, "milvus-hnsw", disk)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _chunks(items: Sequence, size: int = 1_000) -> Iterator[list]:
+    items = list(items)
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _du(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            with suppress(OSError):  # a file compacted away meanwhile
+                total += (Path(root) / name).stat().st_size
+    return total

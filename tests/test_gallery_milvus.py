@@ -1,0 +1,72 @@
+"""The gallery contract on Milvus, run against Milvus Lite (a ``*.db`` file; the same pymilvus client code
+talks to a Milvus server for ``milvus://host:19530``)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+from faceprint.gallery import GalleryError, WrongKey, open_gallery
+from faceprint.gallery.milvus import MilvusGallery, parse_uri
+from tests.gallery_contract import DIM, MODEL, THRESHOLD, GalleryContract, OpenStore, People
+
+KEY = bytes.fromhex("33" * 32)
+
+
+class TestMilvusContract(GalleryContract):
+    @pytest.fixture
+    def open_store(self, tmp_path: Path) -> OpenStore:
+        return lambda: MilvusGallery(str(tmp_path / "gallery.db"), key=KEY)
+
+
+# -- what only this backend promises ------------------------------------------------------------------------
+def test_open_gallery_dispatches_db_files_to_milvus_lite(tmp_path: Path) -> None:
+    with pytest.raises(GalleryError, match="no gallery"):
+        open_gallery(tmp_path / "faces.db", key=KEY, create=False)
+    with open_gallery(tmp_path / "faces.db", key=KEY) as g:
+        assert isinstance(g, MilvusGallery)
+        g.ensure_collection("default", MODEL, DIM)
+    with open_gallery(str(tmp_path / "faces.db"), key=KEY, create=False) as g:
+        assert g.get_collection().dim == DIM
+    with pytest.raises(WrongKey):
+        MilvusGallery(str(tmp_path / "faces.db"), key=bytes(32))
+
+
+def test_server_uris() -> None:
+    assert parse_uri("milvus://localhost:19530") == ("http://localhost:19530", {})
+    assert parse_uri("milvus+https://u:p%40ss@db.example:443/faces") == (
+        "https://db.example:443",
+        {"token": "u:p@ss", "db_name": "faces"},
+    )
+
+
+def test_vectors_are_encrypted_and_enrolment_is_searchable_at_once(tmp_path: Path) -> None:
+    people = People()
+    with MilvusGallery(str(tmp_path / "g.db"), key=KEY) as g:
+        g.ensure_collection("default", MODEL, DIM)
+        s = g.add_subject("ada")
+        (fp,) = people.prints_of("ada", 1)
+        (t,) = g.add_templates(s.id, [fp])
+        (ans,) = g.identify([fp], threshold=THRESHOLD)  # no flush, no wait: Strong consistency
+        assert ans.match is not None and ans.match.subject_id == s.id
+        names = g._names("default")
+        (row,) = g._query(names.templates, f"id == {t.id}", ["enc"])
+        assert len(row["enc"]) == len(base64.b64encode(bytes(12 + 4 * DIM + 16)))  # nonce ‖ AES-GCM(float32) ‖ tag
+        np.testing.assert_allclose(g.template_vectors("ada")[t.id], fp.vector, atol=1e-6)
+
+
+def test_names_with_quotes_are_safe_in_filters(tmp_path: Path) -> None:
+    with MilvusGallery(str(tmp_path / "g.db"), key=KEY) as g:
+        g.ensure_collection("default", MODEL, DIM)
+        tricky = 'O\'Brien "the \\ one" or id != ""'
+        s = g.add_subject(tricky)
+        g.add_subject("other")
+        assert g.get_subject(tricky).id == s.id
+        g.delete_subject(tricky)
+        assert g.find_subject(tricky) is None and g.find_subject("other") is not None
