@@ -156,6 +156,69 @@ def test_stale_missing_or_corrupt_index_is_rebuilt(tmp_path: Path) -> None:
     assert index_file.is_file()
 
 
+def _no_rebuild(g: EmbeddedGallery, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("a full rebuild was not needed here")
+
+    monkeypatch.setattr(g, "_rebuild", refuse)
+
+
+def test_another_process_changes_are_caught_up_from_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    people = People()
+    path = tmp_path / "g"
+    a = make(path, people, ["ada", "bob", "cyd"])
+    b = EmbeddedGallery(path, key=KEY)
+    b.identify([people.print_of("bob")], threshold=THRESHOLD)  # b holds an index now
+    _no_rebuild(b, monkeypatch)
+    s = a.add_subject("dee")
+    a.add_templates(s.id, people.prints_of("dee", 2))
+    a.delete_subject("bob")
+    (cyd_t1, _) = a.list_templates("cyd")
+    a.delete_template(cyd_t1.id)
+    a.add_negative(people.print_of("ada"), "cyd")
+    (dee,) = b.identify([people.print_of("dee")], threshold=THRESHOLD)
+    (bob,) = b.identify([people.print_of("bob")], threshold=THRESHOLD)
+    assert dee.match is not None and dee.match.subject == "dee"
+    assert bob.match is None and all(c.subject != "bob" for c in bob.candidates)
+    assert b.stats().negatives == 1 and len(b.negative_vectors("cyd")) == 1
+    assert sorted(b._indexes[1].index.items()[0].tolist()) == sorted(
+        t.id for name in ("ada", "cyd", "dee") for t in a.list_templates(name)
+    )
+    b.close()
+    a.close()
+    # A snapshot saved earlier is caught up from the log too (no rebuild on open).
+    c = EmbeddedGallery(path, key=KEY)
+    c.add_subject("eve")
+    c.add_templates("eve", people.prints_of("eve", 2))
+    c.close()
+    d = EmbeddedGallery(path, key=KEY)
+    _no_rebuild(d, monkeypatch)
+    (eve,) = d.identify([people.print_of("eve")], threshold=THRESHOLD)
+    assert eve.match is not None and eve.match.subject == "eve"
+    d.close()
+
+
+def test_a_gallery_made_before_the_change_log_is_migrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from faceprint.gallery import schema
+
+    people = People()
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", MIGRATIONS[:1])
+        make(tmp_path / "g", people, ["ada", "bob"]).close()  # written by the schema-1 triggers
+    with EmbeddedGallery(tmp_path / "g", key=KEY) as g:
+        conn = g._reader()
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        generation, since = conn.execute("SELECT generation, log_since FROM collections").fetchone()
+        assert since == generation > 0
+        (ada,) = g.identify([people.print_of("ada")], threshold=THRESHOLD)
+        assert ada.match is not None and ada.match.subject == "ada"
+        g.delete_subject("ada")
+        assert g.integrity_check() == []
+    with EmbeddedGallery(tmp_path / "g", key=KEY) as g:
+        (ada,) = g.identify([people.print_of("ada")], threshold=THRESHOLD)
+        assert ada.match is None
+
+
 def test_index_switches_between_exact_and_hnsw() -> None:
     rng = np.random.default_rng(1)
     vectors = rng.standard_normal((300, 32)).astype(np.float32)

@@ -667,24 +667,62 @@ class EmbeddedGallery:
             state.dirty = True
 
     def _current_index(self, cid: int, coll: Collection) -> _IndexState:
-        """The collection's index at the database's current generation (call with ``_index_lock`` held)."""
-        generation = self._generation(cid)
+        """The collection's index at the database's current generation (call with ``_index_lock`` held).
+
+        In order of cost: the index in memory if current; else the index in memory or the snapshot on
+        disk brought up to date from the change log; else a full rebuild from the templates.
+        """
+        generation, log_since = self._generation_and_floor(cid)
         state = self._indexes.get(cid)
         if state is not None and state.generation == generation:
             return state
-        loaded = load_index(
-            self._index_path(cid),
-            generation=generation,
-            dim=coll.dim,
-            cipher=self.cipher,
-            ann_min_size=self.ann_min_size,
-        )
-        if loaded is not None:
-            state = _IndexState(loaded, generation, self._load_negatives(cid, coll))
-        else:
-            state = self._rebuild(cid, coll)
+        if state is None or not log_since <= state.generation < generation:
+            loaded = load_index(self._index_path(cid), dim=coll.dim, cipher=self.cipher, ann_min_size=self.ann_min_size)
+            if loaded is not None and log_since <= loaded[1] <= generation:
+                state = _IndexState(loaded[0], loaded[1], {})
+            else:
+                state = None
+        state = self._catch_up(cid, coll, state) if state is not None else self._rebuild(cid, coll)
         self._indexes[cid] = state
         return state
+
+    def _generation_and_floor(self, cid: int, conn: sqlite3.Connection | None = None) -> tuple[int, int]:
+        row = (
+            (conn or self._reader())
+            .execute("SELECT generation, log_since FROM collections WHERE id = ?", (cid,))
+            .fetchone()
+        )
+        return (-1, 0) if row is None else (int(row[0]), int(row[1]))
+
+    def _catch_up(self, cid: int, coll: Collection, state: _IndexState) -> _IndexState:
+        """Apply the logged template changes since ``state.generation`` (one read snapshot)."""
+        with self._read() as conn:
+            generation, _ = self._generation_and_floor(cid, conn)
+            last_op: dict[int, int] = {}
+            for tid, op in conn.execute(
+                "SELECT template_id, op FROM index_log WHERE collection_id = ? AND generation > ? "
+                "ORDER BY generation, rowid",
+                (cid, state.generation),
+            ):
+                last_op[int(tid)] = int(op)
+            removed = [t for t, op in last_op.items() if op < 0]
+            added = [t for t, op in last_op.items() if op > 0]
+            keys: list[int] = []
+            vectors: list[np.ndarray] = []
+            for chunk in _chunks(added):
+                marks = ",".join("?" * len(chunk))
+                for tid, sid, model_id, blob in conn.execute(
+                    f"SELECT id, subject_id, model_id, vector FROM templates WHERE id IN ({marks})", chunk
+                ):
+                    keys.append(int(tid))
+                    vectors.append(np.frombuffer(self.cipher.decrypt(blob, _vector_aad(sid, model_id)), dtype="<f4"))
+            negatives = self._load_negatives(cid, coll)
+        if removed:
+            state.index.remove(np.asarray(removed, dtype=np.int64))
+        if keys:
+            state.index.add(np.asarray(keys, dtype=np.int64), np.stack(vectors))
+        log.debug("index of %s caught up: +%d -%d templates", coll.name, len(keys), len(removed))
+        return _IndexState(state.index, generation, negatives, dirty=True)
 
     def _load_negatives(self, cid: int, coll: Collection) -> dict[str, np.ndarray]:
         rows = (

@@ -11,8 +11,9 @@ Two kinds behind one small interface:
 flip-flop). The switch size is where exact search stops being cheap — see ``docs/gallery.md``.
 
 Indexes are caches: :func:`save_index` writes one encrypted, authenticated snapshot (AES-GCM; the header
-with the collection's generation is the associated data) and :func:`load_index` returns ``None`` when the
-file is missing, stale or unreadable, so the caller rebuilds from SQLite.
+with the collection's generation is the associated data); :func:`load_index` returns it with that
+generation (the caller catches up from the change log or rebuilds from SQLite), or ``None`` when the file is
+missing or unreadable.
 """
 
 from __future__ import annotations
@@ -293,9 +294,9 @@ def save_index(path: Path, index: AdaptiveIndex, *, generation: int, cipher: Tem
 
 
 def load_index(
-    path: Path, *, generation: int, dim: int, cipher: TemplateCipher, ann_min_size: int = ANN_MIN_SIZE
-) -> AdaptiveIndex | None:
-    """The snapshot at ``path`` if it exists, is intact and was built at ``generation``; else ``None``."""
+    path: Path, *, dim: int, cipher: TemplateCipher, ann_min_size: int = ANN_MIN_SIZE
+) -> tuple[AdaptiveIndex, int] | None:
+    """The snapshot at ``path`` and the generation it was saved at, or ``None`` if missing or unusable."""
     try:
         data = path.read_bytes()
     except OSError:
@@ -309,7 +310,11 @@ def load_index(
         header = json.loads(header_bytes)
     except ValueError:
         return None
-    if header.get("generation") != generation or header.get("dim") != dim or header.get("key_id") != cipher.key_id:
+    if (
+        header.get("dim") != dim
+        or header.get("key_id") != cipher.key_id
+        or not isinstance(header.get("generation"), int)
+    ):
         return None
     try:
         body = cipher.decrypt(data[start + size :], _MAGIC + header_bytes)
@@ -320,4 +325,4 @@ def load_index(
         index.inner = HNSWIndex.from_bytes(body, dim) if header["kind"] == "hnsw" else ExactIndex.from_bytes(body, dim)
     except (ValueError, RuntimeError, struct.error):
         return None
-    return index if len(index) == header.get("count") else None
+    return (index, header["generation"]) if len(index) == header.get("count") else None

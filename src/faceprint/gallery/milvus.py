@@ -100,6 +100,7 @@ TEMPLATE, NEGATIVE = 0, 1
 _TEXT_MAX = 65_535  # Milvus VARCHAR limit (bytes)
 _NAME_MAX = 1_024
 _QUERY_BATCH = 4_096
+_QUERY_WINDOW = 16_384  # Milvus's largest offset + limit of one query
 _PLACEHOLDER = [0.0, 0.0]
 
 
@@ -302,19 +303,20 @@ class MilvusGallery:
 
     # -- reading ----------------------------------------------------------------------------------------
     def _query(self, name: str, expr: str, fields: Sequence[str] | None = None) -> list[dict]:
-        """Every row matching ``expr`` (an iterator past Milvus's 16,384-row query window)."""
+        """Every row matching ``expr``: one query, or an iterator past Milvus's 16,384-row query window."""
         out_fields = list(fields) if fields else ["*"]
         try:
+            rows = self.client.query(self._ready(name), filter=expr, output_fields=out_fields, limit=_QUERY_WINDOW)
+            if len(rows) < _QUERY_WINDOW:
+                return [dict(r) for r in rows]
             iterator = self.client.query_iterator(
                 self._ready(name), batch_size=_QUERY_BATCH, filter=expr, output_fields=out_fields
             )
-            rows: list[dict] = []
-            while True:
-                batch = iterator.next()
-                if not batch:
-                    iterator.close()
-                    return rows
+            rows = []
+            while batch := iterator.next():
                 rows.extend(dict(r) for r in batch)
+            iterator.close()
+            return rows
         except MilvusException as exc:
             raise GalleryError(f"Milvus gallery {self.location}: {exc}") from None
 

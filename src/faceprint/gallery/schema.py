@@ -76,6 +76,42 @@ MIGRATIONS: tuple[str, ...] = (
         UPDATE collections SET generation = generation + 1 WHERE id = OLD.collection_id;
     END;
     """,
+    # 0002: a change log so an index snapshot or another process's index catches up instead of rebuilding.
+    # Rows carry the collection generation *after* the change. Templates deleted by the cascade of a subject
+    # delete are logged by a BEFORE trigger on subjects (cascaded rows no longer see their subject).
+    # ``log_since``: changes before this generation were never logged (galleries made before 0002).
+    """
+    CREATE TABLE index_log (
+        collection_id INTEGER NOT NULL,
+        generation    INTEGER NOT NULL,
+        template_id   INTEGER NOT NULL,
+        op            INTEGER NOT NULL CHECK (op IN (1, -1))
+    );
+    CREATE INDEX index_log_by_generation ON index_log(collection_id, generation);
+    ALTER TABLE collections ADD COLUMN log_since INTEGER NOT NULL DEFAULT 0;
+    UPDATE collections SET log_since = generation;
+    DROP TRIGGER templates_ins;
+    DROP TRIGGER templates_del;
+    CREATE TRIGGER templates_ins AFTER INSERT ON templates BEGIN
+        UPDATE collections SET generation = generation + 1
+        WHERE id = (SELECT collection_id FROM subjects WHERE id = NEW.subject_id);
+        INSERT INTO index_log (collection_id, generation, template_id, op)
+        SELECT c.id, c.generation, NEW.id, 1 FROM collections c JOIN subjects s ON s.collection_id = c.id
+        WHERE s.id = NEW.subject_id;
+    END;
+    CREATE TRIGGER templates_del AFTER DELETE ON templates BEGIN
+        UPDATE collections SET generation = generation + 1
+        WHERE id = (SELECT collection_id FROM subjects WHERE id = OLD.subject_id);
+        INSERT INTO index_log (collection_id, generation, template_id, op)
+        SELECT c.id, c.generation, OLD.id, -1 FROM collections c JOIN subjects s ON s.collection_id = c.id
+        WHERE s.id = OLD.subject_id;
+    END;
+    CREATE TRIGGER subjects_del_log BEFORE DELETE ON subjects BEGIN
+        INSERT INTO index_log (collection_id, generation, template_id, op)
+        SELECT OLD.collection_id, c.generation + 1, t.id, -1 FROM templates t, collections c
+        WHERE t.subject_id = OLD.id AND c.id = OLD.collection_id;
+    END;
+    """,
 )
 
 
