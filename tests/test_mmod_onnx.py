@@ -155,3 +155,17 @@ def test_detect_api(detector: MMODDetector) -> None:
 def test_same_faces_as_dlib_1mp(detector: MMODDetector, dlib_cnn) -> None:
     image = _load("faces/groups/img67.jpg")
     _assert_same(detector.detect_dlib(image), dlib_cnn(image, 0))
+
+
+@pytest.mark.parametrize("shape", [(0, 0, 3), (1, 1, 3), (6, 6, 3), (7, 9, 3), (40, 300)])
+def test_tiny_and_blank_images(detector: MMODDetector, shape: tuple[int, ...]) -> None:
+    assert detector.detect(np.zeros(shape, dtype=np.uint8)) == []
+
+
+def test_invalid_image(detector: MMODDetector) -> None:
+    from faceprint.errors import InvalidImage
+
+    with pytest.raises(InvalidImage):
+        detector.detect(np.zeros((50, 50, 4), dtype=np.uint8))
+    with pytest.raises(InvalidImage):
+        detector.detect(np.zeros((50, 50, 3), dtype=np.float32))

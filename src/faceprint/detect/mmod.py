@@ -290,9 +290,11 @@ class MMODDetector:
         work = image
         for _ in range(self.upsample):
             work = _pyramid_up(work)
+        g = self.geometry
+        layout = tiled_pyramid_layout(work.shape[0], work.shape[1], g.pyramid_padding, g.pyramid_outer_padding)
+        if len(layout.rects) == 0 or min(layout.rows, layout.cols) < g.min_input:
+            return np.zeros((0, 4), np.int64), np.zeros(0)  # too small for the network to see anything
         tensor, layout = self.input_tensor(work)
-        if len(layout.rects) == 0:
-            return np.zeros((0, 4), np.int64), np.zeros(0)
         rects, scores = self.candidates(self.scores(tensor), layout)
         keep = self.suppress(rects, scores)
         rects, scores = rects[keep], scores[keep]

@@ -57,6 +57,7 @@ class MMODGeometry:
     # score-map cell (c, r) → input tensor point (c·stride + offset, r·stride + offset), per axis (x, y)
     stride: tuple[int, int]
     offset: tuple[int, int]
+    min_input: int  # smallest input height/width that yields a score map (smaller inputs find nothing)
 
 
 def _require(cond: bool, what: str) -> None:
@@ -91,6 +92,19 @@ def read_mmod(path: Path | str) -> MMODGeometry:
         ):
             offset[axis] = offset[axis] * s - p + k // 2
             stride[axis] *= s
+    convs = [(r.attrs["nr"], r.attrs["stride_y"], r.attrs["padding_y"]) for r in records if r.kind == "con"]
+    convs += [(r.attrs["nc"], r.attrs["stride_x"], r.attrs["padding_x"]) for r in records if r.kind == "con"]
+
+    def _fits(size: int) -> bool:
+        for axis in (convs[: len(convs) // 2], convs[len(convs) // 2 :]):
+            n = size
+            for k, s, p in axis:
+                n = (n + 2 * p - k) // s + 1
+                if n < 1:
+                    return False
+        return True
+
+    min_input = next(n for n in range(1, 4096) if _fits(n))
     windows = tuple((int(w["width"]), int(w["height"])) for w in loss["detector_windows"])
     _require(len(windows) > 0, "no detector windows")
     return MMODGeometry(
@@ -102,6 +116,7 @@ def read_mmod(path: Path | str) -> MMODGeometry:
         nms_percent_covered=float(loss["overlaps_nms_percent_covered"]),
         stride=(stride[0], stride[1]),
         offset=(offset[0], offset[1]),
+        min_input=min_input,
     )
 
 
