@@ -176,8 +176,9 @@ class MMODDetector:
     def __init__(
         self, *, device: str = "cpu", threads: int | None = None, upsample: int = 0, min_score: float = 0.0
     ) -> None:
-        """``upsample``: times the image is doubled first (finds faces down to ~20 px instead of ~40 px,
-        at 4× the time per step). ``min_score``: dlib's ``adjust_threshold``, detections score above it."""
+        """``upsample``: times the image is doubled first, as dlib's second argument: the detector window is
+        80×80 px, so faces smaller than ~80 px need ``upsample=1`` (~40 px), at 4× the time per step.
+        ``min_score``: dlib's ``adjust_threshold``; detections score above it (dlib's default 0)."""
         if upsample < 0:
             raise ValueError("upsample must be >= 0")
         self.geometry = _geometry()
