@@ -144,7 +144,11 @@ class EmbeddedGallery:
             raise GalleryCorrupt(f"{self.db_path}: {exc}") from None
         except sqlite3.DatabaseError as exc:
             raise GalleryCorrupt(f"{self.db_path} is not a faceprint gallery database: {exc}") from None
-        self.cipher = self._open_cipher(key)
+        try:
+            self.cipher = self._open_cipher(key)
+        except BaseException:  # a wrong or missing key must not leave connections open
+            self._close_connections()
+            raise
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def _open_cipher(self, key: bytes | None) -> TemplateCipher:
@@ -173,6 +177,9 @@ class EmbeddedGallery:
             self.flush_index()
         except (GalleryError, OSError, sqlite3.Error):  # a cache that could not be saved is rebuilt later
             log.warning("could not save the vector index of %s; it will be rebuilt", self.path, exc_info=True)
+        self._close_connections()
+
+    def _close_connections(self) -> None:
         self._closed = True
         with self._readers_lock:
             for conn in self._readers:
