@@ -50,9 +50,16 @@ class FaceEmbedder:
         self.model.embed_chips(np.zeros((1, self.model.chip_size, self.model.chip_size, 3), dtype=np.uint8))
         self.embed.set_max_batch_size(batch_max_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_ms / 1000)
+        self.batches = 0  # network passes run …
+        self.requests = 0  # … for this many embed calls: their ratio is the batching achieved
 
     def info(self) -> dict[str, object]:
-        return {"dim": int(self.model.dim), "chip_size": int(self.model.chip_size)}
+        return {
+            "dim": int(self.model.dim),
+            "chip_size": int(self.model.chip_size),
+            "batches": self.batches,
+            "requests": self.requests,
+        }
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.004)
     async def embed(self, requests: list[np.ndarray]) -> list[np.ndarray]:
@@ -63,6 +70,8 @@ class FaceEmbedder:
             return [np.zeros((0, int(self.model.dim)), dtype=np.float32) for _ in requests]
         # In a thread: the replica's event loop keeps accepting (and batching) requests while the net runs.
         vectors = await asyncio.to_thread(self.model.embed_chips, batch)
+        self.batches += 1
+        self.requests += len(requests)
         out: list[np.ndarray] = []
         start = 0
         for n in counts:
