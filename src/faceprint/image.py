@@ -59,9 +59,7 @@ def max_pixels_from_env() -> int:
     return value
 
 
-def load_image(
-    source: ImageSource | Image, *, name: str | None = None, max_pixels: int | None = None
-) -> Image:
+def load_image(source: ImageSource | Image, *, name: str | None = None, max_pixels: int | None = None) -> Image:
     """Decode ``source`` into an :class:`Image`. ``name`` overrides how the input is named in errors."""
     if isinstance(source, Image):
         return source
@@ -158,15 +156,11 @@ def _array_to_rgb(arr: np.ndarray, label: str, max_pixels: int) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
-        raise InvalidImage(
-            label, f"array of shape {arr.shape} is not an image (expected H×W, H×W×3 or H×W×4)"
-        )
+        raise InvalidImage(label, f"array of shape {arr.shape} is not an image (expected H×W, H×W×3 or H×W×4)")
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise InvalidImage(label, f"array of shape {arr.shape} has no pixels")
     if arr.shape[0] * arr.shape[1] > max_pixels:
-        raise InvalidImage(
-            label, f"has {arr.shape[0] * arr.shape[1]:,} pixels, over the limit of {max_pixels:,}"
-        )
+        raise InvalidImage(label, f"has {arr.shape[0] * arr.shape[1]:,} pixels, over the limit of {max_pixels:,}")
     if arr.dtype == np.uint8:
         out = arr
     elif arr.dtype == np.uint16:
@@ -178,9 +172,7 @@ def _array_to_rgb(arr: np.ndarray, label: str, max_pixels: int) -> np.ndarray:
             raise InvalidImage(label, "float arrays must hold values in [0, 1]")
         out = (arr * 255.0).round().astype(np.uint8)
     else:
-        raise InvalidImage(
-            label, f"unsupported array dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])"
-        )
+        raise InvalidImage(label, f"unsupported array dtype {arr.dtype} (use uint8, uint16 or float in [0, 1])")
     if out.ndim == 2:
         out = np.repeat(out[:, :, None], 3, axis=2)
     elif out.shape[2] == 4:

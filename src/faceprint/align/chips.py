@@ -47,9 +47,7 @@ def dlib_template(size: int = 150, padding: float = 0.25) -> ChipTemplate:
 ARCFACE_112 = ChipTemplate(
     "arcface-112",
     112,
-    np.array(
-        [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
-    ),
+    np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]),
     "arcface5",
 )
 
@@ -73,9 +71,7 @@ def chip_matrix(landmarks: np.ndarray, template: ChipTemplate) -> np.ndarray:
     return matrix
 
 
-def extract_chips(
-    image: np.ndarray, landmarks: list[np.ndarray] | np.ndarray, template: ChipTemplate
-) -> np.ndarray:
+def extract_chips(image: np.ndarray, landmarks: list[np.ndarray] | np.ndarray, template: ChipTemplate) -> np.ndarray:
     """N×size×size×3 uint8 chips, one per landmark set (N may be 0)."""
     size = template.size
     chips = np.empty((len(landmarks), size, size, 3), dtype=np.uint8)
