@@ -17,6 +17,7 @@ import logging
 import threading
 
 from faceprint.errors import (
+    CalibrationMissing,
     FaceprintError,
     IncompatibleFaceprints,
     InvalidImage,
@@ -73,6 +74,7 @@ def verify(
 
 __all__ = [
     "Calibration",
+    "CalibrationMissing",
     "Decision",
     "Detection",
     "Faceprint",

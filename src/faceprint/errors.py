@@ -5,7 +5,8 @@
     ├── NoFaceFound         an image that had to hold a face holds none
     ├── ModelError          a weight file is missing, corrupt or cannot be converted
     │   └── ModelNotInstalled   the package that ships the weights is not installed
-    └── IncompatibleFaceprints  faceprints from different models or of different size were compared
+    ├── IncompatibleFaceprints  faceprints from different models or of different size were compared
+    └── CalibrationMissing  no score → FMR table for a model, so an FMR cannot become a threshold
 
 The CLI maps InvalidImage/NoFaceFound/IncompatibleFaceprints to exit code 2 ("bad input").
 """
@@ -46,3 +47,12 @@ class ModelNotInstalled(ModelError):
 
 class IncompatibleFaceprints(FaceprintError):
     pass
+
+
+class CalibrationMissing(FaceprintError):
+    def __init__(self, model_id: str) -> None:
+        super().__init__(
+            f"no calibration table for model {model_id!r}: run `faceprint calibrate` on labelled photos, "
+            "or pass an explicit threshold"
+        )
+        self.model_id = model_id

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceprint.errors import FaceprintError, IncompatibleFaceprints
+from faceprint.errors import CalibrationMissing, FaceprintError, IncompatibleFaceprints
 from faceprint.types import Faceprint
 
 DEFAULT_FMR = 1e-3
@@ -128,7 +128,7 @@ def shipped_calibration(model_id: str) -> Calibration:
     name = f"{model_id}.json"
     ref = resources.files("faceprint.models") / "calibration" / name
     if not ref.is_file():
-        raise FaceprintError(f"no calibration table shipped for model {model_id!r}; run `faceprint calibrate`")
+        raise CalibrationMissing(model_id)
     with resources.as_file(ref) as path:
         return Calibration.load(path)
 
@@ -139,7 +139,7 @@ class Decision:
     score: float
     distance: float
     threshold: float
-    fmr: float
+    fmr: float | None  # None: an explicit threshold and no calibration table to rate it
     model: str
 
     def to_dict(self) -> dict:
@@ -174,8 +174,15 @@ def decide(
     check_compatible(a, b)
     if fmr is not None and threshold is not None:
         raise FaceprintError("give either fmr or threshold, not both")
-    table = calibration or shipped_calibration(a.model_id)
+    table = calibration
+    if table is None:
+        try:
+            table = shipped_calibration(a.model_id)
+        except CalibrationMissing:
+            if threshold is None:
+                raise
     if threshold is None:
+        assert table is not None
         threshold = table.threshold_for(fmr if fmr is not None else DEFAULT_FMR)
     score = float(cosine_scores(a.vector, b.vector)[0, 0])
     return Decision(
@@ -183,6 +190,6 @@ def decide(
         score=score,
         distance=float(score_to_distance(score)),
         threshold=float(threshold),
-        fmr=table.fmr_at(threshold),
+        fmr=None if table is None else table.fmr_at(threshold),
         model=a.model_id,
     )
