@@ -91,9 +91,10 @@ def verify(
         emit_json(data)
         return
     verdict = "SAME person" if data["same_person"] else "DIFFERENT people"
+    rate = "FMR unknown: no calibration" if data["fmr"] is None else f"FMR {data['fmr']:.1e}"
     typer.echo(
         f"{verdict}: score {data['score']:.4f} {'>=' if data['same_person'] else '<'} threshold "
-        f"{data['threshold']:.4f} (FMR {data['fmr']:.1e}, distance {data['distance']:.4f}, {data['model']})"
+        f"{data['threshold']:.4f} ({rate}, distance {data['distance']:.4f}, {data['model']})"
     )
 
 
