@@ -21,6 +21,7 @@ from faceprint.gallery import (
     import_gallery,
     open_gallery,
 )
+from faceprint.gallery.base import Gallery as GalleryProtocol
 from faceprint.gallery.crypto import TemplateCipher, resolve_key
 from faceprint.gallery.enrol import EnrolReport, ImageOutcome, pick_face
 from faceprint.gallery.model import Consent
@@ -64,10 +65,18 @@ def enroll(
     json_out: bool = JsonOpt,
     detector: str = DetectorOpt,
     device: str = DeviceOpt,
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="With --from-folders: analyse in N processes; resumable (docs/deploy.md)."
+    ),
+    use_ray: bool = typer.Option(False, "--ray", help="With --from-folders: analyse in Ray actors instead."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --ray: cluster to join ('auto')."),
 ) -> None:
     """Enrol photos of a subject, or of everyone in a folder tree; rejected photos are listed with reasons."""
     if (subject is None) == (from_folders is None):
         raise fail("give either --subject NAME IMAGE... or --from-folders ROOT")
+    bulk = workers is not None or use_ray
+    if bulk and from_folders is None:
+        raise fail("--workers and --ray go with --from-folders")
     if (consent_by is None) != (consent_purpose is None):
         raise fail("--consent-by and --consent-purpose go together")
     if subject is not None:
@@ -86,28 +95,38 @@ def enroll(
     now = datetime.now(UTC)
     consent = None if consent_by is None else Consent(consent_by, now, str(consent_purpose))
     expires = None if expires_in_days is None else now + timedelta(days=expires_in_days)
-    pipeline = make_pipeline(detector, device)
     reports: list[EnrolReport] = []
     with _open(gallery, create=True) as store:
-        work = [(name, path) for name, files in jobs for path in files]
-        outcomes: dict[str, list[ImageOutcome]] = {name: [] for name, _ in jobs}
-        last: dict[str, EnrolReport] = {}
-        for name, path in progress(work, "enrolling"):
-            report = enrol_images(
-                store,
-                pipeline,
-                name,
-                [path],
-                collection=collection,
-                metadata=None,
-                consent=consent,
-                expires_at=expires,
-                keep_chips=keep_chips,
-            )
-            outcomes[name] += report.outcomes
-            last[name] = report
-        for name, _ in jobs:
-            reports.append(EnrolReport(last[name].subject, tuple(outcomes[name])))
+        if bulk:
+            assert from_folders is not None
+            reports = _enrol_bulk(
+                store, gallery, from_folders, jobs, collection, consent, expires, keep_chips, detector, device,
+                workers or 1, use_ray, ray_address,
+            )  # fmt: skip
+            outcomes: dict[str, list[ImageOutcome]] = {
+                n: list(r.outcomes) for (n, _), r in zip(jobs, reports, strict=True)
+            }
+        else:
+            pipeline = make_pipeline(detector, device)
+            work = [(name, path) for name, files in jobs for path in files]
+            outcomes = {name: [] for name, _ in jobs}
+            last: dict[str, EnrolReport] = {}
+            for name, path in progress(work, "enrolling"):
+                report = enrol_images(
+                    store,
+                    pipeline,
+                    name,
+                    [path],
+                    collection=collection,
+                    metadata=None,
+                    consent=consent,
+                    expires_at=expires,
+                    keep_chips=keep_chips,
+                )
+                outcomes[name] += report.outcomes
+                last[name] = report
+            for name, _ in jobs:
+                reports.append(EnrolReport(last[name].subject, tuple(outcomes[name])))
     if json_out:
         data = [r.to_dict() for r in reports]
         emit_json(data[0] if subject is not None else data)
@@ -122,6 +141,42 @@ def enroll(
                 typer.echo(f"  {o.source}: {'; '.join(o.reasons)}", err=True)
     if not any(r.accepted for r in reports):
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _enrol_bulk(
+    store: GalleryProtocol,
+    gallery: Path | None,
+    root: Path,
+    jobs: list[tuple[str, list[Path]]],
+    collection: str,
+    consent: Consent | None,
+    expires: datetime | None,
+    keep_chips: bool,
+    detector: str,
+    device: str,
+    workers: int,
+    use_ray: bool,
+    ray_address: str | None,
+) -> list[EnrolReport]:
+    """--from-folders with --workers/--ray: parallel analysis, one writer, a checkpoint to resume from."""
+    from faceprint.gallery.location import is_server_location
+    from faceprint.pipeline import PipelineConfig
+    from faceprint.scale.bulk import BulkOptions, default_checkpoint, enrol_folders
+
+    target = gallery if gallery is not None else default_gallery_path()
+    # Next to an embedded gallery; for a server gallery, in $FACEPRINT_HOME.
+    where = default_gallery_path().parent if is_server_location(target) else target
+    options = BulkOptions(
+        workers=workers,
+        use_ray=use_ray,
+        ray_address=ray_address,
+        collection=collection,
+        consent=consent,
+        expires_at=expires,
+        keep_chips=keep_chips,
+        checkpoint=default_checkpoint(where / "bulk-enrol", root, collection),
+    )
+    return enrol_folders(store, root, jobs, PipelineConfig(detector=detector, device=device), options)
 
 
 # -- identify -----------------------------------------------------------------------------------------------
