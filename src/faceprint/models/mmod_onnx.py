@@ -7,8 +7,8 @@ followed by batch-norm statistics (stored as ``bn_con``, applied by dlib as a fi
 The graph covers the convolutional trunk only: ``image`` float32 1×3×H×W (dynamic H, W; the tiled, normalised
 pyramid that :mod:`faceprint.detect.mmod` builds) → ``scores`` float32 1×W×h×w, one channel per detector
 window. Every affine is folded into the convolution before it (in float64, then cast); ONNX Runtime fuses
-the relus and runs the 3-, 16- and 32-channel convolutions in its blocked NCHWc layout. The 9×9 scorer is
-split into a 1×1 convolution and shifted sums (:func:`_split_conv`).
+the relus and runs the convolutions in its blocked NCHWc layout (the 45-channel layers are padded to 48 with
+zero filters for that). The 9×9 scorer is split into a 1×1 convolution and shifted sums (:func:`_split_conv`).
 
 :func:`read_mmod` gives what the rest of the pipeline needs from the same file (:class:`MMODGeometry`): the
 channel means, pyramid paddings, detector windows, NMS thresholds, and the affine map from a score-map cell to
@@ -38,7 +38,7 @@ __all__ = [
     "records_to_onnx",
 ]
 
-CONVERTER_VERSION = "dlib-mmod-onnx-2"
+CONVERTER_VERSION = "dlib-mmod-onnx-3"
 INPUT_NAME = "image"
 OUTPUT_NAME = "scores"
 OPSET = 17
@@ -120,8 +120,15 @@ def read_mmod(path: Path | str) -> MMODGeometry:
     )
 
 
-def records_to_onnx(records: list[LayerRecord], *, split_scorer: bool = True) -> onnx.ModelProto:
+def records_to_onnx(
+    records: list[LayerRecord], *, split_scorer: bool = True, channel_multiple: int = 8
+) -> onnx.ModelProto:
     """The conv trunk of an MMOD detector as an ONNX model (affine layers folded into the convolutions).
+
+    ``channel_multiple`` pads every hidden layer with all-zero filters (zero bias, so relu keeps them 0) to a
+    multiple of that many channels, and the next layer with zero weights for them: the result is unchanged, but
+    ONNX Runtime only runs convolutions in its fast blocked NCHWc layout when the channel counts are multiples
+    of 8 (45 → 48 here, ~5% less time overall). 1 disables it.
 
     ``split_scorer`` rewrites the last convolution (45 → 1 channel, 9×9) as a 1×1 convolution to one channel
     per kernel tap plus a sum of shifted slices (see :func:`_split_conv`): same result, ~10% less time,
@@ -130,7 +137,7 @@ def records_to_onnx(records: list[LayerRecord], *, split_scorer: bool = True) ->
     _check_records(records)
     nodes: list[onnx.NodeProto] = []
     inits: list[onnx.TensorProto] = []
-    x, channels = INPUT_NAME, 3
+    x, channels, width = INPUT_NAME, 3, 3  # real channels, and channels of the tensor after zero padding
     layers = records[1:-1]
     i = 0
     while i < len(layers):
@@ -149,6 +156,12 @@ def records_to_onnx(records: list[LayerRecord], *, split_scorer: bool = True) ->
                     bias = bias * scale + shift
                 i += 1
             is_scorer = all(r.kind != "con" for r in layers[i + 1 :])
+            filters = weight.shape[0]
+            weight = np.pad(weight, ((0, 0), (0, width - channels), (0, 0), (0, 0)))
+            if not is_scorer:
+                extra = -filters % channel_multiple
+                weight = np.pad(weight, ((0, extra), (0, 0), (0, 0), (0, 0)))
+                bias = np.pad(bias, (0, extra))
             if is_scorer and split_scorer and a["stride_y"] == a["stride_x"] == 1:
                 x = _split_conv(nodes, inits, x, weight, bias, a["padding_y"], a["padding_x"], f"conv{n}")
             else:
@@ -167,13 +180,14 @@ def records_to_onnx(records: list[LayerRecord], *, split_scorer: bool = True) ->
                         pads=[py, px, py, px],
                     )
                 )
-            x, channels = f"conv{n}", weight.shape[0]
+            x, channels, width = f"conv{n}", filters, weight.shape[0]
             if a["use_relu"]:
                 nodes.append(helper.make_node("Relu", [x], [f"relu{n}"], name=f"relu{n}"))
                 x = f"relu{n}"
         elif rec.kind in ("affine", "bn_con"):  # an affine not after a convolution
             scale, shift = affine_params(rec)
             if scale.size:
+                scale, shift = np.pad(scale, (0, width - channels)), np.pad(shift, (0, width - channels))
                 inits.append(numpy_helper.from_array(scale.reshape(1, -1, 1, 1), f"S{n}"))
                 inits.append(numpy_helper.from_array(shift.reshape(1, -1, 1, 1), f"T{n}"))
                 nodes.append(helper.make_node("Mul", [x, f"S{n}"], [f"mul{n}"], name=f"mul{n}"))
