@@ -295,6 +295,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ef-sweep", default="32,64,128", help="extra HNSW search widths to measure")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "faceprint-bench")
     parser.add_argument("--lfw-people", type=int, default=120)
+    parser.add_argument(
+        "--backends",
+        default="",
+        help="instead of the index sweep: the same workload on these gallery backends (embedded,postgres,milvus)",
+    )
+    parser.add_argument("--backend-size", type=int, default=100_000, help="templates for --backends")
+    parser.add_argument("--tx-subjects", type=int, default=500, help="subjects enrolled one transaction each")
     args = parser.parse_args(argv)
 
     print(
@@ -313,6 +320,13 @@ def main(argv: list[str] | None = None) -> None:
         f"real LFW faceprints: {len(vectors)} of {len(np.unique(labels))} people; mean cosine genuine "
         f"{g_real:.3f} / impostor {i_real:.3f}; synthetic: genuine {g_syn:.3f} / impostor {i_syn:.3f}\n"
     )
+    if args.backends:
+        from gallery_backends import run_backends  # benchmarks/ is on sys.path when run as a script
+
+        backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        run_backends(backends, args.backend_size, model, queries=args.queries, tx_subjects=args.tx_subjects)
+        print(f"\npeak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3:.0f} MB")
+        return
 
     print(
         "| dim | templates | method | build s (cpu s) | p50 ms | p95 ms | p99 ms | cpu p50 ms | cpu p95 ms "

@@ -14,7 +14,7 @@ from faceprint.errors import InvalidImage
 from faceprint.gallery import (
     DEFAULT_COLLECTION,
     CollectionNotFound,
-    EmbeddedGallery,
+    Gallery,
     default_gallery_path,
     enrol_images,
     export_gallery,
@@ -24,11 +24,15 @@ from faceprint.gallery import (
 from faceprint.gallery.base import Gallery as GalleryProtocol
 from faceprint.gallery.crypto import TemplateCipher, resolve_key
 from faceprint.gallery.enrol import EnrolReport, ImageOutcome, pick_face
+from faceprint.gallery.location import is_server_location
 from faceprint.gallery.model import Consent
 from faceprint.image import load_image
 
 GalleryOpt = typer.Option(
-    None, "--gallery", help="Gallery directory (default: $FACEPRINT_HOME/gallery, FACEPRINT_HOME = user data dir)."
+    None,
+    "--gallery",
+    help="Gallery directory (default: $FACEPRINT_HOME/gallery, FACEPRINT_HOME = user data dir), "
+    "or postgresql://… DSN, milvus://host:19530, or a Milvus Lite *.db file (docs/deploy.md).",
 )
 CollectionOpt = typer.Option(DEFAULT_COLLECTION, "--collection", help="Named collection inside the gallery.")
 EnrolImagesArg = typer.Argument(None, help="Photos of the subject (files or folders).")
@@ -42,9 +46,9 @@ ExportCollectionsOpt = typer.Option(None, "--collection", help="Only these colle
 ImportSourceArg = typer.Argument(..., help="A file written by `faceprint gallery export`.")
 
 
-def _open(path: Path | None, *, create: bool) -> EmbeddedGallery:
+def _open(path: Path | None, *, create: bool) -> Gallery:
     target = path if path is not None else default_gallery_path()
-    if not create and not (target / "gallery.sqlite3").is_file():
+    if not create and not is_server_location(target) and not (target / "gallery.sqlite3").is_file():
         raise fail(f"no gallery at {target}: enroll someone first (or pass --gallery)")
     return open_gallery(target, create=create)
 

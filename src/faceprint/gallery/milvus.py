@@ -147,6 +147,7 @@ class _Batch:
     """Writes buffered by :meth:`MilvusGallery.bulk`, per Milvus collection pair."""
 
     subjects: dict[str, dict[str, dict | None]] = field(default_factory=dict)  # s-coll → id → row | None
+    names: dict[str, dict[str, str]] = field(default_factory=dict)  # s-coll → name → id (pending rows)
     deleted: dict[str, set[str]] = field(default_factory=dict)  # s-coll → subject ids to delete first
     rows: dict[str, list[dict]] = field(default_factory=dict)  # t-coll → template/negative rows
     dropped: dict[str, set[int]] = field(default_factory=dict)  # t-coll → template ids to delete
@@ -205,6 +206,7 @@ class MilvusGallery:
         self._ids = _Ids()
         self._local = threading.local()
         self._loaded: set[str] = set()
+        self._collections: dict[str, Collection] = {}  # a collection's contract never changes once made
         self._closed = False
         try:
             if not self._client.has_collection(self._catalog):
@@ -242,9 +244,14 @@ class MilvusGallery:
         schema.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
         self._create(self._catalog, schema, "placeholder", "FLAT", {})
 
-    def _create(self, name: str, schema: Any, vector_field: str, index: str, params: dict) -> None:
+    def _create(
+        self, name: str, schema: Any, vector_field: str, index: str, params: dict, scalars: Sequence[str] = ()
+    ) -> None:
+        """Create a collection with its vector index and INVERTED indexes on the ``scalars`` it is looked up by."""
         index_params = self._client.prepare_index_params()
         index_params.add_index(vector_field, index_type=index, metric_type="IP", params=params)
+        for scalar in scalars:
+            index_params.add_index(scalar, index_type="INVERTED")
         try:
             self._client.create_collection(
                 name, schema=schema, index_params=index_params, consistency_level=CONSISTENCY
@@ -261,7 +268,7 @@ class MilvusGallery:
         subjects.add_field("expires", DataType.INT64)  # µs since the epoch, -1: never
         subjects.add_field("info", DataType.VARCHAR, max_length=_TEXT_MAX)
         subjects.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
-        self._create(names.subjects, subjects, "placeholder", "FLAT", {})
+        self._create(names.subjects, subjects, "placeholder", "FLAT", {}, scalars=["name"])
         templates = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         templates.add_field("id", DataType.INT64, is_primary=True)
         templates.add_field("kind", DataType.INT8)
@@ -270,7 +277,7 @@ class MilvusGallery:
         templates.add_field("enc", DataType.VARCHAR, max_length=_TEXT_MAX)
         templates.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
         params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
-        self._create(names.templates, templates, "vector", "HNSW", params)
+        self._create(names.templates, templates, "vector", "HNSW", params, scalars=["subject_id"])
 
     def _names(self, name: str) -> _Names:
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -359,6 +366,10 @@ class MilvusGallery:
         for tcoll, rows in batch.rows.items():
             for chunk in _chunks(rows):
                 client.insert(self._ready(tcoll), chunk)
+        # Seal what a bulk load wrote, as Milvus advises after an import: sealed segments are indexed
+        # (HNSW, INVERTED) where a growing segment is scanned row by row.
+        for name in {*batch.subjects, *batch.deleted, *batch.rows, *batch.dropped}:
+            client.flush(name)
 
     def _write_subject(self, names: _Names, row: dict) -> None:
         batch = self._batch()
@@ -366,6 +377,7 @@ class MilvusGallery:
             self.client.upsert(self._ready(names.subjects), [row])
         else:
             batch.subjects.setdefault(names.subjects, {})[row["id"]] = row
+            batch.names.setdefault(names.subjects, {})[row["name"]] = row["id"]
 
     def _write_rows(self, names: _Names, rows: list[dict]) -> None:
         batch = self._batch()
@@ -397,8 +409,12 @@ class MilvusGallery:
         return Collection(row["key"].split(":", 1)[1], record["model_id"], int(record["dim"]), created)
 
     def _find_collection(self, name: str) -> Collection | None:
-        rows = self._query(self._catalog, f"key == {_q('collection:' + name)}")
-        return self._collection_from_row(rows[0]) if rows else None
+        if name not in self._collections:
+            rows = self._query(self._catalog, f"key == {_q('collection:' + name)}")
+            if not rows:
+                return None
+            self._collections[name] = self._collection_from_row(rows[0])
+        return self._collections[name]
 
     def _collection(self, name: str) -> tuple[_Names, Collection]:
         coll = self._find_collection(name)
@@ -414,16 +430,18 @@ class MilvusGallery:
         return sorted((self._collection_from_row(r) for r in rows), key=lambda c: c.name)
 
     # -- subjects ---------------------------------------------------------------------------------------
-    def _subject_rows(self, names: _Names, ref: str) -> dict | None:
+    def _subject_rows(self, names: _Names, ref: str, *, by: tuple[str, ...] = ("id", "name")) -> dict | None:
         """The subject's row by id, else by name, as this thread sees it (its bulk batch included)."""
         batch = self._batch()
         pending = {} if batch is None else batch.subjects.get(names.subjects, {})
         deleted = set() if batch is None else batch.deleted.get(names.subjects, set())
-        for sid, row in pending.items():
-            if row is not None and (sid == ref or row["name"] == ref):
+        by_name = {} if batch is None else batch.names.get(names.subjects, {})
+        for sid in (ref, by_name.get(ref)):
+            row = pending.get(sid) if sid is not None else None
+            if row is not None and (row["id"] == ref or row["name"] == ref):
                 return row
-        for expr in (f"id == {_q(ref)}", f"name == {_q(ref)}"):
-            for row in self._query(names.subjects, expr):
+        for column in by:
+            for row in self._query(names.subjects, f"{column} == {_q(ref)}"):
                 if row["id"] in pending or row["id"] in deleted:
                     continue  # replaced (renamed) or deleted in this batch
                 return row
@@ -498,8 +516,8 @@ class MilvusGallery:
         check_name(name)
         names, _ = self._collection(collection)
         sid = subject_id or uuid.uuid4().hex
-        if self._subject_rows(names, name) is not None or (
-            subject_id is not None and self._subject_rows(names, subject_id) is not None
+        if self._subject_rows(names, name, by=("name",)) is not None or (
+            subject_id is not None and self._subject_rows(names, subject_id, by=("id",)) is not None
         ):
             raise SubjectExists(name, collection)
         row = self._subject_row(sid, name, metadata or {}, consent, to_iso(utcnow()), expires_at)

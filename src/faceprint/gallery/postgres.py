@@ -124,6 +124,7 @@ class PostgresGallery:
         self.location = redact_location(dsn)
         self.ef_search = int(ef_search)
         self._local = threading.local()
+        self._collections: dict[str, tuple[int, Collection]] = {}
         self._closed = False
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=int(connect_timeout)) as conn:
@@ -245,11 +246,17 @@ class PostgresGallery:
         return coll
 
     def _find_collection(self, name: str) -> tuple[int, Collection] | None:
-        with self._conn() as conn:
-            row = conn.execute(
-                "SELECT id, name, model_id, dim, created_at FROM collections WHERE name = %s", (name,)
-            ).fetchone()
-        return None if row is None else (int(row[0]), Collection(row[1], row[2], int(row[3]), row[4]))
+        """Collections are never altered once created, so a found one is cached (one query fewer per call)."""
+        found = self._collections.get(name)
+        if found is None:
+            with self._conn() as conn:
+                row = conn.execute(
+                    "SELECT id, name, model_id, dim, created_at FROM collections WHERE name = %s", (name,)
+                ).fetchone()
+            if row is None:
+                return None
+            found = self._collections[name] = (int(row[0]), Collection(row[1], row[2], int(row[3]), row[4]))
+        return found
 
     def _collection(self, name: str) -> tuple[int, Collection]:
         found = self._find_collection(name)
