@@ -70,3 +70,18 @@ def test_names_with_quotes_are_safe_in_filters(tmp_path: Path) -> None:
         assert g.get_subject(tricky).id == s.id
         g.delete_subject(tricky)
         assert g.find_subject(tricky) is None and g.find_subject("other") is not None
+
+
+def test_galleries_with_different_prefixes_share_one_milvus(tmp_path: Path) -> None:
+    people = People()
+    uri = str(tmp_path / "shared.db")
+    with MilvusGallery(uri, key=KEY, prefix="site_s_a") as a, MilvusGallery(uri, key=KEY, prefix="site_b") as b:
+        for g in (a, b):
+            g.ensure_collection("default", MODEL, DIM)
+            s = g.add_subject("ada")
+            g.add_templates(s.id, people.prints_of("ada", 2))
+        with a.bulk():
+            a.delete_subject("ada")
+        assert a.find_subject("ada") is None and a.stats().templates == 0
+        (ans,) = b.identify([people.print_of("ada")], threshold=THRESHOLD)
+        assert ans.match is not None and b.stats().templates == 2

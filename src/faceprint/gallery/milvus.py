@@ -352,7 +352,7 @@ class MilvusGallery:
     def _flush(self, batch: _Batch) -> None:
         client = self.client
         for scoll, ids in batch.deleted.items():
-            tcoll = scoll.replace("_s_", "_t_", 1)
+            tcoll = f"{self.prefix}_t_{scoll[len(self.prefix) + 3 :]}"  # the pair of <prefix>_s_<hash>
             for chunk in _chunks(sorted(ids)):
                 client.delete(self._ready(tcoll), filter=_in("subject_id", chunk))
                 client.delete(self._ready(scoll), ids=chunk)
