@@ -71,6 +71,8 @@ def serve(
         )
     if address is not None and not ray:
         raise fail("--address needs --ray")
+    if settings.auth:
+        _first_run_key()
     typer.echo(f"faceprint: serving on http://{host}:{port}/ (gallery {settings.gallery})", err=True)
     if ray:
         from faceprint.scale.server import serve_forever
@@ -80,6 +82,21 @@ def serve(
         return
     uvicorn.run(
         create_app(settings), host=host, port=port, log_config=None, access_log=False, log_level=log_level.lower()
+    )
+
+
+def _first_run_key() -> None:
+    """On the very first start there is no key to log in with: make one admin key and show it once."""
+    from faceprint.service.auth import KeyStore
+
+    keys = KeyStore(_store())
+    if keys.list(include_revoked=True):
+        return
+    key, text = keys.create(["admin"], "first-run")
+    typer.echo(
+        f"first start: created admin key {key.id}; it is shown only now, paste it into the web UI or send it as "
+        f"`Authorization: Bearer KEY`:\n\n    {text}\n",
+        err=True,
     )
 
 
