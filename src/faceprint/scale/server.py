@@ -36,6 +36,8 @@ def deploy(settings: Settings, ray_settings: RaySettings, *, host: str, port: in
             # A running cluster did not start from this shell: hand its replicas our FACEPRINT_* settings
             # (gallery path, key, cache directory). A local instance inherits this process's environment.
             kwargs["runtime_env"] = {"env_vars": faceprint_env()}
+        elif ray_settings.num_cpus is not None:
+            kwargs["num_cpus"] = ray_settings.num_cpus
         ray.init(address=ray_settings.address, **kwargs)
     serve.start(http_options={"host": host, "port": port})
     return serve.run(build_app(settings, ray_settings), name=ray_settings.app_name, route_prefix="/")
@@ -57,16 +59,18 @@ def undeploy(ray_settings: RaySettings, *, shutdown_ray: bool) -> None:
 def serve_forever(settings: Settings, ray_settings: RaySettings, *, host: str, port: int) -> None:
     """Deploy, wait for SIGINT/SIGTERM, undeploy. A Ray instance started here is shut down with it; a
     cluster joined with ``--address`` keeps running (only this application is deleted)."""
+    import ray
+
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous: dict[int, Any] = {}
     try:
         deploy(settings, ray_settings, host=host, port=port)
+        # Installed after ray.init, which sets handlers of its own: ours must be the ones that run.
+        previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
         log.warning("faceprint: Ray Serve application %r is up on http://%s:%d/", ray_settings.app_name, host, port)
         while not stop.wait(1.0):
             pass
     finally:
-        import ray
-
         if ray.is_initialized():
             undeploy(ray_settings, shutdown_ray=ray_settings.address is None)
         for sig, handler in previous.items():

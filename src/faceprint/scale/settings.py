@@ -63,6 +63,7 @@ class RaySettings:
     """Where the Ray cluster is and how the faceprint application is laid out on it."""
 
     address: str | None = None  # None: start a local Ray instance; "auto": join the node's running cluster
+    num_cpus: int | None = None  # CPUs of a local instance (None: Ray counts them); ignored with an address
     app_name: str = "faceprint"
     detector: DeploymentScaling = DeploymentScaling(max_replicas=2, target_ongoing_requests=2, max_ongoing_requests=4)
     embedder: DeploymentScaling = DeploymentScaling(max_replicas=2, target_ongoing_requests=16, max_ongoing_requests=64)
@@ -75,6 +76,8 @@ class RaySettings:
         self.detector.check("FACEPRINT_RAY_DETECTOR")
         self.embedder.check("FACEPRINT_RAY_EMBEDDER")
         self.ingress.check("FACEPRINT_RAY_INGRESS")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise SettingsError(f"FACEPRINT_RAY_NUM_CPUS: must be >= 1, got {self.num_cpus}")
         if self.batch_max_size < 1:
             raise SettingsError(f"FACEPRINT_RAY_BATCH_MAX_SIZE: must be >= 1, got {self.batch_max_size}")
         if self.batch_wait_ms < 0:
@@ -92,10 +95,10 @@ class RaySettings:
         values: dict[str, Any] = {}
         if env.get("FACEPRINT_RAY_ADDRESS"):
             values["address"] = env["FACEPRINT_RAY_ADDRESS"]
-        for name in ("batch_max_size", "batch_wait_ms"):
+        for name in ("num_cpus", "batch_max_size", "batch_wait_ms"):
             var = f"FACEPRINT_RAY_{name.upper()}"
             if env.get(var):
-                values[name] = _number(var, env[var], int if name == "batch_max_size" else float)
+                values[name] = _number(var, env[var], float if name == "batch_wait_ms" else int)
         for part in ("detector", "embedder", "ingress"):
             base: DeploymentScaling = getattr(cls, part)
             changes: dict[str, Any] = {}
