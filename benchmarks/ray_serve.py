@@ -76,12 +76,14 @@ def ray_layout(cpus: int) -> dict[str, str]:
 
 
 @contextmanager
-def server(ray: bool, detector: str, cpus: int) -> Iterator[tuple[str, str]]:
+def server(ray: bool, detector: str, cpus: int, threads: str = "default") -> Iterator[tuple[str, str]]:
     """A server in a fresh home, pinned to CPUs 0..cpus-1; yields (url, admin key)."""
     with tempfile.TemporaryDirectory(prefix="faceprint-raybench-") as home:
         env = {**os.environ, "FACEPRINT_HOME": home, "FACEPRINT_DETECTOR": detector, "RAY_USAGE_STATS_ENABLED": "0"}
         env.setdefault("FACEPRINT_KEY", secrets.token_hex(32))
         env["FACEPRINT_INFERENCE_WORKERS"] = str(cpus)
+        if threads != "default":
+            env["FACEPRINT_THREADS"] = threads  # ONNX Runtime intra-op threads of the single process
         if ray:
             env.update(ray_layout(cpus))
         key = subprocess.run(
@@ -169,7 +171,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0)
     parser.add_argument("--detector", default="hog")
     parser.add_argument("--threshold", type=float, default=0.92)
-    parser.add_argument("--rounds", type=int, default=1, help="Alternate the two servers this many times")
+    parser.add_argument("--rounds", type=int, default=1, help="Alternate the servers this many times")
+    parser.add_argument(
+        "--single-threads",
+        default="default,1",
+        help="ONNX Runtime threads of the single-process server, one row each: 'default' (ORT's own choice, "
+        "one per core) and/or a number (Ray replicas always use 1 per CPU they hold)",
+    )
     parser.add_argument("--skip-embedder", action="store_true", help="Skip the embedder-only measurement")
     args = parser.parse_args()
 
@@ -181,9 +189,11 @@ def main() -> None:
     )
     rows = []
     # Alternated, so a change in the machine's other load hits both servers alike.
+    configs = [(f"single process, ORT threads {t}", False, t) for t in args.single_threads.split(",")]
+    configs.append(("Ray Serve", True, "default"))
     for _ in range(args.rounds):
-        for name, ray in (("single process", False), ("Ray Serve", True)):
-            with server(ray, args.detector, args.cpus) as (url, key):
+        for name, ray, threads in configs:
+            with server(ray, args.detector, args.cpus, threads) as (url, key):
                 rows.append(measure(name, url, key, args))
     print()
     print("| path | CPUs | requests/s | faces/s | p50 ms | p95 ms | errors | load avg before |")
@@ -194,14 +204,13 @@ def main() -> None:
             f"| {r.name} | {args.cpus} | {r.rps:.2f} | {r.faces / r.duration:.2f} | {p50:.0f} | {p95:.0f} "
             f"| {r.errors} | {r.load_before:.1f} |"
         )
-    single = float(np.median([r.rps for r in rows if r.name == "single process"]))
     ray_rps = float(np.median([r.rps for r in rows if r.name == "Ray Serve"]))
-    if single > 0:
-        change = ray_rps / single - 1
-        print(
-            f"\nRay Serve throughput vs single process (medians): {change:+.0%} "
-            f"({'overhead' if change < 0 else 'gain'})"
-        )
+    print()
+    for name, ray, _ in configs:
+        single = float(np.median([r.rps for r in rows if r.name == name]))
+        if not ray and single > 0:
+            change = ray_rps / single - 1
+            print(f"Ray Serve vs {name} (medians): {change:+.0%} ({'overhead' if change < 0 else 'gain'})")
     if not args.skip_embedder:
         one, batched = embedder_per_core()
         print(f"embedder alone, 1 ORT thread: {one:.1f} embeddings/s unbatched, {batched:.1f}/s in batches of 32")
