@@ -1,87 +1,76 @@
-"""Where every weight file comes from: package, path inside it, sha256, licence.
+"""The built-in model catalogue: one declarative spec per model under ``models/specs/`` (see
+:mod:`faceprint.models.spec`), the dlib models included.
 
 Nothing here downloads anything. A weight file must arrive through a package registry at install time; a
-missing package is a :class:`ModelNotInstalled` error naming the package.
+missing package is a :class:`ModelNotInstalled` error naming the package. Models from optional packs or
+added by the user live in the model store (:mod:`faceprint.models.store`); :class:`~faceprint.models.
+registry.ModelRegistry` joins both.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
-from dataclasses import dataclass
+import tomllib
 from functools import cache
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from faceprint.errors import ModelError, ModelNotInstalled
+from faceprint.models.spec import ModelSpec, SpecError, parse_spec
+
+__all__ = [
+    "ModelSpec",
+    "builtin_specs",
+    "get_spec",
+    "is_installed",
+    "model_path",
+    "packs",
+    "sha256_file",
+]
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    id: str
-    task: str  # "detector" | "landmarks" | "embedder"
-    package: str  # pip name of the package that ships the file
-    module: str  # import name of that package
-    relpath: str  # path of the file inside the module directory
-    sha256: str
-    licence: str
-    description: str
-    input_size: tuple[int, int] | None = None  # (width, height) of the network input, when fixed
-    output_dim: int | None = None
+@cache
+def builtin_specs() -> dict[str, ModelSpec]:
+    """Every spec shipped in ``faceprint/models/specs/*.toml`` by id (read once per process)."""
+    out: dict[str, ModelSpec] = {}
+    folder = resources.files("faceprint.models") / "specs"
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".toml") or entry.name == "packs.toml":
+            continue
+        origin = f"faceprint/models/specs/{entry.name}"
+        try:
+            spec = parse_spec(tomllib.loads(entry.read_text(encoding="utf-8")), origin)
+        except tomllib.TOMLDecodeError as exc:
+            raise SpecError(f"{origin}: {exc}") from None
+        if spec.id in out:
+            raise SpecError(f"{origin}: duplicate model id {spec.id!r}")
+        out[spec.id] = spec
+    return out
 
 
-_FRM = dict(package="face-recognition-models", module="face_recognition_models")
+@cache
+def packs() -> dict[str, dict[str, Any]]:
+    """Optional model packs (``specs/packs.toml``): name → registry, package, version, tarball sha256."""
+    ref = resources.files("faceprint.models") / "specs" / "packs.toml"
+    return tomllib.loads(ref.read_text(encoding="utf-8"))
 
-CATALOGUE: dict[str, ModelSpec] = {
-    spec.id: spec
-    for spec in (
-        ModelSpec(
-            id="dlib-resnet-v1",
-            task="embedder",
-            relpath="models/dlib_face_recognition_resnet_model_v1.dat",
-            sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
-            licence="public domain (dlib-models)",
-            description="dlib ResNet-29, 150×150 aligned chip → 128-d; LFW 99.38%",
-            input_size=(150, 150),
-            output_dim=128,
-            **_FRM,
-        ),
-        ModelSpec(
-            id="dlib-mmod",
-            task="detector",
-            relpath="models/mmod_human_face_detector.dat",
-            sha256="4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
-            licence="public domain (dlib-models)",
-            description="dlib CNN face detector (max-margin object detection), image pyramid",
-            **_FRM,
-        ),
-        ModelSpec(
-            id="dlib-shape5",
-            task="landmarks",
-            relpath="models/shape_predictor_5_face_landmarks.dat",
-            sha256="c4b1e9804792707d3a405c2c16a80a20269e6675021f64a41d30fffafbc41888",
-            licence="public domain (dlib-models)",
-            description="dlib 5-point shape predictor: eye corners and nose base",
-            **_FRM,
-        ),
-        ModelSpec(
-            id="dlib-hog",
-            task="detector",
-            relpath="",
-            sha256="",
-            licence="Boost Software License (built into dlib)",
-            description="dlib HOG + linear SVM frontal face detector (built into dlib-bin)",
-            package="dlib-bin",
-            module="dlib",
-        ),
-    )
-}
+
+def __getattr__(name: str) -> Any:
+    # `CATALOGUE` was a module-level dict; it is now read lazily from the spec files (no import-time I/O).
+    if name == "CATALOGUE":
+        return builtin_specs()
+    raise AttributeError(name)
 
 
 def get_spec(model_id: str) -> ModelSpec:
+    """The built-in spec of ``model_id`` (see the registry for models in the user's model store)."""
     try:
-        return CATALOGUE[model_id]
+        return builtin_specs()[model_id]
     except KeyError:
-        raise ModelError(f"unknown model {model_id!r}; known: {', '.join(sorted(CATALOGUE))}") from None
+        known = ", ".join(sorted(builtin_specs()))
+        raise ModelError(f"unknown model {model_id!r}; known: {known}") from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -93,28 +82,35 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def is_installed(spec: ModelSpec) -> bool:
-    return importlib.util.find_spec(spec.module) is not None
+    """Whether the pip package that ships a ``python``/``builtin`` model is importable."""
+    return bool(spec.source.module) and importlib.util.find_spec(spec.source.module) is not None
+
+
+def verify_file(model_id: str, path: Path, sha256: str, remedy: str) -> Path:
+    """``path`` when it exists and has the expected sha256; a :class:`ModelError` saying what to do otherwise."""
+    if not path.is_file():
+        raise ModelError(f"model {model_id!r}: {path} is missing; {remedy}")
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise ModelError(
+            f"model {model_id!r}: {path} has sha256 {actual}, expected {sha256}; the file is corrupt, "
+            f"truncated or another model: refusing to load it ({remedy})"
+        )
+    return path
 
 
 @cache
 def _verified_path(model_id: str) -> Path:
     spec = get_spec(model_id)
-    found = importlib.util.find_spec(spec.module)
+    if spec.source.kind != "python":
+        raise ModelError(f"model {model_id!r} is not shipped by a Python package; use ModelRegistry.path()")
+    found = importlib.util.find_spec(spec.source.module)
     if found is None or not found.submodule_search_locations:
-        raise ModelNotInstalled(model_id, spec.package)
+        raise ModelNotInstalled(model_id, spec.source.package)
     root = Path(next(iter(found.submodule_search_locations)))
-    path = root / spec.relpath
-    if not path.is_file():
-        raise ModelError(f"model {model_id!r}: {path} is missing; reinstall {spec.package!r}")
-    actual = sha256_file(path)
-    if actual != spec.sha256:
-        raise ModelError(
-            f"model {model_id!r}: {path} has sha256 {actual}, expected {spec.sha256}; "
-            f"the file is corrupt or from another version of {spec.package!r}"
-        )
-    return path
+    return verify_file(model_id, root / spec.source.path, spec.sha256, f"reinstall {spec.source.package!r}")
 
 
 def model_path(model_id: str) -> Path:
-    """The verified path of a model's weight file (sha256 checked once per process)."""
+    """The verified path of a built-in model's weight file (sha256 checked once per process)."""
     return _verified_path(model_id)
