@@ -3,6 +3,11 @@
 A :class:`Pipeline` owns its loaded models; create one and reuse it (loading costs a second or two, the
 first use of an ONNX model converts and caches it). Inference is thread-safe: ONNX Runtime sessions accept
 concurrent runs, and the components that are not (dlib's HOG detector) lock internally.
+
+Any embedder of the model registry (built-in specs plus the user's model store) can be chosen by id; the
+chip template comes from its spec, re-expressed for the landmark scheme in use (see
+:mod:`faceprint.align.templates`), and the landmark model is the one the spec prefers when it is installed,
+dlib's 5-point predictor otherwise (or ``landmarks=`` explicitly).
 """
 
 from __future__ import annotations
@@ -10,21 +15,27 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from faceprint.align.chips import ChipTemplate, dlib_template, extract_chips
-from faceprint.detect.base import Detector
+from faceprint.align.chips import ChipTemplate, extract_chips
+from faceprint.detect.base import Detector, RawDetection
 from faceprint.errors import FaceprintError, NoFaceFound
 from faceprint.image import Image, ImageSource, load_image
+from faceprint.models.registry import BUILTIN_DEFAULT_EMBEDDER, ModelRegistry
+from faceprint.models.spec import ModelSpec
+from faceprint.models.store import ModelStore
 from faceprint.quality import QualityPolicy, assess
 from faceprint.types import Detection, Faceprint
 
-DETECTORS = ("mmod", "hog")
-EMBEDDERS = ("dlib-resnet-v1",)
+DETECTORS = ("mmod", "hog")  # short names of the built-in detectors; any detector model id also works
+EMBEDDERS = ("dlib-resnet-v1",)  # built into the package; `faceprint models list` shows every embedder
 DEFAULT_DETECTOR = "mmod"
-DEFAULT_EMBEDDER = "dlib-resnet-v1"
+DEFAULT_EMBEDDER = BUILTIN_DEFAULT_EMBEDDER
+DEFAULT_LANDMARKS = "dlib-shape5"
+_DETECTOR_IDS = {"mmod": "dlib-mmod", "hog": "dlib-hog"}
 
 
 @dataclass(frozen=True)
@@ -36,12 +47,29 @@ class PipelineConfig:
     upsample: int | None = None  # None: the detector's own default
     min_score: float | None = None  # detections below are dropped; None: the detector's default
     quality: QualityPolicy = field(default_factory=QualityPolicy)
+    landmarks: str | None = None  # None: the embedder spec's preferred landmark model when installed
+    model_dir: Path | None = None  # model store; None: $FACEPRINT_MODEL_DIR / $FACEPRINT_HOME/models
 
     def __post_init__(self) -> None:
-        if self.detector not in DETECTORS:
-            raise FaceprintError(f"unknown detector {self.detector!r}; choose one of {', '.join(DETECTORS)}")
-        if self.embedder not in EMBEDDERS:
-            raise FaceprintError(f"unknown embedder {self.embedder!r}; choose one of {', '.join(EMBEDDERS)}")
+        specs = self.registry().specs()
+        detectors = [i for i, s in specs.items() if s.task == "detector" and i not in _DETECTOR_IDS.values()]
+        if self.detector not in DETECTORS and self.detector not in detectors:
+            choices = ", ".join([*DETECTORS, *detectors])
+            raise FaceprintError(f"unknown detector {self.detector!r}; choose one of {choices}")
+        embedders = [i for i, s in specs.items() if s.task == "embedder"]
+        if self.embedder not in embedders:
+            raise FaceprintError(f"unknown embedder {self.embedder!r}; choose one of {', '.join(embedders)}")
+        if self.landmarks is not None and getattr(specs.get(self.landmarks), "task", None) != "landmarks":
+            known = ", ".join(i for i, s in specs.items() if s.task == "landmarks")
+            raise FaceprintError(f"unknown landmark model {self.landmarks!r}; choose one of {known}")
+
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(ModelStore(self.model_dir))
+
+    @property
+    def detector_id(self) -> str:
+        """The detector's model id (``mmod`` → ``dlib-mmod``)."""
+        return _DETECTOR_IDS.get(self.detector, self.detector)
 
 
 class Pipeline:
@@ -53,35 +81,56 @@ class Pipeline:
         elif overrides:
             raise TypeError("give either a PipelineConfig or keyword overrides, not both")
         self.config = config
+        self.registry = config.registry()
+        self.spec: ModelSpec = self.registry.get(config.embedder)
+        self.landmarker_id = config.landmarks or self._preferred_landmarks()
+        from faceprint.models.families import landmark_scheme
+
+        self.landmark_scheme = landmark_scheme(self.registry.get(self.landmarker_id))
         self._lock = threading.Lock()
         self._detector: Detector | None = None
         self._landmarker: Any = None
         self._embedder: Any = None
+        self._templates: dict[str, ChipTemplate] = {}
+
+    def _preferred_landmarks(self) -> str:
+        wanted = self.spec.landmarks
+        if wanted and wanted in self.registry.specs() and self.registry.status(self.registry.get(wanted)).available:
+            return wanted
+        return DEFAULT_LANDMARKS
 
     # -- components, loaded lazily so `faceprint detect` never loads the embedder -------------------------
     @property
     def detector(self) -> Detector:
         with self._lock:
             if self._detector is None:
-                self._detector = _make_detector(self.config)
+                self._detector = _make_detector(self.config, self.registry)
             return self._detector
 
     @property
     def landmarker(self) -> Any:
         with self._lock:
             if self._landmarker is None:
-                from faceprint.align.shape_predictor import ShapePredictor5
+                from faceprint.models.families import load_landmarker
 
-                self._landmarker = ShapePredictor5()
+                self._landmarker = load_landmarker(
+                    self.registry,
+                    self.landmarker_id,
+                    device=self.config.device,
+                    threads=self.config.threads,
+                    detector=self.config.detector_id,
+                )
             return self._landmarker
 
     @property
     def embedder(self) -> Any:
         with self._lock:
             if self._embedder is None:
-                from faceprint.embed.dlib_resnet import DlibResNetEmbedder
+                from faceprint.models.families import load_embedder
 
-                self._embedder = DlibResNetEmbedder(device=self.config.device, threads=self.config.threads)
+                self._embedder = load_embedder(
+                    self.registry, self.config.embedder, device=self.config.device, threads=self.config.threads
+                )
             return self._embedder
 
     @property
@@ -90,25 +139,53 @@ class Pipeline:
 
     @property
     def template(self) -> ChipTemplate:
-        return dlib_template(150, 0.25)
+        """The embedder's chip template for this pipeline's landmark scheme."""
+        return self.template_for(self.landmark_scheme)
+
+    def template_for(self, scheme: str) -> ChipTemplate:
+        with self._lock:
+            if scheme not in self._templates:
+                from faceprint.align.templates import chip_template
+
+                assert self.spec.template is not None  # embedder specs always name one (checked when parsed)
+                self._templates[scheme] = chip_template(self.spec.template, scheme)
+            return self._templates[scheme]
 
     # -- stages -------------------------------------------------------------------------------------------
     def detect(self, image: ImageSource | Image) -> list[Detection]:
         """All faces in ``image`` with boxes, scores and 5 landmarks, highest score first."""
         img = load_image(image)
-        raw = self.detector.detect(img.pixels)
+        return self.landmark(img, self.detector.detect(img.pixels))
+
+    def landmark(self, image: ImageSource | Image, raw: Sequence[RawDetection]) -> list[Detection]:
+        """Detections with this pipeline's 5 landmarks for ``((x1, y1, x2, y2), score)`` boxes."""
         if not raw:
             return []
+        img = load_image(image)
         boxes = np.array([box for box, _ in raw], dtype=np.float64)
         landmarks = self.landmarker.predict(img.pixels, boxes)
         return [
-            Detection(box=box, score=score, landmarks=np.asarray(points, dtype=np.float32))
+            Detection(
+                box=tuple(float(v) for v in box),  # type: ignore[arg-type]
+                score=float(score),
+                landmarks=np.asarray(points, dtype=np.float32),
+                landmark_scheme=self.landmark_scheme,
+            )
             for (box, score), points in zip(raw, landmarks, strict=True)
         ]
 
     def chips(self, image: ImageSource | Image, detections: Sequence[Detection]) -> np.ndarray:
+        """Aligned chips for the embedder, one per detection (each aligned by its own landmark scheme)."""
         img = load_image(image)
-        return extract_chips(img.pixels, [d.landmarks for d in detections], self.template)
+        schemes = {d.landmark_scheme for d in detections}
+        if len(schemes) <= 1:
+            template = self.template_for(schemes.pop()) if schemes else self.template
+            return extract_chips(img.pixels, [d.landmarks for d in detections], template)
+        size = self.template.size
+        out = np.empty((len(detections), size, size, 3), dtype=np.uint8)
+        for i, d in enumerate(detections):
+            out[i] = extract_chips(img.pixels, [d.landmarks], self.template_for(d.landmark_scheme))[0]
+        return out
 
     def embed(self, image: ImageSource | Image, detections: Sequence[Detection] | None = None) -> list[Faceprint]:
         """Faceprints of every face (or of the given detections), in detection order."""
@@ -155,11 +232,17 @@ class Pipeline:
         return self.embed(img, [largest])[0], len(detections)
 
 
-def _make_detector(config: PipelineConfig) -> Detector:
+def _make_detector(config: PipelineConfig, registry: ModelRegistry) -> Detector:
     if config.detector == "hog":
         from faceprint.detect.hog import HOGDetector
 
         return HOGDetector(upsample=1 if config.upsample is None else config.upsample)
+    if config.detector != "mmod":
+        from faceprint.models.families import load_onnx_detector
+
+        return load_onnx_detector(
+            registry, config.detector, device=config.device, threads=config.threads, min_score=config.min_score
+        )
     from faceprint.detect.mmod import MMODDetector
 
     kwargs: dict[str, Any] = {"device": config.device, "threads": config.threads}
