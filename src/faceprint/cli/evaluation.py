@@ -39,6 +39,9 @@ PeopleOpt = typer.Option(
     None, "--people", help="With --dir: only these identities (LFW people*.txt, or one name per line)."
 )
 BatchOpt = typer.Option(32, "--batch", min=1, help="Faces embedded per network run.")
+ModelOpt = typer.Option(
+    None, "--model", help="Embedder model id (default: the one `faceprint models use` chose, else dlib-resnet-v1)."
+)
 
 
 def _quiet_plotting() -> None:
@@ -47,8 +50,11 @@ def _quiet_plotting() -> None:
     logging.getLogger("PIL").setLevel(logging.INFO)
 
 
-def _pipeline(detector: str, device: str, threads: int | None = None) -> Pipeline:
-    return Pipeline(PipelineConfig(detector=detector, device=device, threads=threads))
+def _pipeline(detector: str, device: str, threads: int | None = None, model: str | None = None) -> Pipeline:
+    from faceprint.cli.core import resolve_model
+
+    config = PipelineConfig(detector=detector, device=device, threads=threads, embedder=resolve_model(model))
+    return Pipeline(config)
 
 
 def _embed(paths: list[Path], pipeline: Pipeline, face: str, cache: Path | None, batch: int):
@@ -125,6 +131,7 @@ def eval_verify(
     batch: int = BatchOpt,
     detector: str = DetectorOpt,
     device: str = DeviceOpt,
+    model: str | None = ModelOpt,
 ) -> None:
     """Verification accuracy, EER, ROC AUC, TAR at FAR, threshold table and k-fold accuracy of a pair list."""
     from faceprint.errors import FaceprintError
@@ -135,7 +142,7 @@ def eval_verify(
     if fmr is not None and threshold is not None:
         raise fail("give --fmr or --threshold, not both")
     pairs, source, base = _pairs(pairs_file, root, folder, people, impostors, seed)
-    pipeline = _pipeline(detector, device)
+    pipeline = _pipeline(detector, device, model=model)
     table = None
     if calibration is not None:
         table = Calibration.load(calibration)
@@ -199,6 +206,7 @@ def eval_identify(
     batch: int = BatchOpt,
     detector: str = DetectorOpt,
     device: str = DeviceOpt,
+    model: str | None = ModelOpt,
 ) -> None:
     """Rank-1/rank-5 identification (CMC) and open-set FNIR at FPIR on a folder of identities."""
     from faceprint.evaluation.identification import evaluate_identification, split_identities
@@ -206,7 +214,7 @@ def eval_identify(
 
     identities = _identities(folder, people)
     split = split_identities(identities, enrol=enrol, holdout=holdout, seed=seed)
-    pipeline = _pipeline(detector, device)
+    pipeline = _pipeline(detector, device, model=model)
     paths = [p for images in identities.values() for p in images]
     result = evaluate_identification(split, _embed(paths, pipeline, face, cache, batch))
     source = f"{folder} ({len(identities)} identities)"
@@ -273,6 +281,7 @@ def calibrate(
     batch: int = BatchOpt,
     detector: str = DetectorOpt,
     device: str = DeviceOpt,
+    model: str | None = ModelOpt,
 ) -> None:
     """Measure the score → false-match-rate table that `verify --fmr` uses, on your own labelled photos."""
     import numpy as np
@@ -285,7 +294,7 @@ def calibrate(
         raise fail("give either --pairs FILE (with --root DIR) or --dir ROOT")
     if out.suffix != ".json":
         raise fail(f"{out}: the calibration table must end in .json")
-    pipeline = _pipeline(detector, device)
+    pipeline = _pipeline(detector, device, model=model)
     setup = f"detector {detector}, face {face}"
     if pairs_file is not None:
         pairs = read_pairs(pairs_file, root)
@@ -350,6 +359,7 @@ def bench(
     json_out: bool = JsonOpt,
     detector: str = DetectorOpt,
     device: str = DeviceOpt,
+    model: str | None = ModelOpt,
 ) -> None:
     """Latency p50/p95/p99 of each pipeline stage and throughput, with the hardware and threads used."""
     from faceprint.evaluation.bench import run_bench
@@ -360,7 +370,7 @@ def bench(
         raise fail("no image files found in " + ", ".join(map(str, photos)))
     result = run_bench(
         files,
-        _pipeline(detector, device, threads),
+        _pipeline(detector, device, threads, model),
         repeat=repeat,
         warmup=warmup,
         progress=lambda items: progress(items, "timing"),

@@ -9,7 +9,7 @@ import typer
 
 from faceprint.cli import app
 from faceprint.cli.common import EXIT_BAD_INPUT, emit_json, expand_images, fail, handle_errors, progress
-from faceprint.cli.core import DetectorOpt, DeviceOpt, JsonOpt, make_pipeline
+from faceprint.cli.core import DetectorOpt, DeviceOpt, JsonOpt, ModelOpt, make_pipeline, resolve_model
 from faceprint.errors import InvalidImage
 from faceprint.gallery import (
     DEFAULT_COLLECTION,
@@ -53,6 +53,19 @@ def _open(path: Path | None, *, create: bool) -> Gallery:
     return open_gallery(target, create=create)
 
 
+def _collection_model(store: GalleryProtocol, collection: str) -> str | None:
+    """The embedder a collection was made with (its contract), or ``None`` when it does not exist yet."""
+    try:
+        return store.get_collection(collection).model_id
+    except CollectionNotFound:
+        return None
+
+
+def _fpir(fpir: float | None) -> dict[str, float]:
+    # Only the embedded gallery takes fpir= so far; other backends keep their signature until they do.
+    return {} if fpir is None else {"fpir": fpir}
+
+
 # -- enroll -------------------------------------------------------------------------------------------------
 @app.command()
 @handle_errors
@@ -74,6 +87,7 @@ def enroll(
     ),
     use_ray: bool = typer.Option(False, "--ray", help="With --from-folders: analyse in Ray actors instead."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="With --ray: cluster to join ('auto')."),
+    model: str | None = ModelOpt,
 ) -> None:
     """Enrol photos of a subject, or of everyone in a folder tree; rejected photos are listed with reasons."""
     if (subject is None) == (from_folders is None):
@@ -101,17 +115,18 @@ def enroll(
     expires = None if expires_in_days is None else now + timedelta(days=expires_in_days)
     reports: list[EnrolReport] = []
     with _open(gallery, create=True) as store:
+        model = resolve_model(model, _collection_model(store, collection))
         if bulk:
             assert from_folders is not None
             reports = _enrol_bulk(
                 store, gallery, from_folders, jobs, collection, consent, expires, keep_chips, detector, device,
-                workers or 1, use_ray, ray_address,
+                workers or 1, use_ray, ray_address, model,
             )  # fmt: skip
             outcomes: dict[str, list[ImageOutcome]] = {
                 n: list(r.outcomes) for (n, _), r in zip(jobs, reports, strict=True)
             }
         else:
-            pipeline = make_pipeline(detector, device)
+            pipeline = make_pipeline(detector, device, model)
             work = [(name, path) for name, files in jobs for path in files]
             outcomes = {name: [] for name, _ in jobs}
             last: dict[str, EnrolReport] = {}
@@ -161,6 +176,7 @@ def _enrol_bulk(
     workers: int,
     use_ray: bool,
     ray_address: str | None,
+    model: str,
 ) -> list[EnrolReport]:
     """--from-folders with --workers/--ray: parallel analysis, one writer, a checkpoint to resume from."""
     from faceprint.gallery.location import is_server_location
@@ -180,7 +196,7 @@ def _enrol_bulk(
         keep_chips=keep_chips,
         checkpoint=default_checkpoint(where / "bulk-enrol", root, collection),
     )
-    return enrol_folders(store, root, jobs, PipelineConfig(detector=detector, device=device), options)
+    return enrol_folders(store, root, jobs, PipelineConfig(detector=detector, device=device, embedder=model), options)
 
 
 # -- identify -----------------------------------------------------------------------------------------------
@@ -193,22 +209,25 @@ def identify(
     top_k: int = typer.Option(5, "--top-k", min=1, help="Candidates listed per face."),
     fmr: float | None = typer.Option(None, "--fmr", help="Target false-match rate per comparison (default 1e-3)."),
     threshold: float | None = typer.Option(None, "--threshold", help="Raw cosine-score threshold instead."),
+    fpir: float | None = typer.Option(
+        None, "--fpir", help="Target false-positive identification rate for this gallery's size instead of --fmr."
+    ),
     json_out: bool = JsonOpt,
     detector: str = DetectorOpt,
     device: str = DeviceOpt,
+    model: str | None = ModelOpt,
 ) -> None:
     """Who is in the photo? Each face gets a match (or none: nobody known) and ranked candidates."""
-    if fmr is not None and threshold is not None:
-        raise fail("give --fmr or --threshold, not both")
+    if sum(v is not None for v in (fmr, threshold, fpir)) > 1:
+        raise fail("give one of --fmr, --fpir or --threshold")
     files = expand_images(images)
-    pipeline = make_pipeline(detector, device)
     results = []
     failed = 0
     with _open(gallery, create=False) as store:
-        try:
-            store.get_collection(collection)
-        except CollectionNotFound:
-            raise fail(f"the gallery has no collection {collection!r}: enroll someone into it first") from None
+        existing = _collection_model(store, collection)
+        if existing is None:
+            raise fail(f"the gallery has no collection {collection!r}: enroll someone into it first")
+        pipeline = make_pipeline(detector, device, resolve_model(model, existing))
         for path in progress(files, "identifying", enabled=len(files) > 1):
             try:
                 img = load_image(path)
@@ -217,7 +236,9 @@ def identify(
                 failed += 1
                 continue
             prints = pipeline.embed(img)
-            answers = store.identify(prints, collection=collection, top_k=top_k, fmr=fmr, threshold=threshold)
+            answers = store.identify(
+                prints, collection=collection, top_k=top_k, fmr=fmr, threshold=threshold, **_fpir(fpir)
+            )
             faces = [a.to_dict() for a in answers]
             results.append({"image": str(path), "faces": faces})
             if not json_out:
@@ -226,9 +247,11 @@ def identify(
                     x1, y1, x2, y2 = face["box"] or (0, 0, 0, 0)
                     cands = ", ".join(f"{c['subject']} {c['score']:.3f}" for c in face["candidates"][:3]) or "-"
                     who = face["match"] if face["match"] is not None else "unknown"
+                    rule = "" if ans.fmr is None else f", FMR {ans.fmr:.1e}"
+                    rule += "" if ans.fpir is None else f" for FPIR {ans.fpir:g}"
                     typer.echo(
                         f"  #{i} box=({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}): {who} "
-                        f"(threshold {ans.threshold:.3f}; candidates: {cands})"
+                        f"(threshold {ans.threshold:.3f}{rule}; candidates: {cands})"
                     )
     if json_out:
         emit_json(results[0] if len(results) == 1 and len(files) == 1 else results)
@@ -327,13 +350,13 @@ def subjects_not(
 ) -> None:
     """Correct a false match: later searches will not match this face (or faces like it) to the subject."""
     gallery, collection = ctx.obj
-    pipeline = make_pipeline(detector, device)
     img = load_image(image)
-    face, reason = pick_face(pipeline.detect(img))
-    if face is None:
-        raise fail(f"{image}: {reason}")
-    (fp,) = pipeline.embed(img, [face])
     with _open(gallery, create=False) as store:
+        pipeline = make_pipeline(detector, device, _collection_model(store, collection))
+        face, reason = pick_face(pipeline.detect(img))
+        if face is None:
+            raise fail(f"{image}: {reason}")
+        (fp,) = pipeline.embed(img, [face])
         s = store.get_subject(subject, collection=collection)
         store.add_negative(fp, s.id, collection=collection)
     typer.echo(f"recorded: the face in {image} is not {s.name}")
