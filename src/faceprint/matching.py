@@ -133,6 +133,51 @@ def shipped_calibration(model_id: str) -> Calibration:
         return Calibration.load(path)
 
 
+def fmr_for_fpir(fpir: float, subjects: int) -> float:
+    """The per-comparison FMR that gives a false-positive identification rate ``fpir`` in a gallery of
+    ``subjects``: a non-mated probe is compared with every subject, so ``FPIR = 1 - (1 - FMR)^N`` (≈ N·FMR),
+    assuming independent comparisons (optimistic when one person resembles several subjects)."""
+    if not 0 < fpir < 1:
+        raise FaceprintError(f"fpir must be in (0, 1), got {fpir}")
+    return float(-np.expm1(np.log1p(-fpir) / max(1, int(subjects))))
+
+
+@dataclass(frozen=True)
+class ThresholdRule:
+    """How an identification threshold was set: an explicit ``threshold``, a per-comparison ``fmr``, or a
+    ``fpir`` for a gallery of ``subjects`` (then ``fmr`` is the per-comparison rate it was turned into)."""
+
+    threshold: float
+    fmr: float | None
+    fpir: float | None = None
+    subjects: int | None = None
+
+    @classmethod
+    def choose(
+        cls,
+        model_id: str,
+        *,
+        fmr: float | None = None,
+        fpir: float | None = None,
+        threshold: float | None = None,
+        subjects: int | None = None,
+        calibration: Calibration | None = None,
+    ) -> ThresholdRule:
+        """At most one of ``fmr``/``fpir``/``threshold`` (none: ``DEFAULT_FMR``); ``fpir`` needs ``subjects``."""
+        if sum(v is not None for v in (fmr, fpir, threshold)) > 1:
+            raise FaceprintError("give at most one of fmr, fpir and threshold")
+        if threshold is not None:
+            return cls(float(threshold), None)
+        table = calibration or shipped_calibration(model_id)
+        if fpir is not None:
+            if subjects is None:
+                raise FaceprintError("an fpir needs the number of subjects in the gallery")
+            per_comparison = fmr_for_fpir(fpir, subjects)
+            return cls(table.threshold_for(per_comparison), per_comparison, fpir, subjects)
+        target = DEFAULT_FMR if fmr is None else fmr
+        return cls(table.threshold_for(target), target)
+
+
 @dataclass(frozen=True)
 class Decision:
     same_person: bool

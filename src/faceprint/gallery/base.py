@@ -132,8 +132,13 @@ class Gallery(Protocol):
         threshold: float | None = None,
         calibration: Calibration | None = None,
         one_to_one: bool = True,
+        fpir: float | None = None,
     ) -> list[Identification]:
-        """One answer per probe; probes are faces of one photo (matched one-to-one) unless told otherwise."""
+        """One answer per probe; probes are faces of one photo (matched one-to-one) unless told otherwise.
+
+        The threshold follows ``threshold``, a per-comparison ``fmr``, or ``fpir``: the false-positive
+        identification rate for the collection's current number of subjects (see ``matching.ThresholdRule``).
+        """
         ...
 
     def add_negative(self, faceprint: Faceprint, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:

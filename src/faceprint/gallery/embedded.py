@@ -56,7 +56,7 @@ from faceprint.gallery.model import (
 )
 from faceprint.gallery.schema import BUSY_TIMEOUT_MS, connect, migrate
 from faceprint.gallery.scoring import Hit, aggregate, apply_negatives, assign_one_to_one
-from faceprint.matching import DEFAULT_FMR, Calibration, normalise, shipped_calibration
+from faceprint.matching import Calibration, ThresholdRule, normalise
 from faceprint.types import Faceprint
 
 log = logging.getLogger(__name__)
@@ -781,18 +781,24 @@ class EmbeddedGallery:
         threshold: float | None = None,
         calibration: Calibration | None = None,
         one_to_one: bool = True,
+        fpir: float | None = None,
     ) -> list[Identification]:
         if top_k < 1:
             raise GalleryError(f"top_k must be at least 1, got {top_k}")
-        if fmr is not None and threshold is not None:
-            raise GalleryError("give either fmr or threshold, not both")
+        if sum(v is not None for v in (fmr, fpir, threshold)) > 1:
+            raise GalleryError("give at most one of fmr, fpir and threshold")
         cid, coll = self._collection(collection)
         self._check_contract(coll, faceprints)
         if not faceprints:
             return []
-        if threshold is None:
-            table = calibration or shipped_calibration(coll.model_id)
-            threshold = table.threshold_for(DEFAULT_FMR if fmr is None else fmr)
+        subjects = None
+        if fpir is not None:
+            with self._read() as conn:
+                subjects = conn.execute("SELECT COUNT(*) FROM subjects WHERE collection_id = ?", (cid,)).fetchone()[0]
+        rule = ThresholdRule.choose(
+            coll.model_id, fmr=fmr, fpir=fpir, threshold=threshold, subjects=subjects, calibration=calibration
+        )
+        threshold = rule.threshold
         probes = normalise(np.stack([fp.vector for fp in faceprints]))
         # Enough neighbours to see several templates of each likely subject.
         wanted = max(64, 8 * top_k)
@@ -820,6 +826,8 @@ class EmbeddedGallery:
                 match,
                 float(threshold),
                 None if fp.detection is None else fp.detection.box,
+                rule.fmr,
+                rule.fpir,
             )
             for fp, cands, match in zip(faceprints, ranked, matches, strict=True)
         ]

@@ -125,12 +125,15 @@ class Identification:
     ``match`` is the top candidate when its score reaches ``threshold`` and ``None`` otherwise ("nobody we
     know"). With several faces in one photo the matches are assigned one-to-one, so a subject matches at most
     one face; a face that loses its best subject to a better-matching face falls back to its next candidate.
+    ``fmr``/``fpir`` say what the threshold was chosen for (``None`` when unknown or an explicit threshold).
     """
 
     candidates: tuple[Candidate, ...]
     match: Candidate | None
     threshold: float
     box: Box | None = None
+    fmr: float | None = None
+    fpir: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -139,6 +142,9 @@ class Identification:
             "match_id": None if self.match is None else self.match.subject_id,
             "score": None if self.match is None else round(self.match.score, 6),
             "candidates": [c.to_dict() for c in self.candidates],
+            "threshold": round(self.threshold, 6),
+            "fmr": self.fmr,
+            "fpir": self.fpir,
         }
 
 
