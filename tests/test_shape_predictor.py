@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from faceprint.align.shape_predictor import ShapePredictor5, decode_dlib_ints
+from faceprint.align.shape_predictor import ShapePredictor5, _chain_starts, decode_dlib_ints
 from faceprint.errors import InvalidImage
 from faceprint.models.catalogue import model_path
 
@@ -38,6 +38,23 @@ def test_decode_dlib_ints() -> None:
     # 1 → 01 01; -10 → 81 0a; 0x1234 → 02 34 12; -300 → 82 2c 01; 2**40 → 06 00 00 00 00 00 01
     data = bytes.fromhex("0101810a023412822c0106000000000001")
     assert decode_dlib_ints(data).tolist() == [1, -10, 0x1234, -300, 2**40]
+
+
+def _encode(value: int) -> bytes:
+    """dlib's variable-length integer encoding (the writer side, for the tests)."""
+    magnitude = abs(value).to_bytes(8, "little").rstrip(b"\0") or b"\0"
+    return bytes([len(magnitude) | (0x80 if value < 0 else 0)]) + magnitude
+
+
+def test_decode_random_streams() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        values = [int(v) for v in rng.integers(-(2**62), 2**62, 400) >> rng.integers(0, 62, 400)]
+        data = b"".join(_encode(v) for v in values)
+        assert decode_dlib_ints(data).tolist() == values
+        # tiny blocks: the speculative chains often start mid-integer and must be corrected
+        starts, stop = _chain_starts(np.frombuffer(data, np.uint8), block=int(rng.integers(2, 40)))
+        assert stop == len(data) and len(starts) == len(values), trial
 
 
 def test_model_shape(predictor: ShapePredictor5) -> None:

@@ -17,7 +17,7 @@ same by default and gives the unrounded positions with ``subpixel=True``.
 File format (dlib's ``serialize``): every number is a variable-length integer — a control byte
 (low nibble = byte count, bit 0x80 = negative) followed by that many little-endian bytes — and a float is
 two of them, ``mantissa * 2**exponent``. So the whole file is one chain of such integers, which
-:func:`decode_dlib_ints` decodes with NumPy (no per-number Python).
+:func:`decode_dlib_ints` decodes with NumPy (Python loops per 2 KB block, not per number: ~0.2 s for 9 MB).
 """
 
 from __future__ import annotations
@@ -33,37 +33,58 @@ from faceprint.models.catalogue import model_path
 __all__ = ["ShapePredictor5", "ShapePredictorModel", "decode_dlib_ints", "load_shape_predictor"]
 
 
-def decode_dlib_ints(data: bytes) -> np.ndarray:
-    """Decode a buffer that is nothing but dlib variable-length integers into an int64 array.
+def _chain_starts(raw: np.ndarray, block: int = 2048) -> tuple[np.ndarray, int]:
+    """Start offsets of the integers in a buffer of dlib integers, and where the last one ends.
 
-    The start of each integer depends on the length of the one before, a sequential chain. We take every
-    byte as a possible start, compute where the next integer would begin, and enumerate the chain from
-    byte 0 by pointer doubling: after step k the first 2**k starts are known, ~22 NumPy gathers in all.
+    The start of each integer depends on the length of the one before: a sequential chain. We cut the buffer
+    into blocks and, in lockstep with NumPy, follow a *speculative* chain from the first byte of every block.
+    Then one pass over the blocks (a Python loop per block, not per integer) enters each block where the true
+    chain really does and walks it until it meets that block's speculative chain — in practice within a few
+    integers — after which the two coincide. Exact for any input (a block the true chain never merges with is
+    walked to its end).
     """
-    raw = np.frombuffer(data, dtype=np.uint8)
     n = raw.size
-    if n == 0:
+    step = 1 + (raw & 0x0F).astype(np.int64)
+    first = np.arange(0, n, block, dtype=np.int64)
+    end = np.minimum(first + block, n)
+    on_spec = np.zeros(n, dtype=bool)
+    exit_pos = first.copy()  # where each block's speculative chain leaves the block
+    active = np.arange(first.size)
+    while active.size:
+        p = exit_pos[active]
+        on_spec[p] = True
+        p = p + step[p]
+        exit_pos[active] = p
+        active = active[p < end[active]]
+    walked: list[int] = []
+    merge = np.empty(first.size, dtype=np.int64)
+    entry = 0
+    for b in range(first.size):
+        p, stop = entry, int(end[b])
+        while p < stop and not on_spec[p]:
+            walked.append(p)
+            p += int(step[p])
+        merge[b] = p
+        entry = int(exit_pos[b]) if p < stop else p
+    keep = on_spec
+    for b in np.flatnonzero(merge > first):  # speculative starts before the merge point are not real
+        keep[first[b] : min(merge[b], end[b])] = False
+    keep[np.array(walked, dtype=np.int64)] = True
+    return np.flatnonzero(keep), entry
+
+
+def decode_dlib_ints(data: bytes) -> np.ndarray:
+    """Decode a buffer that is nothing but dlib variable-length integers into an int64 array."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if raw.size == 0:
         return np.zeros(0, dtype=np.int64)
-    if n >= 2**31 - 16:
-        raise ModelError("dlib file too large to decode")
-    jump = np.arange(1, n + 1, dtype=np.int32) + (raw & 0x0F).astype(np.int32)
-    np.minimum(jump, n, out=jump)
-    jump = np.append(jump, np.int32(n))  # position n is the end sentinel and maps to itself
-    starts = np.zeros(1, dtype=np.int32)
-    while True:
-        found = jump[starts]
-        found = found[found < n]
-        if found.size == 0:
-            break
-        starts = np.concatenate([starts, found])
-        jump = jump[jump]
-    starts.sort()
+    starts, stop = _chain_starts(raw)
     control = raw[starts]
     sizes = (control & 0x0F).astype(np.int64)
-    if np.any(sizes > 8) or np.any(sizes == 0) or int(starts[-1]) + 1 + int(sizes[-1]) != n:
+    if np.any(sizes > 8) or np.any(sizes == 0) or stop != raw.size:
         raise ModelError("not a dlib serialised file (bad integer encoding)")
     padded = np.concatenate([raw, np.zeros(9, dtype=np.uint8)])
-    windows = np.lib.stride_tricks.sliding_window_view(padded, 8)[starts.astype(np.int64) + 1]
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 8)[starts + 1]
     values = np.ascontiguousarray(windows).view("<u8").ravel()
     mask = np.where(sizes >= 8, np.uint64(0xFFFFFFFFFFFFFFFF), (np.uint64(1) << (8 * sizes).astype(np.uint64)) - 1)
     values = (values & mask).astype(np.int64)
