@@ -176,3 +176,18 @@ def test_ray_settings_from_env_and_their_serve_options() -> None:
         RaySettings.from_env({"FACEPRINT_RAY_DETECTOR_MIN_REPLICAS": "3", "FACEPRINT_RAY_DETECTOR_MAX_REPLICAS": "2"})
     with pytest.raises(SettingsError, match="FACEPRINT_RAY_BATCH_WAIT_MS: expected a number"):
         RaySettings.from_env({"FACEPRINT_RAY_BATCH_WAIT_MS": "soon"})
+
+
+def test_app_builder_is_what_serve_run_and_rayservice_import(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``import_path: faceprint.scale.ray_app:app_builder`` builds the application from env and ``args``."""
+    from ray.serve import Application
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from faceprint.scale.ray_app import app_builder
+
+    monkeypatch.setenv("FACEPRINT_HOME", str(tmp_path))
+    monkeypatch.setenv("FACEPRINT_RAY_DETECTOR_MAX_REPLICAS", "5")
+    app = call_user_app_builder_with_args_if_necessary(app_builder, {"detector": "hog"})
+    assert isinstance(app, Application)
+    with pytest.raises(SettingsError, match="FACEPRINT_DETECTOR"):
+        call_user_app_builder_with_args_if_necessary(app_builder, {"detector": "nope"})
