@@ -21,7 +21,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -78,12 +78,55 @@ def _is_locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
+class _Owners:
+    """Template id → subject id, kept beside the index so a search needs no SQL to group its hits.
+
+    A dense int32 array indexed by template id (ids are AUTOINCREMENT, never reused: 4 bytes per template
+    ever enrolled) into a table of subject ids. Names are not cached: a rename does not bump the generation.
+    """
+
+    def __init__(self) -> None:
+        self.by_template = np.full(0, -1, dtype=np.int32)
+        self.subjects: list[str] = []
+        self._slot: dict[str, int] = {}
+
+    def set(self, template_ids: Sequence[int], subject_ids: Sequence[str]) -> None:
+        if not len(template_ids):
+            return
+        need = int(max(template_ids)) + 1
+        if need > len(self.by_template):
+            grown = np.full(max(need, 2 * len(self.by_template), 1024), -1, dtype=np.int32)
+            grown[: len(self.by_template)] = self.by_template
+            self.by_template = grown
+        slots = np.empty(len(subject_ids), dtype=np.int32)
+        for i, sid in enumerate(subject_ids):
+            slot = self._slot.get(sid)
+            if slot is None:
+                slot = self._slot[sid] = len(self.subjects)
+                self.subjects.append(sid)
+            slots[i] = slot
+        self.by_template[np.asarray(template_ids, dtype=np.int64)] = slots
+
+    def clear(self, template_ids: Sequence[int]) -> None:
+        ids = np.asarray(template_ids, dtype=np.int64)
+        self.by_template[ids[ids < len(self.by_template)]] = -1
+
+    def lookup(self, template_ids: np.ndarray) -> np.ndarray:
+        """Subject slots of ``template_ids`` (-1 for unknown or missing ids); any shape."""
+        ids = np.asarray(template_ids, dtype=np.int64)
+        ok = (ids >= 0) & (ids < len(self.by_template))
+        out = np.full(ids.shape, -1, dtype=np.int32)
+        out[ok] = self.by_template[ids[ok]]
+        return out
+
+
 @dataclass
 class _IndexState:
     index: AdaptiveIndex
     generation: int
     negatives: dict[str, np.ndarray] = field(default_factory=dict)
     dirty: bool = False
+    owners: _Owners = field(default_factory=_Owners)
 
 
 @dataclass
@@ -95,6 +138,7 @@ class _Delta:
     generation_after: int = -1
     add_keys: list[int] = field(default_factory=list)
     add_vectors: list[np.ndarray] = field(default_factory=list)
+    add_subjects: list[str] = field(default_factory=list)
     remove_keys: list[int] = field(default_factory=list)
     negatives: list[tuple[str, np.ndarray]] = field(default_factory=list)
     removed_subjects: list[str] = field(default_factory=list)
@@ -561,6 +605,7 @@ class EmbeddedGallery:
                 ids.append(int(cur.lastrowid))
                 delta.add_keys.append(int(cur.lastrowid))
                 delta.add_vectors.append(vec)
+                delta.add_subjects.append(sid)
             self._finish(delta, conn)
         templates = {t.id: t for t in self.list_templates(sid, collection=collection)}
         return [templates[i] for i in ids if i in templates]
@@ -663,8 +708,10 @@ class EmbeddedGallery:
                 return
             if delta.remove_keys:
                 state.index.remove(np.asarray(delta.remove_keys, dtype=np.int64))
+                state.owners.clear(delta.remove_keys)
             if delta.add_keys:
                 state.index.add(np.asarray(delta.add_keys, dtype=np.int64), np.stack(delta.add_vectors))
+                state.owners.set(delta.add_keys, delta.add_subjects)
             for sid in delta.removed_subjects:
                 state.negatives.pop(sid, None)
             for sid, vec in delta.negatives:
@@ -686,7 +733,7 @@ class EmbeddedGallery:
         if state is None or not log_since <= state.generation < generation:
             loaded = load_index(self._index_path(cid), dim=coll.dim, cipher=self.cipher, ann_min_size=self.ann_min_size)
             if loaded is not None and log_since <= loaded[1] <= generation:
-                state = _IndexState(loaded[0], loaded[1], {})
+                state = _IndexState(loaded[0], loaded[1], {}, owners=self._load_owners(cid))
             else:
                 state = None
         state = self._catch_up(cid, coll, state) if state is not None else self._rebuild(cid, coll)
@@ -715,6 +762,7 @@ class EmbeddedGallery:
             removed = [t for t, op in last_op.items() if op < 0]
             added = [t for t, op in last_op.items() if op > 0]
             keys: list[int] = []
+            owners: list[str] = []
             vectors: list[np.ndarray] = []
             for chunk in _chunks(added):
                 marks = ",".join("?" * len(chunk))
@@ -722,14 +770,31 @@ class EmbeddedGallery:
                     f"SELECT id, subject_id, model_id, vector FROM templates WHERE id IN ({marks})", chunk
                 ):
                     keys.append(int(tid))
+                    owners.append(sid)
                     vectors.append(np.frombuffer(self.cipher.decrypt(blob, _vector_aad(sid, model_id)), dtype="<f4"))
             negatives = self._load_negatives(cid, coll)
         if removed:
             state.index.remove(np.asarray(removed, dtype=np.int64))
+            state.owners.clear(removed)
         if keys:
             state.index.add(np.asarray(keys, dtype=np.int64), np.stack(vectors))
+            state.owners.set(keys, owners)
         log.debug("index of %s caught up: +%d -%d templates", coll.name, len(keys), len(removed))
-        return _IndexState(state.index, generation, negatives, dirty=True)
+        return _IndexState(state.index, generation, negatives, dirty=True, owners=state.owners)
+
+    def _load_owners(self, cid: int) -> _Owners:
+        owners = _Owners()
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT t.id, t.subject_id FROM templates t JOIN subjects s ON s.id = t.subject_id "
+                "WHERE s.collection_id = ?",
+                (cid,),
+            )
+            .fetchall()
+        )
+        owners.set([r[0] for r in rows], [r[1] for r in rows])
+        return owners
 
     def _load_negatives(self, cid: int, coll: Collection) -> dict[str, np.ndarray]:
         rows = (
@@ -762,7 +827,9 @@ class EmbeddedGallery:
             negatives = self._load_negatives(cid, coll)
         log.debug("rebuilt the index of collection %s from %d templates", coll.name, len(rows))
         index = AdaptiveIndex.build(coll.dim, keys, vectors, ann_min_size=self.ann_min_size)
-        return _IndexState(index, generation, negatives, dirty=True)
+        owners = _Owners()
+        owners.set(keys.tolist(), [r[1] for r in rows])
+        return _IndexState(index, generation, negatives, dirty=True, owners=owners)
 
     def rebuild_index(self, collection: str = DEFAULT_COLLECTION) -> None:
         """Drop the cached index of a collection and build it again from SQLite."""
@@ -805,21 +872,29 @@ class EmbeddedGallery:
         with self._index_lock:
             state = self._current_index(cid, coll)
             keys, scores = state.index.search(probes, min(wanted, max(1, len(state.index))))
+            slots = state.owners.lookup(keys)
+            owner_of = {int(s): state.owners.subjects[s] for s in np.unique(slots[slots >= 0]).tolist()}
             negatives = state.negatives
-        owners = self._template_owners(np.unique(keys[keys >= 0]).tolist())
         ranked: list[list] = []
         for face in range(len(probes)):
             hits = [
-                Hit(owners[k][0], owners[k][1], float(s))
-                for k, s in zip(keys[face].tolist(), scores[face].tolist(), strict=True)
-                if k >= 0 and k in owners
+                Hit(owner_of[slot], "", float(score))
+                for slot, score in zip(slots[face].tolist(), scores[face].tolist(), strict=True)
+                if slot >= 0
             ]
-            cands = apply_negatives(probes[face], aggregate(hits), negatives)
-            ranked.append(cands)
+            ranked.append(apply_negatives(probes[face], aggregate(hits), negatives))
         if one_to_one:
             matches = assign_one_to_one(ranked, threshold)
         else:
             matches = [c[0] if c and c[0].score >= threshold else None for c in ranked]
+        # Names only for what is reported (a rename does not touch the index, so they are read here).
+        shown = {c.subject_id for cands in ranked for c in cands[:top_k]} | {m.subject_id for m in matches if m}
+        names = self._subject_names(sorted(shown))
+        ranked = [[replace(c, subject=names[c.subject_id]) for c in cands if c.subject_id in names] for cands in ranked]
+        matches = [
+            replace(m, subject=names[m.subject_id]) if m is not None and m.subject_id in names else None
+            for m in matches
+        ]
         return [
             Identification(
                 tuple(cands[:top_k]),
@@ -832,18 +907,13 @@ class EmbeddedGallery:
             for fp, cands, match in zip(faceprints, ranked, matches, strict=True)
         ]
 
-    def _template_owners(self, template_ids: list[int]) -> dict[int, tuple[str, str]]:
-        owners: dict[int, tuple[str, str]] = {}
+    def _subject_names(self, subject_ids: list[str]) -> dict[str, str]:
+        names: dict[str, str] = {}
         conn = self._reader()
-        for chunk in _chunks(template_ids):
+        for chunk in _chunks(subject_ids):
             marks = ",".join("?" * len(chunk))
-            for tid, sid, name in conn.execute(
-                f"SELECT t.id, s.id, s.name FROM templates t JOIN subjects s ON s.id = t.subject_id "
-                f"WHERE t.id IN ({marks})",
-                chunk,
-            ):
-                owners[int(tid)] = (sid, name)
-        return owners
+            names.update(conn.execute(f"SELECT id, name FROM subjects WHERE id IN ({marks})", chunk).fetchall())
+        return names
 
     # -- housekeeping -----------------------------------------------------------------------------------
     def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats:
