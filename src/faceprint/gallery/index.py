@@ -30,7 +30,7 @@ from faceprint.gallery.crypto import TemplateCipher
 from faceprint.gallery.errors import WrongKey
 
 #: Below this many templates search is exact; at or above it, HNSW. Measured in benchmarks/gallery.py on
-#: this 2-core machine (CPU time per query, 128-d): exact costs ≈ 43 ns per template — 0.8 ms p95 at 10k,
+#: this 2-core machine (CPU time per query, 128-d): exact costs ≈ 50 ns per template — 0.8 ms p95 at 10k,
 #: 3.4 ms at 50k, 5.8 ms at 100k, ~84 ms at 1M — while HNSW stays at 1–2 ms with recall@1 ≥ 0.99 but needs a
 #: build (~1 ms of CPU per template here) and is approximate. Below ~50k exact is cheap and always right.
 ANN_MIN_SIZE = 50_000
