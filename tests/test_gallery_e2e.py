@@ -215,6 +215,7 @@ def test_cli_errors_are_one_line_with_exit_2(cli: CliRunner, tmp_path: Path) -> 
             "hog",
         ],
     )
-    assert r.exit_code == 2 and "holds faceprints of another-model" in r.stderr
+    # enroll follows the collection's model: one faceprint cannot make is refused, never mixed in
+    assert r.exit_code == 2 and "another-model" in r.stderr
     r = cli.invoke(app, ["subjects", "--gallery", str(tmp_path / "g"), "list"], env={"FACEPRINT_KEY": "66" * 32})
     assert r.exit_code == 2 and "wrong key" in r.stderr
