@@ -192,3 +192,15 @@ def test_workers_need_from_folders(tmp_path: Path, env: dict[str, str]) -> None:
         timeout=60,
     )
     assert run.returncode != 0 and "--from-folders" in run.stderr
+
+
+def test_two_runs_of_the_same_enrolment_cannot_overlap(tmp_path: Path) -> None:
+    from faceprint.scale.checkpoint import Checkpoint, CheckpointBusy
+
+    first = Checkpoint(tmp_path / "enrol-x.jsonl")
+    try:
+        with pytest.raises(CheckpointBusy, match="another `faceprint enroll` is running"):
+            Checkpoint(tmp_path / "enrol-x.jsonl")
+    finally:
+        first.close()
+    Checkpoint(tmp_path / "enrol-x.jsonl").close()  # free again once the first run is over

@@ -356,6 +356,12 @@ def enrol_folders(
                     outcomes[i] = outcome
                     if progress is not None:
                         progress.advance(outcome.accepted)
+            except KeyboardInterrupt:
+                sys.stderr.write(
+                    f"\n{len(outcomes)}/{len(files)} photos done and checkpointed in {options.checkpoint}; "
+                    "run the same command again to resume\n"
+                )
+                raise
             finally:
                 analyser.close()
         if progress is not None:

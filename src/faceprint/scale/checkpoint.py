@@ -14,8 +14,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
+from faceprint.errors import FaceprintError
 from faceprint.gallery.enrol import ImageOutcome
 
 
@@ -64,13 +65,22 @@ def outcome_from_json(data: dict[str, Any]) -> ImageOutcome:
     )
 
 
+class CheckpointBusy(FaceprintError):
+    """Another run is enrolling the same folder into the same collection right now."""
+
+
 class Checkpoint:
-    """Read what earlier runs finished, then append this run's progress."""
+    """Read what earlier runs finished, then append this run's progress.
+
+    Holds an exclusive lock (``<checkpoint>.lock``) while open: two runs of the same enrolment at once
+    would each analyse what the other is doing. The lock goes with the process, however it ends.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.done: dict[FileKey, tuple[str, ImageOutcome]] = {}
         self.pending: dict[FileKey, Pending] = {}
+        self._lock = _lock(path.with_name(path.name + ".lock"))
         self._load()
         self._file: TextIO | None = None
 
@@ -115,6 +125,26 @@ class Checkpoint:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+def _lock(path: Path) -> BinaryIO | None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks here; do not run the same enrolment twice at once
+        return None
+    fh = path.open("ab")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise CheckpointBusy(
+            f"another `faceprint enroll` is running this enrolment (lock {path}); wait for it or stop it"
+        ) from None
+    return fh
 
 
 def _ends_torn(path: Path) -> bool:
