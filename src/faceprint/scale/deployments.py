@@ -25,8 +25,9 @@ EMBEDDER_NAME = "FaceEmbedder"
 class FaceDetector:
     """``detect(image) -> [Detection]`` (boxes, scores, 5 landmarks), the detector of ``Pipeline.detect``."""
 
-    def __init__(self, detector: str, device: str, threads: int, upsample: int | None = None) -> None:
-        config = PipelineConfig(detector=detector, device=device, threads=threads, upsample=upsample)
+    def __init__(self, embedder: str, detector: str, device: str, threads: int, upsample: int | None = None) -> None:
+        # The embedder's name too: it decides which landmarks the chips need (its spec's preferred scheme).
+        config = PipelineConfig(embedder=embedder, detector=detector, device=device, threads=threads, upsample=upsample)
         self.pipeline = Pipeline(config)
         # Load now: a replica counts as started (and autoscaling as done) only once it can answer.
         self.pipeline.detect(np.full((160, 160, 3), 128, dtype=np.uint8))
@@ -43,10 +44,8 @@ class FaceDetector:
 class FaceEmbedder:
     """``embed(chips) -> vectors``: calls arriving together are merged into one batched network pass."""
 
-    def __init__(self, device: str, threads: int, batch_max_size: int, batch_wait_ms: float) -> None:
-        from faceprint.embed.dlib_resnet import DlibResNetEmbedder
-
-        self.model = DlibResNetEmbedder(device=device, threads=threads)
+    def __init__(self, embedder: str, device: str, threads: int, batch_max_size: int, batch_wait_ms: float) -> None:
+        self.model = Pipeline(PipelineConfig(embedder=embedder, device=device, threads=threads)).embedder
         self.model.embed_chips(np.zeros((1, self.model.chip_size, self.model.chip_size, 3), dtype=np.uint8))
         self.embed.set_max_batch_size(batch_max_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_ms / 1000)

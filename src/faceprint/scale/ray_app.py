@@ -14,7 +14,7 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from faceprint.pipeline import Pipeline, PipelineConfig
+from faceprint.pipeline import DEFAULT_EMBEDDER, Pipeline, PipelineConfig
 from faceprint.scale.backend import RayBackend
 from faceprint.scale.deployments import FaceDetector, FaceEmbedder
 from faceprint.scale.settings import RaySettings
@@ -28,9 +28,9 @@ INGRESS_NAME = "FaceprintAPI"
 class FaceprintAPI:
     """The same FastAPI app as ``faceprint serve``, built in the replica around a :class:`RayBackend`."""
 
-    def __init__(self, detector: Any, embedder: Any, settings: Settings) -> None:
+    def __init__(self, detector: Any, embedder: Any, settings: Settings, model: str) -> None:
         self._settings = settings
-        config = PipelineConfig(detector=settings.detector, device=settings.device)
+        config = PipelineConfig(embedder=model, detector=settings.detector, device=settings.device)
         self._backend = RayBackend(detector, embedder, Pipeline(config))
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -44,14 +44,16 @@ class FaceprintAPI:
 def build_app(settings: Settings, ray_settings: RaySettings) -> Application:
     """The bound application: ``FaceprintAPI(FaceDetector, FaceEmbedder)`` with the scaling settings."""
     rs = ray_settings
+    # One embedder for all three: the service's model setting when it has one, else the default.
+    model = getattr(settings, "model", None) or DEFAULT_EMBEDDER
     upsample = getattr(settings, "upsample", None)
     detector = FaceDetector.options(**rs.detector.options()).bind(
-        settings.detector, settings.device, rs.detector.threads, upsample
+        model, settings.detector, settings.device, rs.detector.threads, upsample
     )
     embedder = FaceEmbedder.options(**rs.embedder.options()).bind(
-        settings.device, rs.embedder.threads, rs.batch_max_size, rs.batch_wait_ms
+        model, settings.device, rs.embedder.threads, rs.batch_max_size, rs.batch_wait_ms
     )
-    return FaceprintAPI.options(**rs.ingress.options()).bind(detector, embedder, settings)
+    return FaceprintAPI.options(**rs.ingress.options()).bind(detector, embedder, settings, model)
 
 
 def app_builder(args: dict[str, Any] | None = None) -> Application:
