@@ -281,8 +281,8 @@ def identification_blocks(r: IdentificationResult, source: str) -> list[Block]:
         Block(
             "p",
             f"{r.identities:,} identities enrolled with {r.enrol} photo(s) each; {r.mated_probes:,} mated probes, "
-            f"{r.nonmated_probes:,} non-mated probes (distractors); {len(r.skipped):,} photos skipped for want "
-            "of a face.",
+            f"{r.nonmated_probes:,} non-mated probes (distractors); {len(r.skipped):,} photo(s) skipped for "
+            "want of a face.",
         ),
         Block(
             "table",
