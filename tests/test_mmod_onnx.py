@@ -129,8 +129,18 @@ def test_same_faces_as_dlib(rel: str, detector: MMODDetector, dlib_cnn) -> None:
 
 
 def test_no_faces(detector: MMODDetector) -> None:
-    image = _load("dlib_faces/2008_002079.jpg")  # dlib's CNN finds none here either
+    image = _load("dlib_faces/dogs.jpg")
     assert detector.detect(image) == []
+    assert MMODDetector(min_face=40).detect(image) == []
+
+
+def test_min_face_finds_small_faces() -> None:
+    image = _load("dlib_faces/2008_002079.jpg")  # faces ≈ 40 px: too small for the 80-px window as they are
+    assert MMODDetector(edge_margin=0).detect(image) == []
+    small = MMODDetector(min_face=40)
+    assert small.work_scale(*image.shape[:2]) == 2.0
+    assert len(small.detect(image)) >= 5
+    assert small.work_scale(3000, 4000) == pytest.approx((4e6 / 12e6) ** 0.5)  # 12 MP: capped work
 
 
 def test_upsample_matches_dlib(dlib_cnn) -> None:
@@ -140,8 +150,10 @@ def test_upsample_matches_dlib(dlib_cnn) -> None:
 
 def test_detect_api(detector: MMODDetector) -> None:
     image = _load("faces/groups/selfie-many-people.jpg")
+    assert len(MMODDetector(edge_margin=0).detect(image)) == 5  # dlib's own count
     faces = detector.detect(image)
-    assert len(faces) == 5
+    # The mirrored margin also finds the close face cut by the right edge and the face cut by the left edge.
+    assert len(faces) == 7
     scores = [s for _, s in faces]
     assert scores == sorted(scores, reverse=True)
     h, w = image.shape[:2]

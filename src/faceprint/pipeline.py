@@ -45,6 +45,9 @@ class PipelineConfig:
     device: str = "cpu"
     threads: int | None = None
     upsample: int | None = None  # None: the detector's own default
+    # Smallest face to find (px), for the CNN detector: images are resized so such a face fills its 80 px
+    # window, within a work budget of 4 MP (so large photos find larger faces). An explicit `upsample` wins.
+    min_face: float | None = 40.0
     min_score: float | None = None  # detections below are dropped; None: the detector's default
     quality: QualityPolicy = field(default_factory=QualityPolicy)
     landmarks: str | None = None  # None: the embedder spec's preferred landmark model when installed
@@ -248,6 +251,8 @@ def _make_detector(config: PipelineConfig, registry: ModelRegistry) -> Detector:
     kwargs: dict[str, Any] = {"device": config.device, "threads": config.threads}
     if config.upsample is not None:
         kwargs["upsample"] = config.upsample
+    else:
+        kwargs["min_face"] = config.min_face
     if config.min_score is not None:
         kwargs["min_score"] = config.min_score
     return MMODDetector(**kwargs)
