@@ -194,7 +194,10 @@ def models_list(json_out: bool = JsonOpt) -> None:
 
     registry = ModelRegistry()
     default_embedder = registry.default_embedder()
-    defaults = {default_embedder, f"dlib-{DEFAULT_DETECTOR}", DEFAULT_LANDMARKS}
+    landmarks = registry.get(default_embedder).landmarks
+    if landmarks not in registry.specs() or not registry.status(registry.get(landmarks)).available:
+        landmarks = DEFAULT_LANDMARKS
+    defaults = {default_embedder, f"dlib-{DEFAULT_DETECTOR}", landmarks}
     rows = []
     for spec in registry.specs().values():
         status = registry.status(spec)
