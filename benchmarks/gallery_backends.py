@@ -116,7 +116,6 @@ def bench_backend(
                 for i in range(start, min(start + CHUNK, subjects)):
                     enrol(i)
         bulk = 2 * max(1, subjects - n_tx) / (time.perf_counter() - t0)
-        print(f"  {name}: enrolled {2 * subjects:,} templates", flush=True)
 
         def identify(p: np.ndarray) -> int:
             (ans,) = g.identify([Faceprint(p, MODEL)], top_k=5, threshold=0.99)
@@ -193,13 +192,15 @@ def run_backends(
         f"exact top-1 = the probe's own subject for {np.mean(np.asarray(truth) == probe_ids):.3f} of probes\n",
         flush=True,
     )
-    rows = [bench_backend(name, a, b, probes, truth, tx_subjects) for name in backends]
     print(
-        "\n| backend | templates | enrol/s (1 tx per subject) | enrol/s (bulk) | identify p50 ms | p95 ms "
+        "| backend | templates | enrol/s (1 tx per subject) | enrol/s (bulk) | identify p50 ms | p95 ms "
         "| recall@1 vs exact | disk bytes/template |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|", flush=True)
+    rows = []
+    for name in backends:  # each row as soon as it is measured: a 100k run takes a while
+        r = bench_backend(name, a, b, probes, truth, tx_subjects)
+        rows.append(r)
         print(
             f"| {r.backend} | {r.templates:,} | {r.enrol_tx:.0f} | {r.enrol_bulk:.0f} | {r.p50:.2f} | {r.p95:.2f} | "
             f"{r.recall:.4f} | {r.disk_bytes / r.templates:.0f} |",
