@@ -140,7 +140,7 @@ def test_min_face_finds_small_faces() -> None:
     small = MMODDetector(min_face=40)
     assert small.work_scale(*image.shape[:2]) == 2.0
     assert len(small.detect(image)) >= 5
-    assert small.work_scale(3000, 4000) == pytest.approx((4e6 / 12e6) ** 0.5)  # 12 MP: capped work
+    assert small.work_scale(3000, 4000) == pytest.approx((2e6 / 12e6) ** 0.5)  # 12 MP: capped work
 
 
 def test_upsample_matches_dlib(dlib_cnn) -> None:

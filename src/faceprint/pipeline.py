@@ -46,8 +46,11 @@ class PipelineConfig:
     threads: int | None = None
     upsample: int | None = None  # None: the detector's own default
     # Smallest face to find (px), for the CNN detector: images are resized so such a face fills its 80 px
-    # window, within a work budget of 4 MP (so large photos find larger faces). An explicit `upsample` wins.
+    # window, within a work budget of `max_work_pixels` (so large photos find larger faces: a 12 MP photo at
+    # 2 MP finds faces from ~200 px). An explicit `upsample` wins. The budget trades recall of small faces in
+    # large photos for speed: detection cost grows linearly with it (benchmarks/pipeline.py).
     min_face: float | None = 40.0
+    max_work_pixels: float = 2e6
     min_score: float | None = None  # detections below are dropped; None: the detector's default
     quality: QualityPolicy = field(default_factory=QualityPolicy)
     landmarks: str | None = None  # None: the embedder spec's preferred landmark model when installed
@@ -253,6 +256,7 @@ def _make_detector(config: PipelineConfig, registry: ModelRegistry) -> Detector:
         kwargs["upsample"] = config.upsample
     else:
         kwargs["min_face"] = config.min_face
+        kwargs["max_work_pixels"] = config.max_work_pixels
     if config.min_score is not None:
         kwargs["min_score"] = config.min_score
     return MMODDetector(**kwargs)
