@@ -22,6 +22,10 @@ import numpy as np
 
 from faceprint.align.chips import ChipTemplate, extract_chips
 from faceprint.detect.base import Detector, RawDetection
+
+# Imported here, while `faceprint/__init__` runs, like `detect.base` above: the first import of the `embed`
+# subpackage sets the attribute `faceprint.embed`, which must happen before `faceprint.embed()` is defined.
+from faceprint.embed.base import Embedder
 from faceprint.errors import FaceprintError, NoFaceFound
 from faceprint.image import Image, ImageSource, load_image
 from faceprint.models.registry import BUILTIN_DEFAULT_EMBEDDER, ModelRegistry
@@ -96,7 +100,7 @@ class Pipeline:
         self._lock = threading.Lock()
         self._detector: Detector | None = None
         self._landmarker: Any = None
-        self._embedder: Any = None
+        self._embedder: Embedder | None = None
         self._templates: dict[str, ChipTemplate] = {}
 
     def _preferred_landmarks(self) -> str:
@@ -129,7 +133,7 @@ class Pipeline:
             return self._landmarker
 
     @property
-    def embedder(self) -> Any:
+    def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
                 from faceprint.models.families import load_embedder
