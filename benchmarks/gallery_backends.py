@@ -81,6 +81,10 @@ def open_backend(name: str, tmp: Path) -> Iterator[Any]:
         yield g
     finally:
         g.close()
+        if name == "milvus":  # stop Milvus Lite now, or its exit hook writes into the deleted directory
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(str(tmp / "milvus.db"))
 
 
 def exact_truth(templates: np.ndarray, owners: np.ndarray, probes: np.ndarray, k: int = 64) -> list[int]:
