@@ -73,7 +73,9 @@ def serve(
         raise fail("--address needs --ray")
     if settings.auth:
         _first_run_key()
-    typer.echo(f"faceprint: serving on http://{host}:{port}/ (gallery {settings.gallery})", err=True)
+    from faceprint.gallery.location import display_location
+
+    typer.echo(f"faceprint: serving on http://{host}:{port}/ (gallery {display_location(settings.gallery)})", err=True)
     if ray:
         from faceprint.scale.server import serve_forever
         from faceprint.scale.settings import RaySettings

@@ -71,3 +71,11 @@ def _missing(extra: str, what: str, exc: ImportError) -> Exception:
     from faceprint.gallery.errors import GalleryError
 
     return GalleryError(f"the {extra} gallery backend needs {what}: pip install 'faceprint[{extra}]' ({exc})")
+
+
+def display_location(path: str | PurePath | None) -> str:
+    """How to name a gallery in logs and messages: the server URI with any password masked, or the path."""
+    from faceprint.gallery.shared import redact_location
+
+    server = server_location(path)
+    return redact_location(server[1]) if server else str(path)

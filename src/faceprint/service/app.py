@@ -94,6 +94,7 @@ def _start(
     app: FastAPI, settings: Settings, pipeline: Pipeline | None, backend: InferenceBackend | None, metrics: Metrics
 ) -> None:
     from faceprint.gallery import open_gallery
+    from faceprint.gallery.location import display_location
 
     store = ServiceStore(settings.service_db)
     app.state.store = store
@@ -133,7 +134,7 @@ def _start(
         "faceprint service ready: detector %s, model %s, gallery %s",
         settings.detector,
         pipeline.model_id,
-        settings.gallery,
+        display_location(settings.gallery),
     )
 
 
