@@ -122,7 +122,8 @@ def test_enrol_then_identify_shows_the_name(server: tuple[str, str], browser, tm
     page.goto(url + "/")
     page.fill("#api-key", key)
     page.click("#key-save")
-    page.wait_for_function("document.getElementById('status').textContent.includes('key set')")
+    # A locator wait, not wait_for_function: polling a JS string is eval, which the UI's CSP rightly forbids.
+    page.locator("#status", has_text="key set").wait_for(timeout=30_000)
 
     # enrol from two shared photos
     page.click("nav button[data-tab=enrol]")
