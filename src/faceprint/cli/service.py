@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -82,11 +81,7 @@ def serve(
         from faceprint.scale.settings import RaySettings
 
         serve_forever(settings, RaySettings.from_env(address=address), host=host, port=port)
-        # Ray's core worker can abort in interpreter teardown after a signal-driven shutdown: everything is
-        # already undeployed and shut down here, so leave without running the teardown.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+        return
     uvicorn.run(
         create_app(settings), host=host, port=port, log_config=None, access_log=False, log_level=log_level.lower()
     )
