@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from faceprint.align.chips import _DLIB5_UNIT, ARCFACE_112, ChipTemplate, dlib_template
+from faceprint.align.chips import _DLIB5_UNIT, ARCFACE_112, ChipTemplate, _extract_one, chip_matrix, dlib_template
 from faceprint.align.transform import similarity_transform
 from faceprint.errors import ModelError
 
@@ -78,3 +78,51 @@ def template_by_name(name: str) -> ChipTemplate:
 def chip_template(name: str, scheme: str) -> ChipTemplate:
     """The template ``name`` for landmarks of ``scheme``."""
     return convert_template(template_by_name(name), scheme)
+
+
+def reframe_matrix(source: str, target: str) -> tuple[np.ndarray, ChipTemplate]:
+    """2×3 matrix mapping pixels of a ``target`` chip to pixels of a ``source`` chip of the same face, and the
+    target template (in the source's landmark scheme).
+
+    A chip cut for template ``source`` shows the canonical face with its landmarks at ``source``'s points, so
+    those points are the chip's own landmarks: re-cutting it for ``target`` is the usual alignment, with the
+    stored chip as the image. No landmarks of the original photo are needed.
+    """
+    src = template_by_name(source)
+    dst = convert_template(template_by_name(target), src.landmark_scheme)
+    return chip_matrix(src.points, dst), dst
+
+
+def reframe_coverage(source: str, target: str) -> float:
+    """The fraction of a ``target`` chip whose pixels lie inside a ``source`` chip (1.0: all of it).
+
+    The rest has no stored pixels and is filled black, as the aligner does for a face at a photo's edge.
+    """
+    if source == target:
+        return 1.0
+    matrix, dst = reframe_matrix(source, target)
+    size = template_by_name(source).size
+    grid = np.stack(np.meshgrid(np.arange(dst.size), np.arange(dst.size)), axis=-1).reshape(-1, 2)
+    mapped = np.hstack([grid, np.ones((len(grid), 1))]) @ matrix.T
+    inside = ((mapped >= -0.5) & (mapped <= size - 0.5)).all(axis=1)
+    return float(inside.mean())
+
+
+def reframe_chips(chips: np.ndarray, source: str, target: str) -> np.ndarray:
+    """N chips aligned to template ``source`` → the same faces aligned to template ``target`` (N×S×S×3).
+
+    Used to re-embed a gallery from its stored chips with a model that wants another template (``faceprint
+    migrate``). With equal templates the chips are returned unchanged; otherwise each is warped once (see
+    :func:`reframe_matrix`), and parts of the target chip outside the stored one are black
+    (:func:`reframe_coverage` says how much).
+    """
+    src = template_by_name(source)
+    if chips.ndim != 4 or chips.shape[1:] != (src.size, src.size, 3):
+        raise ModelError(f"chips for template {source!r} are {src.size}×{src.size}×3, got shape {chips.shape[1:]}")
+    if source == target:
+        return chips
+    matrix, dst = reframe_matrix(source, target)
+    out = np.empty((len(chips), dst.size, dst.size, 3), dtype=np.uint8)
+    for i, chip in enumerate(chips):
+        out[i] = _extract_one(np.ascontiguousarray(chip), matrix, dst.size)
+    return out

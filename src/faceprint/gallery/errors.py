@@ -9,6 +9,8 @@ FaceprintError
     ├── ContractMismatch       faceprints from another model/dimension than the collection's
     ├── GalleryLocked          another process holds the gallery's write lock
     ├── GalleryCorrupt         the store is unreadable or fails its integrity checks
+    ├── MissingChips           `migrate` needs a kept chip for every template (--keep-chips)
+    ├── MigrationUnsupported   this backend cannot re-embed a collection (yet)
     └── GalleryKeyError        the template key is missing or wrong
         ├── MissingKey
         └── WrongKey
@@ -83,4 +85,26 @@ class MissingKey(GalleryKeyError):
 
 
 class WrongKey(GalleryKeyError):
+    pass
+
+
+class MissingChips(GalleryError):
+    """A collection cannot be re-embedded: some templates were enrolled without ``--keep-chips``."""
+
+    def __init__(self, collection: str, missing: int, total: int, subjects: list[str], subject_count: int) -> None:
+        named = ", ".join(repr(s) for s in subjects) + (f" and {subject_count - len(subjects)} more" if
+                                                        subject_count > len(subjects) else "")  # fmt: skip
+        super().__init__(
+            f"collection {collection!r}: {missing} of {total} template(s) have no stored chip (they were enrolled "
+            f"without --keep-chips), so they cannot be re-embedded; they belong to {subject_count} subject(s): "
+            f"{named}. Re-enrol those subjects from their photos after migrating, or run migrate with "
+            "--drop-missing to delete those templates as part of the migration"
+        )
+        self.collection = collection
+        self.missing = missing
+        self.total = total
+        self.subjects = subjects
+
+
+class MigrationUnsupported(GalleryError):
     pass

@@ -112,6 +112,21 @@ MIGRATIONS: tuple[str, ...] = (
         WHERE t.subject_id = OLD.id AND c.id = OLD.collection_id;
     END;
     """,
+    # 0003: model migration (`faceprint migrate`). New vectors are staged here, batch by batch, while the
+    # collection keeps answering with its current model; one transaction then swaps them in. A staged row
+    # goes with its template (cascade), so a template deleted meanwhile is never resurrected.
+    # ``chip_template``: the chip template a kept chip was cut for; NULL means the template of the model the
+    # row was enrolled with (every chip before this version), set explicitly once a migration changes it.
+    """
+    CREATE TABLE migration_staging (
+        template_id   INTEGER PRIMARY KEY REFERENCES templates(id) ON DELETE CASCADE,
+        collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+        model_id      TEXT NOT NULL,
+        vector        BLOB NOT NULL     -- AES-256-GCM(float32), bound to the subject and the new model
+    );
+    CREATE INDEX migration_staging_collection ON migration_staging(collection_id, model_id);
+    ALTER TABLE templates ADD COLUMN chip_template TEXT;
+    """,
 )
 
 
