@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -67,19 +68,29 @@ def expand_images(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
+def _columns() -> tuple:
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+
+
 def progress(items: list[R], description: str, *, enabled: bool = True) -> Iterator[R]:
     """Iterate with a progress bar on stderr (hidden when not a terminal or disabled)."""
     if not enabled or len(items) <= 1:
         yield from items
         return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=True, console=None) as bar:
+    with Progress(*_columns(), transient=True, console=None) as bar:
         task = bar.add_task(description, total=len(items))
         for item in items:
             yield item
             bar.advance(task)
+
+
+@contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar on stderr for work that reports ``(done, total)`` itself (hidden when not a terminal)."""
+    with Progress(*_columns(), transient=True, console=None) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

@@ -1,4 +1,5 @@
-"""Gallery commands: enroll, identify, subjects …, gallery stats/export/import (registered on the main app)."""
+"""Gallery commands: enroll, identify, subjects …, gallery stats/export/import, migrate (registered on the main
+app)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from pathlib import Path
 import typer
 
 from faceprint.cli import app
-from faceprint.cli.common import EXIT_BAD_INPUT, emit_json, expand_images, fail, handle_errors, progress
+from faceprint.cli.common import (
+    EXIT_BAD_INPUT,
+    emit_json,
+    expand_images,
+    fail,
+    handle_errors,
+    progress,
+    progress_bar,
+)
 from faceprint.cli.core import DetectorOpt, DeviceOpt, JsonOpt, ModelOpt, make_pipeline, resolve_model
 from faceprint.errors import InvalidImage
 from faceprint.gallery import (
@@ -417,3 +426,78 @@ def gallery_import(
     typer.echo(
         f"imported {report.subjects} subject(s), {report.templates} template(s); skipped {report.skipped_subjects}"
     )
+
+
+# -- migrate ------------------------------------------------------------------------------------------------
+_MIGRATE_HELP = (
+    "Re-embed collections with another model from the face chips kept at enrolment (--keep-chips); no photos "
+    "needed. Every check runs before anything is written; each collection then switches to the new model in one "
+    "transaction, and searches use the old model until that moment. An interrupted run changes nothing visible: "
+    "run the same command again and it resumes. Corrections (`subjects not`) are deleted (docs/gallery.md)."
+)
+
+
+@app.command(help=_MIGRATE_HELP)
+@handle_errors
+def migrate(
+    to: str = typer.Option(..., "--to", help="Embedder model id to move to (`faceprint models list`)."),
+    gallery: Path | None = GalleryOpt,
+    collection: list[str] = typer.Option(
+        None, "--collection", help="Only this collection (repeatable; default: every collection of the gallery)."
+    ),
+    batch: int = typer.Option(64, "--batch", min=1, help="Chips embedded (and committed) per step."),
+    drop_missing: bool = typer.Option(
+        False,
+        "--drop-missing",
+        help="Delete templates that have no stored chip instead of refusing (their subjects must be re-enrolled).",
+    ),
+    json_out: bool = JsonOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Re-embed collections with another model from their kept chips (help: ``_MIGRATE_HELP``)."""
+    from faceprint.gallery.migrate import plan_migration, run_migration
+    from faceprint.models.families import load_embedder
+    from faceprint.models.registry import ModelRegistry
+
+    registry = ModelRegistry()
+    with _open(gallery, create=False) as store:
+        names = collection or [c.name for c in store.list_collections()]
+        if not names:
+            raise fail("the gallery has no collections: nothing to migrate")
+        # Every collection is checked (chips, model, geometry) before any is touched.
+        plans = [plan_migration(store, name, to, registry=registry, drop_missing=drop_missing) for name in names]
+        for plan in plans:
+            for note in plan.notes:
+                typer.echo(f"note: {plan.collection}: {note}", err=True)
+        embedder = None
+        reports = []
+        for plan in plans:
+            if not plan.noop and embedder is None:
+                embedder = load_embedder(registry, to, device=device)
+            with progress_bar(f"migrating {plan.collection}") as advance:
+                report = run_migration(
+                    store,
+                    plan,
+                    registry=registry,
+                    embedder=embedder,
+                    batch=batch,
+                    drop_missing=drop_missing,
+                    on_progress=advance,
+                )
+            reports.append(report)
+    if json_out:
+        emit_json([r.to_dict() for r in reports])
+        return
+    for r in reports:
+        if r.noop:
+            typer.echo(f"{r.collection}: already uses {r.target_model}; nothing to do")
+            continue
+        extra = f"; {r.resumed} were re-embedded by an earlier interrupted run" if r.resumed else ""
+        typer.echo(
+            f"{r.collection}: {r.templates} template(s) of {r.subjects} subject(s) re-embedded with {r.target_model} "
+            f"(was {r.source_model}) in {r.seconds:.1f} s{extra}"
+        )
+        if r.dropped_templates:
+            typer.echo(f"  deleted {r.dropped_templates} template(s) without a chip (--drop-missing)")
+        if r.dropped_negatives:
+            typer.echo(f"  deleted {r.dropped_negatives} correction(s) recorded with {r.source_model}")
