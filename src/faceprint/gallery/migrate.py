@@ -35,6 +35,7 @@ from faceprint.errors import CalibrationMissing, ModelError
 from faceprint.gallery.embedded import EmbeddedGallery, PendingChip
 from faceprint.gallery.errors import GalleryError, MigrationUnsupported, MissingChips
 from faceprint.models.registry import ModelNotInstalledHere, ModelRegistry
+from faceprint.models.spec import ModelSpec
 
 #: A stored chip must cover at least this fraction of the target model's chip (the rest is filled black).
 #: dlib 150 → ArcFace 112 covers 76% and costs about 0.01 of cosine score (docs/gallery.md); below this the
@@ -114,14 +115,14 @@ def _embedded(gallery: object) -> EmbeddedGallery:
             "migrate is not possible on the Milvus backend: it keeps no face chips, so its templates can only be "
             "re-enrolled from the photos (into a new collection, or a new gallery)"
         )
+    backend = {"PostgresGallery": "PostgreSQL"}.get(name, name)
     raise MigrationUnsupported(
-        f"migrate is not supported on the {name.removesuffix('Gallery') or name} backend yet (only the embedded "
-        "gallery); re-enrol the subjects from their photos into a new collection made with the new model, or "
-        "export the gallery into an embedded one first (`faceprint gallery export` / `import`) and migrate there"
+        f"migrate is not supported on the {backend} backend yet (only on the embedded gallery); re-enrol the "
+        "subjects from their photos into a new collection made with the new model (an export carries no chips)"
     )
 
 
-def _target_spec(registry: ModelRegistry, model_id: str) -> Any:
+def _target_spec(registry: ModelRegistry, model_id: str) -> ModelSpec:
     spec = registry.get(model_id)  # unknown → ModelError listing the known ones
     if spec.task != "embedder":
         embedders = ", ".join(i for i, s in registry.specs().items() if s.task == "embedder")
