@@ -5,7 +5,7 @@ document; adding a model of a known family (ArcFace-layout embedder, UltraFace-l
 landmark regressor) is a spec, not code::
 
     id = "faceplugin-mbf"
-    task = "embedder"            # detector | landmarks | embedder | anti-spoofing
+    task = "embedder"            # detector | detector-stage | landmarks | embedder | anti-spoofing
     family = "arcface"           # which generic runtime reads it (see faceprint.models.registry)
     licence = "MIT"
     provenance = "npm faceplugin-face-recognition-js@0.0.1, model/fr_feature.onnx"
@@ -46,7 +46,7 @@ from typing import Any
 
 from faceprint.errors import ModelError
 
-TASKS = ("detector", "landmarks", "embedder", "anti-spoofing")
+TASKS = ("detector", "detector-stage", "landmarks", "embedder", "anti-spoofing")
 SOURCE_KINDS = ("python", "npm", "user", "builtin")
 COLOURS = ("RGB", "BGR", "GRAY")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
