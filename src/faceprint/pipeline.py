@@ -34,12 +34,16 @@ from faceprint.models.store import ModelStore
 from faceprint.quality import QualityPolicy, assess
 from faceprint.types import Detection, Faceprint
 
-DETECTORS = ("mmod", "hog")  # short names of the built-in detectors; any detector model id also works
+# Short names of the built-in detectors (any detector model id also works): "cascade" = MTCNN proposals
+# confirmed by dlib's CNN (the default: detect/cascade.py), "mmod" = dlib's CNN scanning the whole photo,
+# "hog" = dlib's HOG (face_recognition's default, needs dlib-bin).
+DETECTORS = ("cascade", "mmod", "hog")
 EMBEDDERS = ("dlib-resnet-v1",)  # built into the package; `faceprint models list` shows every embedder
-DEFAULT_DETECTOR = "mmod"
+DEFAULT_DETECTOR = "cascade"
 DEFAULT_EMBEDDER = BUILTIN_DEFAULT_EMBEDDER
 DEFAULT_LANDMARKS = "dlib-shape5"
-_DETECTOR_IDS = {"mmod": "dlib-mmod", "hog": "dlib-hog"}
+# whose boxes each built-in detector returns (the landmark models adapt to it): the cascade's are MMOD's
+_DETECTOR_IDS = {"cascade": "dlib-mmod", "mmod": "dlib-mmod", "hog": "dlib-hog"}
 
 
 @dataclass(frozen=True)
@@ -49,10 +53,11 @@ class PipelineConfig:
     device: str = "cpu"
     threads: int | None = None
     upsample: int | None = None  # None: the detector's own default
-    # Smallest face to find (px), for the CNN detector: images are resized so such a face fills its 80 px
-    # window, within a work budget of `max_work_pixels` (so large photos find larger faces: a 12 MP photo at
-    # 2 MP finds faces from ~200 px). An explicit `upsample` wins. The budget trades recall of small faces in
-    # large photos for speed: detection cost grows linearly with it (benchmarks/pipeline.py).
+    # Smallest face to find (px). The cascade finds such faces in photos of any size (its proposal network
+    # scans at 12 / min_face of the photo's size). The full-scan CNN detector ("mmod") resizes images so such
+    # a face fills its 80 px window, within a work budget of `max_work_pixels` (so large photos find larger
+    # faces: a 12 MP photo at 2 MP finds faces from ~200 px); an explicit `upsample` wins. The budget trades
+    # recall of small faces in large photos for speed (benchmarks/pipeline.py).
     min_face: float | None = 40.0
     max_work_pixels: float = 2e6
     min_score: float | None = None  # detections below are dropped; None: the detector's default
@@ -78,7 +83,7 @@ class PipelineConfig:
 
     @property
     def detector_id(self) -> str:
-        """The detector's model id (``mmod`` → ``dlib-mmod``)."""
+        """The model id whose boxes the detector returns (``mmod`` and ``cascade`` → ``dlib-mmod``)."""
         return _DETECTOR_IDS.get(self.detector, self.detector)
 
 
@@ -247,7 +252,16 @@ def _make_detector(config: PipelineConfig, registry: ModelRegistry) -> Detector:
         from faceprint.detect.hog import HOGDetector
 
         return HOGDetector(upsample=1 if config.upsample is None else config.upsample)
-    if config.detector != "mmod":
+    if config.detector == "cascade" and config.upsample is None:
+        from faceprint.detect.cascade import CascadeDetector
+
+        options: dict[str, Any] = {"device": config.device, "threads": config.threads}
+        if config.min_face is not None:
+            options["min_face"] = config.min_face
+        if config.min_score is not None:
+            options["min_score"] = config.min_score
+        return CascadeDetector(**options)
+    if config.detector not in ("mmod", "cascade"):  # "cascade" with an explicit upsample: dlib's own scales
         from faceprint.models.families import load_onnx_detector
 
         return load_onnx_detector(

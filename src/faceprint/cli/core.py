@@ -197,7 +197,9 @@ def models_list(json_out: bool = JsonOpt) -> None:
     landmarks = registry.get(default_embedder).landmarks
     if landmarks not in registry.specs() or not registry.status(registry.get(landmarks)).available:
         landmarks = DEFAULT_LANDMARKS
-    defaults = {default_embedder, f"dlib-{DEFAULT_DETECTOR}", landmarks}
+    defaults = {default_embedder, "dlib-mmod", "mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", landmarks}
+    if DEFAULT_DETECTOR != "cascade":
+        defaults -= {"mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"}
     rows = []
     for spec in registry.specs().values():
         status = registry.status(spec)

@@ -40,7 +40,7 @@ class Settings:
     gallery: Path
     service_db: Path
     auth: bool = True
-    detector: str = "mmod"
+    detector: str = "cascade"
     device: str = "cpu"
     threads: int | None = None
     upsample: int | None = None  # detector upsampling; None: the detector's default (finds smaller faces, slower)
