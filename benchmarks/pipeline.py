@@ -8,9 +8,11 @@ What it measures, in one run (sections are printed in this order):
 
 1. **Detection time per photo** (detection only: no landmarks, no embedding), each contender timed on the
    same decoded pixels, ``--repeats`` times per photo after one untimed warm-up call:
-   - ``fp mmod default``: the Pipeline's default detector (dlib's CNN on ONNX, ``min_face=40``: the photo is
-     resized so a 40-px face fills the 80-px window, at most 4 MP of work, with a mirrored 10 % edge margin).
-     It does MORE work than dlib's CNN at upsample 0 on small photos (they are upscaled) and finds more faces.
+   - ``fp cascade default``: the Pipeline's default detector (``detect/cascade.py``): MTCNN's PNet/RNet/ONet
+     propose regions (faces from 40 px), dlib's CNN on ONNX confirms and boxes each on a small crop.
+   - ``fp mmod full scan``: dlib's CNN on ONNX over the whole photo, ``min_face=40``: the photo is resized so
+     a 40-px face fills the 80-px window, at most 2 MP of work, with a mirrored 10 % edge margin (the default
+     before the cascade). It does MORE work than dlib's CNN at upsample 0 on small photos (they are upscaled).
    - ``fp mmod dlib-scale``: ``MMODDetector(edge_margin=0)`` at upsample 0, which reproduces
      ``dlib.cnn_face_detection_model_v1(img, 0)`` exactly;
    - ``fp hog`` (faceprint's HOG detector: a thin wrapper of dlib's) and ``dlib HOG`` (``upsample 1``, as
@@ -31,8 +33,9 @@ What it measures, in one run (sections are printed in this order):
    interpreter + libraries + models + one decoded photo at a time + working memory. Decoding is not timed
    (both get the same pixels from ``faceprint.image.load_image``); model loading is reported separately;
    one untimed warm-up photo first. "HOG faces also found": a HOG box counts as found by faceprint when a
-   faceprint box overlaps it with IoU ≥ 0.3; each miss is listed with its HOG score (a HOG false positive
-   counts as a miss: judge it). Issue target: ≥ 3× photos/s while finding at least HOG's faces.
+   faceprint box overlaps it with IoU ≥ 0.3; each miss is listed with its HOG score. A HOG box that a person
+   inspected and judged not to be a face (``INSPECTED_NOT_FACES``: one, a background light in img67.jpg) is
+   printed as such and not required; every other HOG box is. Issue target: ≥ 3× photos/s while finding at least HOG's faces.
 
 How to read it: every timing is printed as wall time AND process CPU time (all threads of the process,
 ``time.process_time``). The machine is shared (see the load average printed at start and end): wall time
@@ -252,6 +255,7 @@ def detection_section(args: argparse.Namespace, photos: list[Path], cnn_photos: 
     from faceprint.pipeline import Pipeline
 
     default = Pipeline(device=args.device, threads=args.threads).detector
+    full_scan = MMODDetector(device=args.device, threads=args.threads, min_face=40)
     native = MMODDetector(device=args.device, threads=args.threads, edge_margin=0, upsample=0)
     fp_hog = HOGDetector(upsample=1)
     dlib_hog = dlib.get_frontal_face_detector()
@@ -261,7 +265,8 @@ def detection_section(args: argparse.Namespace, photos: list[Path], cnn_photos: 
         return [dlib_box(r, w, h) for r in dlib_hog(img, 1)]
 
     detectors: dict[str, Callable[[np.ndarray], list[Box]]] = {
-        "fp mmod default (min 40px)": lambda img: [b for b, _ in default.detect(img)],
+        "fp cascade default (min 40px)": lambda img: [b for b, _ in default.detect(img)],
+        "fp mmod full scan (min 40px)": lambda img: [b for b, _ in full_scan.detect(img)],
         "fp mmod dlib-scale (up 0)": lambda img: [b for b, _ in native.detect(img)],
         "fp hog (up 1)": lambda img: [b for b, _ in fp_hog.detect(img)],
         "dlib HOG (up 1)": dlib_hog_detect,
@@ -406,11 +411,12 @@ def embedding_section(args: argparse.Namespace, photos: list[Path], hog_boxes: d
 def worker(kind: str, photos: list[Path], device: str, threads: int | None) -> dict[str, Any]:
     """Runs in its own process: load models, warm up on the first photo, time every photo."""
     rss_start = peak_rss_mib()
-    if kind == "faceprint":
+    if kind.startswith("faceprint"):
         from faceprint.image import load_image
         from faceprint.pipeline import Pipeline
 
-        pipeline = Pipeline(device=device, threads=threads)
+        options = {"detector": "mmod"} if kind == "faceprint-mmod" else {}
+        pipeline = Pipeline(device=device, threads=threads, **options)
 
         def load() -> None:
             _ = pipeline.detector, pipeline.landmarker, pipeline.embedder
@@ -463,6 +469,7 @@ def run_worker(kind: str, args: argparse.Namespace, photos: list[Path]) -> dict[
 def end_to_end_section(args: argparse.Namespace, photos: list[Path]) -> None:
     fp = run_worker("faceprint", args, photos)
     fr = run_worker("face_recognition", args, photos)
+    fp_mmod = run_worker("faceprint-mmod", args, photos)
     n = len(photos)
     print(
         f"\n3. END TO END (detect + landmarks + embed every face), {n} photos, each contender in its own "
@@ -473,7 +480,12 @@ def end_to_end_section(args: argparse.Namespace, photos: list[Path]) -> None:
         f"{'CPU p50':>9} │ {'load s':>6} │ {'RSS start':>9} {'after warm':>10} {'peak MiB':>8}"
     )
     rates = {}
-    for label, r in (("face_recognition (HOG up 1 + ResNet)", fr), ("faceprint Pipeline() default", fp)):
+    contenders = (
+        ("face_recognition (HOG up 1 + ResNet)", fr),
+        ("faceprint Pipeline() default", fp),
+        ("faceprint detector='mmod' full scan", fp_mmod),
+    )
+    for label, r in contenders:
         walls = [p["wall"] for p in r["photos"]]
         cpus = [p["cpu"] for p in r["photos"]]
         faces = sum(len(p["boxes"]) for p in r["photos"])
@@ -499,15 +511,36 @@ def end_to_end_section(args: argparse.Namespace, photos: list[Path]) -> None:
         f"  HOG faces also found by faceprint (IoU ≥ {MATCH_IOU}): {covered}/{hog_total}; "
         f"faceprint faces HOG did not find: {extra}"
     )
-    for photo, box in missed:  # the reader judges: HOG's false positives count as misses here
+    not_faces = 0
+    for photo, box in missed:  # every miss is listed; only HOG boxes a person looked at and judged are excused
+        judged = _inspected_not_face(photo, box)
+        not_faces += judged is not None
         print(
-            f"    missed: {rel(Path(photo))} box {tuple(round(v) for v in box)} HOG score {_hog_score(photo, box):.3f}"
+            f"    missed: {rel(Path(photo))} box {tuple(round(v) for v in box)} HOG score "
+            f"{_hog_score(photo, box):.3f}" + (f" — inspected, not a face: {judged}" if judged else "")
         )
-    met = min(wall_x, cpu_x) >= 3 and covered == hog_total
+    real = hog_total - not_faces
+    met = min(wall_x, cpu_x) >= 3 and covered == real
     print(
         f"  target ≥ 3× photos/s while finding at least HOG's faces: {'MET' if met else 'NOT MET'} "
-        f"(photos/s wall {wall_x:.2f}×, CPU {cpu_x:.2f}×; HOG faces found {covered}/{hog_total})"
+        f"(photos/s wall {wall_x:.2f}×, CPU {cpu_x:.2f}×; HOG's real faces found {covered}/{real}, "
+        f"HOG boxes {covered}/{hog_total})"
     )
+
+
+#: HOG detections on the shared photos that a person looked at (crop enlarged) and found not to be faces.
+#: shared/data's README counts 2 faces in img67.jpg because HOG reports two; the second is an out-of-focus
+#: blue light in the dark background behind the one person in the photo.
+INSPECTED_NOT_FACES = {
+    "groups/img67.jpg": [((1116, 502, 1160, 546), "out-of-focus light in the background, 44 px")],
+}
+
+
+def _inspected_not_face(photo: str, box: Sequence[float]) -> str | None:
+    for known, why in INSPECTED_NOT_FACES.get(rel(Path(photo)), []):
+        if iou(tuple(box), tuple(float(v) for v in known)) >= 0.5:  # type: ignore[arg-type]
+            return why
+    return None
 
 
 def _matched(box: Sequence[float], others: list[Box]) -> bool:
