@@ -146,7 +146,10 @@ def test_fpir_threshold_grows_with_the_gallery(mbf: Pipeline, tmp_path: Path) ->
         probe = mbf.largest_face(load_image(identity_photos("person01")[-1]))[0]
         one = g.identify([probe], fpir=0.01)[0]
         for person in ("person02", "person03", "person04", "person05"):
-            enrol_images(g, mbf, person, identity_photos(person)[:1])
+            # person04's img59 also shows a second, cut-off person at its left edge: enrolment rejects it as
+            # ambiguous (or not, as box sizes jitter by a pyramid step), so it is not used here
+            photos = [p for p in identity_photos(person) if p.name != "img59.jpg"]
+            assert enrol_images(g, mbf, person, photos[:1]).accepted
         five = g.identify([probe], fpir=0.01)[0]
     assert one.fmr == pytest.approx(0.01) and five.fmr == pytest.approx(fmr_for_fpir(0.01, 5))
     assert five.threshold >= one.threshold
