@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+import faceprint.gallery.index as index_module
 from faceprint.gallery import EmbeddedGallery
 from faceprint.gallery.index import (
     HNSW_CONNECTIVITY,
@@ -222,7 +223,8 @@ def bench_indexes(
     lat = time_queries(lambda q: exact.search(q, K_SEARCH), probes)
     rows.append(_row(dim, size, "exact (NumPy)", clock.both, lat, (1.0, 1.0), ram, len(exact.to_bytes()) / 1e6))
 
-    hnsw, build = _hnsw(dim, keys, gallery, cache / f"hnsw-{dim}-{size}-{seed}" if cache else None)
+    stem = f"hnsw-{dim}-{size}-{seed}-m{index_module.HNSW_CONNECTIVITY}"
+    hnsw, build = _hnsw(dim, keys, gallery, cache / stem if cache else None)
     ram = hnsw._index.memory_usage / 1e6
     disk = len(hnsw.to_bytes()) / 1e6
     for ef in sorted(set([*ef_sweep, HNSW_EXPANSION_SEARCH])):
@@ -255,7 +257,7 @@ def _hnsw(dim: int, keys: np.ndarray, gallery: np.ndarray, stem: Path | None) ->
     built with the same parameters is there (the build time is the one measured when it was built)."""
     import json
 
-    params = {"connectivity": HNSW_CONNECTIVITY, "expansion_add": HNSW_EXPANSION_ADD, "n": len(keys)}
+    params = {"connectivity": index_module.HNSW_CONNECTIVITY, "expansion_add": HNSW_EXPANSION_ADD, "n": len(keys)}
     meta = stem.with_suffix(".json") if stem else None
     if stem is not None and meta is not None and meta.is_file() and stem.with_suffix(".usearch").is_file():
         saved = json.loads(meta.read_text())
@@ -334,6 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--faiss-max", type=int, default=100_000, help="largest size also run on faiss")
     parser.add_argument("--ef-sweep", default="32,64,128,256", help="extra HNSW search widths to measure")
     parser.add_argument("--rebuild", action="store_true", help="build HNSW graphs even when cached")
+    parser.add_argument("--connectivity", type=int, default=None, help="HNSW graph degree (default: faceprint's)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "faceprint-bench")
     parser.add_argument("--lfw-people", type=int, default=120)
     parser.add_argument(
@@ -344,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--backend-size", type=int, default=100_000, help="templates for --backends")
     parser.add_argument("--tx-subjects", type=int, default=500, help="subjects enrolled one transaction each")
     args = parser.parse_args(argv)
+    if args.connectivity:
+        index_module.HNSW_CONNECTIVITY = args.connectivity  # HNSWIndex reads it when it builds a graph
 
     print(
         f"# faceprint gallery benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
