@@ -73,22 +73,13 @@ def _normalise(pixels: np.ndarray) -> np.ndarray:
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by greedy IoU non-max suppression (``boxes`` x1, y1, x2, y2), best score first."""
+    """Indices kept by greedy IoU non-max suppression (``boxes`` x1, y1, x2, y2; scores ≥ 0), best first.
+    OpenCV's implementation: the same greedy rule as a NumPy loop, without Python per kept box."""
     if len(boxes) == 0:
         return np.zeros(0, np.intp)
-    x1, y1, x2, y2 = boxes.T
-    area = (x2 - x1) * (y2 - y1)
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        i = order[0]
-        keep.append(int(i))
-        rest = order[1:]
-        iw = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
-        ih = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
-        inter = iw * ih
-        order = rest[inter / (area[i] + area[rest] - inter + 1e-9) <= iou]
-    return np.array(keep, np.intp)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:4] - boxes[:, :2]], axis=1).astype(np.float64)
+    kept = cv2.dnn.NMSBoxes(xywh, np.asarray(scores, np.float32), 0.0, float(iou))
+    return np.asarray(kept, np.intp).reshape(-1)
 
 
 def _regress(boxes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
