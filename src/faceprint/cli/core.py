@@ -225,7 +225,7 @@ def models_list(json_out: bool = JsonOpt) -> None:
     for row in rows:
         mark = "*" if row["default"] else " "
         state = "installed" if row["installed"] else f"missing: {row['install']}"
-        typer.echo(f"{mark} {row['id']:<22} {row['task']:<10} {state}")
+        typer.echo(f"{mark} {row['id']:<22} {row['task']:<14} {state}")
         typer.echo(f"    {row['description']}")
         typer.echo(f"    licence: {row['licence']}")
         typer.echo(f"    source: {row['provenance']}")
