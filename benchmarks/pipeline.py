@@ -35,7 +35,8 @@ What it measures, in one run (sections are printed in this order):
    one untimed warm-up photo first. "HOG faces also found": a HOG box counts as found by faceprint when a
    faceprint box overlaps it with IoU ≥ 0.3; each miss is listed with its HOG score. A HOG box that a person
    inspected and judged not to be a face (``INSPECTED_NOT_FACES``: one, a background light in img67.jpg) is
-   printed as such and not required; every other HOG box is. Issue target: ≥ 3× photos/s while finding at least HOG's faces.
+   printed as such and not required; every other HOG box is. Issue target: ≥ 3× photos/s while finding at
+   least HOG's faces.
 
 How to read it: every timing is printed as wall time AND process CPU time (all threads of the process,
 ``time.process_time``). The machine is shared (see the load average printed at start and end): wall time
