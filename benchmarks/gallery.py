@@ -224,6 +224,7 @@ def bench_indexes(
     rows.append(_row(dim, size, "exact (NumPy)", clock.both, lat, (1.0, 1.0), ram, len(exact.to_bytes()) / 1e6))
 
     stem = f"hnsw-{dim}-{size}-{seed}-m{index_module.HNSW_CONNECTIVITY}"
+    stem += "" if index_module.HNSW_DTYPE == "f32" else f"-{index_module.HNSW_DTYPE}"
     hnsw, build = _hnsw(dim, keys, gallery, cache / stem if cache else None)
     ram = hnsw._index.memory_usage / 1e6
     disk = len(hnsw.to_bytes()) / 1e6
@@ -257,7 +258,12 @@ def _hnsw(dim: int, keys: np.ndarray, gallery: np.ndarray, stem: Path | None) ->
     built with the same parameters is there (the build time is the one measured when it was built)."""
     import json
 
-    params = {"connectivity": index_module.HNSW_CONNECTIVITY, "expansion_add": HNSW_EXPANSION_ADD, "n": len(keys)}
+    params = {
+        "connectivity": index_module.HNSW_CONNECTIVITY,
+        "expansion_add": HNSW_EXPANSION_ADD,
+        "dtype": index_module.HNSW_DTYPE,
+        "n": len(keys),
+    }
     meta = stem.with_suffix(".json") if stem else None
     if stem is not None and meta is not None and meta.is_file() and stem.with_suffix(".usearch").is_file():
         saved = json.loads(meta.read_text())
@@ -337,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ef-sweep", default="32,64,128,256", help="extra HNSW search widths to measure")
     parser.add_argument("--rebuild", action="store_true", help="build HNSW graphs even when cached")
     parser.add_argument("--connectivity", type=int, default=None, help="HNSW graph degree (default: faceprint's)")
+    parser.add_argument("--dtype", default=None, help="HNSW vector element type: f32, f16 (default: faceprint's)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "faceprint-bench")
     parser.add_argument("--lfw-people", type=int, default=120)
     parser.add_argument(
@@ -349,7 +356,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.connectivity:
         index_module.HNSW_CONNECTIVITY = args.connectivity  # HNSWIndex reads it when it builds a graph
-
+    if args.dtype:
+        index_module.HNSW_DTYPE = args.dtype
     print(
         f"# faceprint gallery benchmark — {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"load {os.getloadavg()[0]:.1f}, Python {sys.version.split()[0]}, NumPy {np.__version__}"
