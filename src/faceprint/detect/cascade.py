@@ -16,7 +16,8 @@ Stages, for one image:
 2. PNet over a pyramid (factor 0.709) from the scale where ``min_face`` becomes 12 px down to 12 px, one
    ONNX Runtime run per level; cells with P(face) ≥ ``pnet_threshold`` become boxes (regressed), NMS per level
    and across levels;
-3. RNet on all proposals in one batch; P(face) ≥ ``rnet_threshold`` survive, regressed and NMS-merged;
+3. RNet, then ONet, on all remaining proposals in one batch each; P(face) ≥ ``rnet_threshold`` /
+   ``onet_threshold`` survive, regressed and NMS-merged; overlapping survivors share one crop (:meth:`cover`);
 4. MMOD (:class:`~faceprint.detect.mmod.MMODDetector` without its own margin) on a square crop of
    ``crop_factor`` × each proposal, resized so the proposal is ``crop_face`` px; detections from all crops
    are merged with dlib's own non-max suppression and mapped back; those centred in the margin are dropped.
@@ -36,7 +37,7 @@ import cv2
 import numpy as np
 
 from faceprint.detect.base import RawDetection
-from faceprint.detect.mmod import MMODDetector, _as_rgb
+from faceprint.detect.mmod import MMODDetector, _as_rgb, _detections
 from faceprint.models.convert import converted_model
 from faceprint.models.mtcnn_onnx import CONVERTER_VERSION, build_onet_onnx, build_pnet_onnx, build_rnet_onnx
 from faceprint.models.runtime import create_session
@@ -65,11 +66,12 @@ def _onet_file() -> Path:
 
 
 def _normalise(pixels: np.ndarray) -> np.ndarray:
-    """H×W×3 uint8 RGB → 1×3×H×W float32 ``(v − 127.5) / 128`` (MTCNN's input)."""
-    planes = np.moveaxis(pixels, 2, 0).astype(np.float32)
+    """N×H×W×3 (or one H×W×3) uint8 RGB → N×3×H×W float32 ``(v − 127.5) / 128`` (MTCNN's input)."""
+    batch = pixels if pixels.ndim == 4 else pixels[None]
+    planes = np.moveaxis(batch, 3, 1).astype(np.float32)
     planes -= 127.5
     planes *= 1 / 128
-    return planes[None]
+    return planes
 
 
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
@@ -106,7 +108,7 @@ def _crop(pixels: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
 
 
 class CascadeDetector:
-    """MTCNN proposals (PNet, RNet) confirmed and boxed by dlib's MMOD network; all on ONNX Runtime."""
+    """MTCNN proposals (PNet, RNet, ONet) confirmed and boxed by dlib's MMOD network; all on ONNX Runtime."""
 
     model_id = "dlib-mmod"  # boxes and scores are MMOD's; the proposal networks only decide where to look
 
@@ -214,11 +216,8 @@ class CascadeDetector:
         )
         squares = _square(boxes[:, :4])
         batch = np.stack([_crop(pixels, box, size) for box in squares])
-        tensor = np.moveaxis(batch, 3, 1).astype(np.float32)
-        tensor -= 127.5
-        tensor *= 1 / 128
         with self._lock:
-            prob, reg = session.run(["prob", "reg"], {"image": tensor})
+            prob, reg = session.run(["prob", "reg"], {"image": _normalise(batch)})
         keep = prob[:, 0] >= threshold
         if not keep.any():
             return np.zeros((0, 5))
@@ -291,15 +290,7 @@ class CascadeDetector:
             self.last_stats["full_scan"] = 1
             return self.full_scan.detect(image)
         rects, scores = self.confirm(pixels, windows)
-        rects = rects - pad
-        cx, cy = (rects[:, 0] + rects[:, 2] + 1) / 2, (rects[:, 1] + rects[:, 3] + 1) / 2
-        inside = (cx >= 0) & (cx <= w) & (cy >= 0) & (cy <= h)
-        out: list[RawDetection] = []
-        for (left, top, right, bottom), score in zip(rects[inside].tolist(), scores[inside].tolist(), strict=True):
-            box = (float(max(0, left)), float(max(0, top)), float(min(w, right + 1)), float(min(h, bottom + 1)))
-            out.append((box, float(score)))
-        out.sort(key=lambda d: -d[1])
-        return out
+        return _detections(rects, scores, w, h, pad=pad)
 
     @property
     def full_scan(self) -> MMODDetector:

@@ -159,6 +159,26 @@ def _as_rgb(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def _detections(rects: np.ndarray, scores: np.ndarray, w: int, h: int, *, pad: int | None = None) -> list[RawDetection]:
+    """dlib rectangles (inclusive) → ``((x1, y1, x2, y2), score)`` in a w×h image, clipped, best first.
+
+    ``pad``: the rectangles were found in the image extended by a mirrored margin of ``pad`` px (0: none, but
+    boxes may still reach outside); they are shifted back, and those centred outside the w×h frame (mirror
+    images of faces) are dropped. ``None``: no such filtering (dlib's own output).
+    """
+    if pad is not None:
+        rects = rects - pad
+        cx, cy = (rects[:, 0] + rects[:, 2] + 1) / 2, (rects[:, 1] + rects[:, 3] + 1) / 2
+        inside = (cx >= 0) & (cx <= w) & (cy >= 0) & (cy <= h)
+        rects, scores = rects[inside], scores[inside]
+    out: list[RawDetection] = []
+    for (left, top, right, bottom), score in zip(rects.tolist(), scores.tolist(), strict=True):
+        box = (float(max(0, left)), float(max(0, top)), float(min(w, right + 1)), float(min(h, bottom + 1)))
+        out.append((box, float(score)))
+    out.sort(key=lambda d: -d[1])
+    return out
+
+
 @cache
 def _model_file() -> Path:
     return converted_model("dlib-mmod", build_mmod_onnx, version=CONVERTER_VERSION)
@@ -363,16 +383,5 @@ class MMODDetector:
         pad = round(self.edge_margin * max(h, w)) if min(h, w) > 1 else 0
         if pad:
             padded = cv2.copyMakeBorder(_as_rgb(image), pad, pad, pad, pad, cv2.BORDER_REFLECT_101)
-            rects, scores = self.detect_dlib(padded)
-            rects = rects - pad
-            cx, cy = (rects[:, 0] + rects[:, 2] + 1) / 2, (rects[:, 1] + rects[:, 3] + 1) / 2
-            inside = (cx >= 0) & (cx <= w) & (cy >= 0) & (cy <= h)
-            rects, scores = rects[inside], scores[inside]
-        else:
-            rects, scores = self.detect_dlib(image)
-        out: list[RawDetection] = []
-        for (left, top, right, bottom), score in zip(rects.tolist(), scores.tolist(), strict=True):
-            box = (float(max(0, left)), float(max(0, top)), float(min(w, right + 1)), float(min(h, bottom + 1)))
-            out.append((box, float(score)))
-        out.sort(key=lambda d: -d[1])
-        return out
+            return _detections(*self.detect_dlib(padded), w, h, pad=pad)
+        return _detections(*self.detect_dlib(image), w, h)
