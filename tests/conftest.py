@@ -21,6 +21,23 @@ def identity_photos(person: str) -> list[Path]:
     return sorted((IDENTITIES / person).glob("*.jpg"))
 
 
+def install_faceplugin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """`faceprint models install faceplugin` into a fresh model store, exactly as a user runs it: the store
+    and the command's output. Fails (not skips) without npm: the model-pack tests are part of the suite."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from faceprint.cli import app
+
+    if shutil.which("npm") is None:
+        pytest.fail("npm is not installed: the faceplugin pack (and this test) needs it (apt-get install npm)")
+    store = tmp_path_factory.mktemp("model-store")
+    result = CliRunner().invoke(app, ["models", "install", "faceplugin"], env={"FACEPRINT_MODEL_DIR": str(store)})
+    assert result.exit_code == 0, result.output
+    return store, result.output
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA

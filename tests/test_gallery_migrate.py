@@ -36,7 +36,7 @@ from faceprint.models.registry import ModelRegistry
 from faceprint.models.store import ModelStore
 from faceprint.pipeline import Pipeline, PipelineConfig
 from faceprint.types import Faceprint
-from tests.conftest import IDENTITIES, identity_photos
+from tests.conftest import IDENTITIES, identity_photos, install_faceplugin
 
 KEY = bytes.fromhex("5a" * 32)
 TARGET = "faceplugin-mbf"
@@ -57,12 +57,7 @@ class Enrolled:
 @pytest.fixture(scope="module")
 def model_store(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
     """`faceprint models install faceplugin` into a fresh model store."""
-    if shutil.which("npm") is None:
-        pytest.fail("npm is not installed: the faceplugin pack (and this test) needs it (apt-get install npm)")
-    store = tmp_path_factory.mktemp("model-store")
-    result = CliRunner().invoke(app, ["models", "install", "faceplugin"], env={"FACEPRINT_MODEL_DIR": str(store)})
-    assert result.exit_code == 0, result.output
-    return store
+    return install_faceplugin(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="module")

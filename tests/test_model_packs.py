@@ -25,7 +25,7 @@ from faceprint.models.install import add_model, install_pack
 from faceprint.models.registry import ModelRegistry
 from faceprint.models.store import ModelStore
 from faceprint.pipeline import Pipeline, PipelineConfig
-from tests.conftest import GROUPS, IDENTITIES, identity_photos
+from tests.conftest import GROUPS, IDENTITIES, identity_photos, install_faceplugin
 
 KEY_HEX = "42" * 32
 PACK_FILES = {"fr_feature.onnx", "fr_landmark.onnx", "fr_detect.onnx"}
@@ -40,12 +40,7 @@ class Installed:
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Installed:
     """`faceprint models install faceplugin` into a fresh model store, exactly as a user runs it."""
-    if shutil.which("npm") is None:
-        pytest.fail("npm is not installed: the faceplugin pack (and this test) needs it (apt-get install npm)")
-    store = tmp_path_factory.mktemp("model-store")
-    result = CliRunner().invoke(app, ["models", "install", "faceplugin"], env={"FACEPRINT_MODEL_DIR": str(store)})
-    assert result.exit_code == 0, result.output
-    return Installed(store, result.output)
+    return Installed(*install_faceplugin(tmp_path_factory))
 
 
 @pytest.fixture(scope="module")
