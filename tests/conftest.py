@@ -39,6 +39,17 @@ def install_faceplugin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 
 @pytest.fixture(scope="session")
+def faceplugin_install(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The faceplugin pack installed once per test session (npm pack, sha256 checks): store and output."""
+    return install_faceplugin(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def faceplugin_store(faceplugin_install: tuple[Path, str]) -> Path:
+    return faceplugin_install[0]
+
+
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     return DATA
 

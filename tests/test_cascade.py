@@ -17,6 +17,7 @@ from PIL import Image
 
 from faceprint.detect.cascade import CascadeDetector, _crop, _nms, _onet_file, _pnet_file, _rnet_file
 from faceprint.detect.mmod import MMODDetector
+from faceprint.errors import InvalidArgument, ModelError
 from faceprint.evaluation.metrics import box_iou as _box_iou
 from faceprint.models.catalogue import model_path
 from faceprint.models.mtcnn_onnx import build_onet_onnx, build_pnet_onnx, build_rnet_onnx, read_weights
@@ -63,7 +64,7 @@ def test_converted_networks_are_valid_onnx_with_the_expected_shapes(cache_dir: P
         assert [o.name for o in model.graph.output] == ["prob", "reg"]
         # the cached graph is exactly what the builder makes from the verified weight file
         assert builder(model_path(model_id)).SerializeToString() == file.read_bytes()
-    with pytest.raises(ValueError, match="PNet needs 13"):
+    with pytest.raises(ModelError, match="PNet needs 13"):
         build_pnet_onnx(read_weights(model_path("mtcnn-rnet")))
 
 
@@ -116,7 +117,7 @@ def test_no_face_no_detection_and_odd_inputs(cascade: CascadeDetector) -> None:
     assert cascade.detect(np.full((300, 400, 3), 128, np.uint8)) == []
     grey = np.asarray(Image.open(IDENTITIES / "person03" / "img53.jpg").convert("L"))
     assert len(cascade.detect(grey)) == 1
-    with pytest.raises(ValueError, match="min_face"):
+    with pytest.raises(InvalidArgument, match="min_face"):
         CascadeDetector(min_face=0)
 
 

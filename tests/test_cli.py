@@ -35,10 +35,24 @@ def test_verify_json_shape(runner: CliRunner) -> None:
     result = runner.invoke(app, ["verify", str(a), str(b), "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert set(data) == {"same_person", "score", "distance", "threshold", "fmr", "model"}
-    assert data["same_person"] is True and data["fmr"] <= 1e-3
+    assert set(data) == {"same_person", "score", "distance", "threshold", "rule", "fmr", "fpir", "model"}
+    assert data["same_person"] is True and data["fmr"] <= 1e-3 and data["rule"] == "fmr" and data["fpir"] is None
     other = runner.invoke(app, ["verify", str(a), str(identity_photos("person02")[0]), "--threshold", "0.9"])
-    assert other.exit_code == 0 and "threshold 0.9000" in other.stdout
+    assert other.exit_code == 0 and "threshold 0.9000 (raw threshold" in other.stdout
+
+
+def test_verify_takes_the_one_threshold_rule(runner: CliRunner) -> None:
+    a, b = identity_photos("person01")[:2]
+    by_fpir = runner.invoke(app, ["verify", str(a), str(b), "--fpir", "1e-4", "--json"])
+    assert by_fpir.exit_code == 0, by_fpir.output
+    data = json.loads(by_fpir.stdout)
+    # One comparison: an FPIR of 1e-4 is an FMR of 1e-4, so the same threshold as --fmr 1e-4.
+    by_fmr = json.loads(runner.invoke(app, ["verify", str(a), str(b), "--fmr", "1e-4", "--json"]).stdout)
+    assert data["rule"] == "fpir" and data["fpir"] == 1e-4 and data["threshold"] == by_fmr["threshold"]
+    text = runner.invoke(app, ["verify", str(a), str(b), "--fpir", "1e-4"])
+    assert text.exit_code == 0 and "chosen for FPIR 0.0001" in text.stdout
+    both = runner.invoke(app, ["verify", str(a), str(b), "--fmr", "1e-3", "--fpir", "1e-3"])
+    assert both.exit_code == 2 and both.stderr.strip() == "error: give at most one of fmr, fpir and threshold"
 
 
 def test_verify_group_photo_notes_the_largest_face(runner: CliRunner) -> None:

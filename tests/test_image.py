@@ -12,6 +12,7 @@ import pytest
 from PIL import Image as PILImage
 
 from faceprint import InvalidImage, load_image
+from faceprint.errors import ImageTooLarge
 from tests.conftest import GROUPS, IDENTITIES
 
 PHOTO = IDENTITIES / "person01" / "img44.jpg"
@@ -127,9 +128,12 @@ def _png_header_only(width: int, height: int) -> bytes:
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:
-    with pytest.raises(InvalidImage) as err:
+    with pytest.raises(ImageTooLarge) as err:  # an InvalidImage: the CLI exits 2, the service answers 413
         load_image(_png_header_only(30000, 30000), name="bomb.png")
     assert "bomb.png" in str(err.value) and "900,000,000" in str(err.value)
+    assert isinstance(err.value, InvalidImage) and err.value.pixels == 900_000_000
+    with pytest.raises(ImageTooLarge, match="over the limit of 100"):
+        load_image(np.zeros((20, 20, 3), np.uint8), max_pixels=100)
 
 
 def test_pixel_limit_is_configurable(monkeypatch: pytest.MonkeyPatch, photo: PILImage.Image) -> None:

@@ -18,14 +18,15 @@ from typer.testing import CliRunner
 
 from faceprint.cli import app
 from faceprint.errors import ModelError
+from faceprint.factory import add_model
 from faceprint.gallery import EmbeddedGallery, enrol_images
 from faceprint.image import load_image
 from faceprint.matching import cosine_scores, fmr_for_fpir
-from faceprint.models.install import add_model, install_pack
+from faceprint.models.install import install_pack
 from faceprint.models.registry import ModelRegistry
 from faceprint.models.store import ModelStore
 from faceprint.pipeline import Pipeline, PipelineConfig
-from tests.conftest import GROUPS, IDENTITIES, identity_photos, install_faceplugin
+from tests.conftest import GROUPS, IDENTITIES, identity_photos
 
 KEY_HEX = "42" * 32
 PACK_FILES = {"fr_feature.onnx", "fr_landmark.onnx", "fr_detect.onnx"}
@@ -38,9 +39,9 @@ class Installed:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Installed:
+def installed(faceplugin_install: tuple[Path, str], cache_dir: Path) -> Installed:
     """`faceprint models install faceplugin` into a fresh model store, exactly as a user runs it."""
-    return Installed(*install_faceplugin(tmp_path_factory))
+    return Installed(*faceplugin_install)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,11 @@ from faceprint.image import Image, load_image
 from faceprint.matching import Calibration, Decision
 from faceprint.pipeline import Pipeline, PipelineConfig
 from faceprint.types import Detection, Faceprint
+
+# Imported before the `verify` function below is defined, so that the function (not the submodule) is the
+# attribute `faceprint.verify` (as `embed` in pipeline.py).
 from faceprint.verify import Verification, VerifyInput
+from faceprint.verify import verify as _verify
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
@@ -63,13 +67,13 @@ def verify(
     b: VerifyInput,
     *,
     fmr: float | None = None,
+    fpir: float | None = None,
     threshold: float | None = None,
     pipeline: Pipeline | None = None,
 ) -> Verification:
-    """Same person? ``a``/``b`` are images (largest face used), faceprints or vectors."""
-    from faceprint.verify import verify as _verify
-
-    return _verify(a, b, fmr=fmr, threshold=threshold, pipeline=pipeline or default_pipeline())
+    """Same person? ``a``/``b`` are images (largest face used), faceprints or vectors; the threshold follows
+    at most one of ``fmr``, ``fpir`` and ``threshold`` (default FMR 1e-3)."""
+    return _verify(a, b, fmr=fmr, fpir=fpir, threshold=threshold, pipeline=pipeline or default_pipeline())
 
 
 __all__ = [

@@ -2,6 +2,8 @@
 
     FaceprintError
     ├── InvalidImage        the input is not a usable image (names the input and the reason)
+    │   └── ImageTooLarge       more pixels than the limit (a possible decompression bomb)
+    ├── InvalidArgument     an option or argument has a value faceprint cannot use (names it)
     ├── NoFaceFound         an image that had to hold a face holds none
     ├── ModelError          a weight file is missing, corrupt or cannot be converted
     │   └── ModelNotInstalled   the package that ships the weights is not installed
@@ -23,6 +25,21 @@ class InvalidImage(FaceprintError):
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason
+
+
+class ImageTooLarge(InvalidImage):
+    """More pixels than ``max_pixels``: refused from the header, before decoding (a possible bomb)."""
+
+    def __init__(self, source: str, pixels: int | None, limit: int) -> None:
+        size = "too many pixels" if pixels is None else f"{pixels:,} pixels"
+        super().__init__(source, f"has {size}, over the limit of {limit:,} (FACEPRINT_MAX_PIXELS); refused as a "
+                         "possible decompression bomb")  # fmt: skip
+        self.pixels = pixels
+        self.limit = limit
+
+
+class InvalidArgument(FaceprintError):
+    """An option or argument value that cannot be used; the message names it and what is allowed."""
 
 
 class NoFaceFound(FaceprintError):

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
-from faceprint.errors import InvalidImage
+from faceprint.errors import ImageTooLarge, InvalidImage
 
 #: Default upper bound on decoded pixels (a 12 MP photo is 12e6; 64 MP allows large camera files).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -107,12 +107,7 @@ def decode_bytes(data: bytes, label: str, max_pixels: int) -> np.ndarray:
                     f"unsupported image format {img.format}; supported: {', '.join(SUPPORTED_FORMATS[:5])}",
                 )
             if width * height > max_pixels:
-                raise InvalidImage(
-                    label,
-                    f"has {width}×{height} = {width * height:,} pixels, over the limit "
-                    f"of {max_pixels:,} (FACEPRINT_MAX_PIXELS); refused as a possible "
-                    "decompression bomb",
-                )
+                raise ImageTooLarge(label, width * height, max_pixels)
             img.load()
             img = ImageOps.exif_transpose(img)
     except InvalidImage:
@@ -122,10 +117,7 @@ def decode_bytes(data: bytes, label: str, max_pixels: int) -> np.ndarray:
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
         # Pillow refuses absurd sizes inside open(), before we can read them; its message has the count.
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
-        raise InvalidImage(
-            label, f"has {size}, over the limit of {max_pixels:,}; refused as a possible decompression bomb"
-        ) from None
+        raise ImageTooLarge(label, int(found.group(1)) if found else None, max_pixels) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(label, f"could not be decoded; the file is truncated or corrupt ({exc})") from None
     return _pil_to_rgb(img)
@@ -160,7 +152,7 @@ def _array_to_rgb(arr: np.ndarray, label: str, max_pixels: int) -> np.ndarray:
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise InvalidImage(label, f"array of shape {arr.shape} has no pixels")
     if arr.shape[0] * arr.shape[1] > max_pixels:
-        raise InvalidImage(label, f"has {arr.shape[0] * arr.shape[1]:,} pixels, over the limit of {max_pixels:,}")
+        raise ImageTooLarge(label, arr.shape[0] * arr.shape[1], max_pixels)
     if arr.dtype == np.uint8:
         out = arr
     elif arr.dtype == np.uint16:

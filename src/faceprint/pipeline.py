@@ -5,9 +5,9 @@ first use of an ONNX model converts and caches it). Inference is thread-safe: ON
 concurrent runs, and the components that are not (dlib's HOG detector) lock internally.
 
 Any embedder of the model registry (built-in specs plus the user's model store) can be chosen by id; the
-chip template comes from its spec, re-expressed for the landmark scheme in use (see
-:mod:`faceprint.align.templates`), and the landmark model is the one the spec prefers when it is installed,
-dlib's 5-point predictor otherwise (or ``landmarks=`` explicitly).
+choice becomes a profile (embedder + detector + landmarks + calibration table) in :mod:`faceprint.factory`,
+the one place every interface resolves it. The chip template comes from the embedder's spec, re-expressed for
+the landmark scheme in use (see :mod:`faceprint.align.templates`).
 """
 
 from __future__ import annotations
@@ -21,35 +21,48 @@ from typing import Any
 import numpy as np
 
 from faceprint.align.chips import ChipTemplate, extract_chips
+from faceprint.align.templates import chip_template
 from faceprint.detect.base import Detector, RawDetection
 
 # Imported here, while `faceprint/__init__` runs, like `detect.base` above: the first import of the `embed`
 # subpackage sets the attribute `faceprint.embed`, which must happen before `faceprint.embed()` is defined.
 from faceprint.embed.base import Embedder
-from faceprint.errors import FaceprintError, NoFaceFound
+from faceprint.errors import NoFaceFound
+from faceprint.factory import (
+    DETECTORS,
+    FALLBACK_DETECTOR,
+    FALLBACK_LANDMARKS,
+    DetectorOptions,
+    ModelProfile,
+    load_calibration,
+    load_detector,
+    load_embedder,
+    load_landmarker,
+    resolve_profile,
+)
 from faceprint.image import Image, ImageSource, load_image
+from faceprint.matching import Calibration
 from faceprint.models.registry import BUILTIN_DEFAULT_EMBEDDER, ModelRegistry
 from faceprint.models.spec import ModelSpec
 from faceprint.models.store import ModelStore
 from faceprint.quality import QualityPolicy, assess
 from faceprint.types import Detection, Faceprint
 
-# Short names of the built-in detectors (any detector model id also works): "cascade" = MTCNN proposals
-# confirmed by dlib's CNN (the default: detect/cascade.py), "mmod" = dlib's CNN scanning the whole photo,
-# "hog" = dlib's HOG (face_recognition's default, needs dlib-bin).
-DETECTORS = ("cascade", "mmod", "hog")
-EMBEDDERS = ("dlib-resnet-v1",)  # built into the package; `faceprint models list` shows every embedder
-DEFAULT_DETECTOR = "cascade"
-DEFAULT_EMBEDDER = BUILTIN_DEFAULT_EMBEDDER
-DEFAULT_LANDMARKS = "dlib-shape5"
-# whose boxes each built-in detector returns (the landmark models adapt to it): the cascade's are MMOD's
-_DETECTOR_IDS = {"cascade": "dlib-mmod", "mmod": "dlib-mmod", "hog": "dlib-hog"}
+__all__ = ["DEFAULT_DETECTOR", "DEFAULT_EMBEDDER", "DETECTORS", "Pipeline", "PipelineConfig"]
+
+DEFAULT_DETECTOR = FALLBACK_DETECTOR  # the detector of an embedder whose spec names none (dlib-resnet-v1)
+DEFAULT_EMBEDDER = BUILTIN_DEFAULT_EMBEDDER  # when `faceprint models use` chose none
+DEFAULT_LANDMARKS = FALLBACK_LANDMARKS
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    detector: str = DEFAULT_DETECTOR
-    embedder: str = DEFAULT_EMBEDDER
+    """A model choice and how to run it. ``embedder``/``detector``/``landmarks`` left ``None`` follow the
+    model's profile (:func:`faceprint.factory.resolve_profile`): the embedder ``faceprint models use`` chose,
+    and the detector and landmarks its spec names; :attr:`profile` holds the resolved ids."""
+
+    detector: str | None = None
+    embedder: str | None = None
     device: str = "cpu"
     threads: int | None = None
     upsample: int | None = None  # None: the detector's own default
@@ -64,19 +77,12 @@ class PipelineConfig:
     quality: QualityPolicy = field(default_factory=QualityPolicy)
     landmarks: str | None = None  # None: the embedder spec's preferred landmark model when installed
     model_dir: Path | None = None  # model store; None: $FACEPRINT_MODEL_DIR / $FACEPRINT_HOME/models
+    calibration: Path | None = None  # an operator's score → FMR table for the embedder; None: the shipped one
+    profile: ModelProfile = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        specs = self.registry().specs()
-        detectors = [i for i, s in specs.items() if s.task == "detector" and i not in _DETECTOR_IDS.values()]
-        if self.detector not in DETECTORS and self.detector not in detectors:
-            choices = ", ".join([*DETECTORS, *detectors])
-            raise FaceprintError(f"unknown detector {self.detector!r}; choose one of {choices}")
-        embedders = [i for i, s in specs.items() if s.task == "embedder"]
-        if self.embedder not in embedders:
-            raise FaceprintError(f"unknown embedder {self.embedder!r}; choose one of {', '.join(embedders)}")
-        if self.landmarks is not None and getattr(specs.get(self.landmarks), "task", None) != "landmarks":
-            known = ", ".join(i for i, s in specs.items() if s.task == "landmarks")
-            raise FaceprintError(f"unknown landmark model {self.landmarks!r}; choose one of {known}")
+        profile = resolve_profile(self.registry(), self.embedder, detector=self.detector, landmarks=self.landmarks)
+        object.__setattr__(self, "profile", profile)
 
     def registry(self) -> ModelRegistry:
         return ModelRegistry(ModelStore(self.model_dir))
@@ -84,7 +90,17 @@ class PipelineConfig:
     @property
     def detector_id(self) -> str:
         """The model id whose boxes the detector returns (``mmod`` and ``cascade`` → ``dlib-mmod``)."""
-        return _DETECTOR_IDS.get(self.detector, self.detector)
+        return self.profile.detector_boxes
+
+    def detector_options(self) -> DetectorOptions:
+        return DetectorOptions(
+            device=self.device,
+            threads=self.threads,
+            upsample=self.upsample,
+            min_face=self.min_face,
+            max_work_pixels=self.max_work_pixels,
+            min_score=self.min_score,
+        )
 
 
 class Pipeline:
@@ -96,38 +112,30 @@ class Pipeline:
         elif overrides:
             raise TypeError("give either a PipelineConfig or keyword overrides, not both")
         self.config = config
+        self.profile = config.profile
         self.registry = config.registry()
-        self.spec: ModelSpec = self.registry.get(config.embedder)
-        self.landmarker_id = config.landmarks or self._preferred_landmarks()
-        from faceprint.models.families import landmark_scheme
-
-        self.landmark_scheme = landmark_scheme(self.registry.get(self.landmarker_id))
+        self.spec: ModelSpec = self.registry.get(self.profile.embedder)
+        self.landmarker_id = self.profile.landmarks
+        self.landmark_scheme = self.profile.landmark_scheme
         self._lock = threading.Lock()
         self._detector: Detector | None = None
         self._landmarker: Any = None
         self._embedder: Embedder | None = None
+        self._calibration: tuple[Calibration | None] | None = None
         self._templates: dict[str, ChipTemplate] = {}
-
-    def _preferred_landmarks(self) -> str:
-        wanted = self.spec.landmarks
-        if wanted and wanted in self.registry.specs() and self.registry.status(self.registry.get(wanted)).available:
-            return wanted
-        return DEFAULT_LANDMARKS
 
     # -- components, loaded lazily so `faceprint detect` never loads the embedder -------------------------
     @property
     def detector(self) -> Detector:
         with self._lock:
             if self._detector is None:
-                self._detector = _make_detector(self.config, self.registry)
+                self._detector = load_detector(self.registry, self.profile.detector, self.config.detector_options())
             return self._detector
 
     @property
     def landmarker(self) -> Any:
         with self._lock:
             if self._landmarker is None:
-                from faceprint.models.families import load_landmarker
-
                 self._landmarker = load_landmarker(
                     self.registry,
                     self.landmarker_id,
@@ -141,16 +149,31 @@ class Pipeline:
     def embedder(self) -> Embedder:
         with self._lock:
             if self._embedder is None:
-                from faceprint.models.families import load_embedder
-
                 self._embedder = load_embedder(
-                    self.registry, self.config.embedder, device=self.config.device, threads=self.config.threads
+                    self.registry, self.profile.embedder, device=self.config.device, threads=self.config.threads
                 )
             return self._embedder
 
     @property
+    def calibration(self) -> Calibration | None:
+        """The score → FMR table of this model choice (the operator's, else the shipped one; ``None``: none
+        exists, so callers need an explicit threshold)."""
+        with self._lock:
+            if self._calibration is None:
+                self._calibration = (load_calibration(self.profile.embedder, self.config.calibration),)
+            return self._calibration[0]
+
+    @property
     def model_id(self) -> str:
-        return self.config.embedder
+        return self.profile.embedder
+
+    @property
+    def detector_name(self) -> str:
+        return self.profile.detector
+
+    @property
+    def dim(self) -> int:
+        return self.profile.dim
 
     @property
     def template(self) -> ChipTemplate:
@@ -160,8 +183,6 @@ class Pipeline:
     def template_for(self, scheme: str) -> ChipTemplate:
         with self._lock:
             if scheme not in self._templates:
-                from faceprint.align.templates import chip_template
-
                 assert self.spec.template is not None  # embedder specs always name one (checked when parsed)
                 self._templates[scheme] = chip_template(self.spec.template, scheme)
             return self._templates[scheme]
@@ -246,35 +267,3 @@ class Pipeline:
         largest = max(detections, key=lambda d: d.area)
         return self.embed(img, [largest])[0], len(detections)
 
-
-def _make_detector(config: PipelineConfig, registry: ModelRegistry) -> Detector:
-    if config.detector == "hog":
-        from faceprint.detect.hog import HOGDetector
-
-        return HOGDetector(upsample=1 if config.upsample is None else config.upsample)
-    if config.detector == "cascade" and config.upsample is None:
-        from faceprint.detect.cascade import CascadeDetector
-
-        options: dict[str, Any] = {"device": config.device, "threads": config.threads}
-        if config.min_face is not None:
-            options["min_face"] = config.min_face
-        if config.min_score is not None:
-            options["min_score"] = config.min_score
-        return CascadeDetector(**options)
-    if config.detector not in ("mmod", "cascade"):  # "cascade" with an explicit upsample: dlib's own scales
-        from faceprint.models.families import load_onnx_detector
-
-        return load_onnx_detector(
-            registry, config.detector, device=config.device, threads=config.threads, min_score=config.min_score
-        )
-    from faceprint.detect.mmod import MMODDetector
-
-    kwargs: dict[str, Any] = {"device": config.device, "threads": config.threads}
-    if config.upsample is not None:
-        kwargs["upsample"] = config.upsample
-    else:
-        kwargs["min_face"] = config.min_face
-        kwargs["max_work_pixels"] = config.max_work_pixels
-    if config.min_score is not None:
-        kwargs["min_score"] = config.min_score
-    return MMODDetector(**kwargs)

@@ -50,11 +50,15 @@ def verify(
     b: VerifyInput,
     *,
     fmr: float | None = None,
+    fpir: float | None = None,
     threshold: float | None = None,
     pipeline: Pipeline,
     calibration: Calibration | None = None,
 ) -> Verification:
-    """Same person? Images use their largest face; vectors and faceprints are compared as they are."""
+    """Same person? Images use their largest face; vectors and faceprints are compared as they are. The
+    threshold follows the one rule (``fmr`` | ``fpir`` | ``threshold``) on the pipeline's calibration table."""
     fa, na = _as_faceprint(a, pipeline, "image_a")
     fb, nb = _as_faceprint(b, pipeline, "image_b")
-    return Verification(decide(fa, fb, fmr=fmr, threshold=threshold, calibration=calibration), fa, fb, na, nb)
+    table = calibration or pipeline.calibration
+    decision = decide(fa, fb, fmr=fmr, fpir=fpir, threshold=threshold, calibration=table)
+    return Verification(decision, fa, fb, na, nb)

@@ -15,6 +15,7 @@ import re
 import numpy as np
 
 from faceprint.align.chips import _DLIB5_UNIT, ARCFACE_112, ChipTemplate, _extract_one, chip_matrix, dlib_template
+from faceprint.align.landmark68 import arcface5_from_68
 from faceprint.align.transform import similarity_transform
 from faceprint.errors import ModelError
 
@@ -41,8 +42,6 @@ _MEAN_Y = [
 
 
 def _reference_points() -> dict[str, np.ndarray]:
-    from faceprint.align.landmark68 import arcface5_from_68
-
     mean68 = np.zeros((68, 2))
     mean68[17:, 0] = _MEAN_X
     mean68[17:, 1] = _MEAN_Y

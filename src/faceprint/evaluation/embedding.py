@@ -96,7 +96,7 @@ def embed_images(
     """Embed each distinct path once (see the module docstring)."""
     if face not in FACE_CHOICES:
         raise FaceprintError(f"face must be one of {', '.join(FACE_CHOICES)}, got {face!r}")
-    detector = f"{pipeline.config.detector}/{face}"
+    detector = f"{pipeline.detector_name}/{face}"
     wanted = list(dict.fromkeys(key(p) for p in paths))
     keys: list[str] = []
     vectors: list[np.ndarray] = []

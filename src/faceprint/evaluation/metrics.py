@@ -21,15 +21,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from faceprint.errors import InvalidArgument
+
 FloatArray = np.ndarray
 
 
 def _scores(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(values, dtype=np.float64).ravel()
     if arr.size == 0:
-        raise ValueError(f"{name} scores are empty")
+        raise InvalidArgument(f"{name} scores are empty")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{name} scores contain NaN or infinity")
+        raise InvalidArgument(f"{name} scores contain NaN or infinity")
     return arr
 
 
@@ -149,7 +151,7 @@ def tar_at_far(
 ) -> OperatingPoint:
     """TAR at the lowest threshold whose measured FAR is at most ``far`` (see :func:`min_pairs_for`)."""
     if not 0 < far <= 1:
-        raise ValueError(f"far must be in (0, 1], got {far}")
+        raise InvalidArgument(f"far must be in (0, 1], got {far}")
     gen, imp = _scores(genuine, "genuine"), _scores(impostor, "impostor")
     need = min_pairs_for(far)
     if imp.size < need:
@@ -253,7 +255,7 @@ def kfold_accuracy(scores: np.ndarray, same: np.ndarray, folds: np.ndarray) -> K
     folds = np.asarray(folds)
     labels = np.unique(folds)
     if labels.size < 2:
-        raise ValueError("k-fold evaluation needs at least two folds")
+        raise InvalidArgument("k-fold evaluation needs at least two folds")
     accs, ths, counts = [], [], []
     for k in labels:
         test = folds == k
@@ -276,7 +278,7 @@ def cmc(scores: np.ndarray, gallery_labels: Sequence, probe_labels: Sequence, ma
     probes = np.asarray(probe_labels)
     mate = probes[:, None] == gallery[None, :]
     if not mate.any(axis=1).all():
-        raise ValueError("every probe passed to cmc must have its identity in the gallery")
+        raise InvalidArgument("every probe passed to cmc must have its identity in the gallery")
     mate_score = np.where(mate, scores, -np.inf).max(axis=1)
     # Rank = 1 + number of non-mate entries scoring at least the best mate score.
     rank = 1 + np.sum(np.where(mate, False, scores >= mate_score[:, None]), axis=1)

@@ -482,4 +482,4 @@ def affine_params(record: LayerRecord) -> tuple[np.ndarray, np.ndarray]:
         # What dlib's affine_(const bn_&) constructor computes.
         scale = p["gamma"] / np.sqrt(p["running_variances"] + np.float32(record.attrs["eps"]))
         return scale.astype(np.float32), (p["beta"] - scale * p["running_means"]).astype(np.float32)
-    raise ValueError(f"{record.kind} is not an affine-like layer")
+    raise ModelError(f"{record.kind} is not an affine-like layer")

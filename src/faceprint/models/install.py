@@ -15,7 +15,8 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from faceprint.errors import ModelError
@@ -101,8 +102,11 @@ def install_pack(
     return out
 
 
-def add_model(registry: ModelRegistry, source: Path) -> Installed:
+def register_model(registry: ModelRegistry, source: Path, *, check: Callable[[ModelSpec, Path], None]) -> Installed:
     """Register a model the user has: a spec (``.toml``/``.json``) or a weight file of a known spec.
+
+    ``check(spec, weights)`` loads a new spec's file once before it is accepted (it lives above this layer:
+    :func:`faceprint.factory.add_model` passes the loaders), so a spec that does not fit its file fails here.
 
     A spec's ``[source] path`` names its weight file (relative to the spec); both are copied into the store
     after the sha256 check. A bare weight file is matched to a shipped spec by its sha256 (e.g. a
@@ -124,7 +128,8 @@ def add_model(registry: ModelRegistry, source: Path) -> Installed:
             spec = _as_user_spec(spec)
         if spec.task not in ("embedder", "landmarks", "detector"):
             raise SpecError(f"{source}: task {spec.task!r} cannot be used by the pipeline yet")
-        _check_loads(spec, weights)
+        _check_file(spec, weights)
+        check(spec, weights)
         path = registry.store.put_file(spec, weights)
         if shipped is None:
             registry.store.put_spec(spec)
@@ -140,17 +145,11 @@ def add_model(registry: ModelRegistry, source: Path) -> Installed:
 
 
 def _as_user_spec(spec: ModelSpec) -> ModelSpec:
-    from dataclasses import replace
-
     return replace(spec, source=Source(kind="user", path=spec.file_name))
 
 
-def _check_loads(spec: ModelSpec, weights: Path) -> None:
-    """Load the model once before accepting it, so a spec that does not fit its file fails at ``add``."""
-    from faceprint.models.families import check_model
-
+def _check_file(spec: ModelSpec, weights: Path) -> None:
     if not weights.is_file():
         raise ModelError(f"model {spec.id!r}: weight file {weights} not found")
     if sha256_file(weights) != spec.sha256:
         raise ModelError(f"model {spec.id!r}: {weights} does not match the spec's sha256; refusing it")
-    check_model(spec, weights)

@@ -25,6 +25,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from faceprint.errors import ModelError
+
 __all__ = ["CONVERTER_VERSION", "build_onet_onnx", "build_pnet_onnx", "build_rnet_onnx", "read_weights"]
 
 CONVERTER_VERSION = "mtcnn-onnx-1"
@@ -38,7 +40,7 @@ def read_weights(path: Path | str) -> list[np.ndarray]:
 
     weights = joblib.load(str(path))
     if not isinstance(weights, list) or not all(isinstance(w, np.ndarray) for w in weights):
-        raise ValueError(f"{path}: not an MTCNN weight list")
+        raise ModelError(f"{path}: not an MTCNN weight list")
     return [np.asarray(w, dtype=np.float32) for w in weights]
 
 
@@ -87,7 +89,7 @@ def build_pnet_onnx(source: Path | list[np.ndarray]) -> onnx.ModelProto:
     """PNet: ``image`` N×3×H×W → ``prob`` N×1×h×w (face probability) and ``reg`` N×4×h×w (box offsets)."""
     weights = source if isinstance(source, list) else read_weights(source)
     if len(weights) != 13:
-        raise ValueError(f"PNet needs 13 weight arrays, got {len(weights)}")
+        raise ModelError(f"PNet needs 13 weight arrays, got {len(weights)}")
     g = _Graph()
     x = "image"
     x = g.pool(g.prelu(g.conv(x, weights[0], weights[1]), weights[2]), 2, same=True)
@@ -145,7 +147,7 @@ def build_rnet_onnx(source: Path | list[np.ndarray]) -> onnx.ModelProto:
     """RNet: ``image`` N×3×24×24 → ``prob`` N×1 (face probability) and ``reg`` N×4 (box offsets)."""
     weights = source if isinstance(source, list) else read_weights(source)
     if len(weights) != 16:
-        raise ValueError(f"RNet needs 16 weight arrays, got {len(weights)}")
+        raise ModelError(f"RNet needs 16 weight arrays, got {len(weights)}")
     return _stage_net("mtcnn_rnet", weights, 24, ((3, True), (3, False), None))
 
 
@@ -153,5 +155,5 @@ def build_onet_onnx(source: Path | list[np.ndarray]) -> onnx.ModelProto:
     """ONet: ``image`` N×3×48×48 → ``prob`` N×1 (face probability) and ``reg`` N×4 (box offsets)."""
     weights = source if isinstance(source, list) else read_weights(source)
     if len(weights) != 21:
-        raise ValueError(f"ONet needs 21 weight arrays, got {len(weights)}")
+        raise ModelError(f"ONet needs 21 weight arrays, got {len(weights)}")
     return _stage_net("mtcnn_onet", weights, 48, ((3, True), (3, False), (2, True), None))

@@ -33,6 +33,9 @@ landmark regressor) is a spec, not code::
     [align]
     template = "arcface-112"     # chip template (faceprint.align.templates)
     landmarks = "faceplugin-landmark68"  # preferred landmark model; dlib-shape5 is the fallback
+
+    [profile]                    # optional: what else a choice of this embedder brings (faceprint.factory)
+    detector = "faceplugin-ultraface"    # preferred detector when installed; the cascade is the fallback
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class ModelSpec:
     output_dim: int | None = None
     template: str | None = None  # chip template an embedder expects
     landmarks: str | None = None  # landmark model an embedder prefers
+    detector: str | None = None  # detector an embedder prefers ([profile] detector)
     options: dict[str, Any] = field(default_factory=dict)  # family-specific settings (thresholds, …)
     origin: str = "<builtin>"  # the file the spec was read from, for error messages
 
@@ -134,6 +138,8 @@ class ModelSpec:
         align = {k: v for k, v in (("template", self.template), ("landmarks", self.landmarks)) if v}
         if align:
             data["align"] = align
+        if self.detector:
+            data["profile"] = {"detector": self.detector}
         if self.options:
             data["options"] = dict(self.options)
         return data
@@ -219,6 +225,7 @@ def parse_spec(data: dict[str, Any], origin: str = "<spec>") -> ModelSpec:
         if output_dim is not None and output_dim < 1:
             raise SpecError(f"{origin}: [output] dim must be positive")
     align = _get(data, "align", dict, origin, required=False) or {}
+    profile = _get(data, "profile", dict, origin, required=False) or {}
     if task == "embedder" and (input_spec is None or output_dim is None or "template" not in align):
         raise SpecError(f"{origin}: an embedder spec needs [input], [output] dim and [align] template")
     return ModelSpec(
@@ -235,6 +242,7 @@ def parse_spec(data: dict[str, Any], origin: str = "<spec>") -> ModelSpec:
         output_dim=output_dim,
         template=_get(align, "template", str, origin, required=False),
         landmarks=_get(align, "landmarks", str, origin, required=False),
+        detector=_get(profile, "detector", str, origin, required=False),
         options=dict(_get(data, "options", dict, origin, required=False) or {}),
         origin=origin,
     )

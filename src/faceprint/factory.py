@@ -1,0 +1,220 @@
+"""From a model choice to working parts: the one place that turns model ids into a pipeline's models.
+
+A *profile* is what a model choice means end to end: the embedder, the detector and landmark model whose
+boxes and points it was meant to be used with, and the calibration table that turns a false-match rate into
+a threshold for it. Every interface resolves a choice here — the library's :class:`~faceprint.pipeline.
+Pipeline`, the CLI, the HTTP service (``--model``/``FACEPRINT_MODEL``), Ray Serve, bulk enrolment, migration
+and evaluation — so the same choice gives the same models everywhere.
+
+Rules (:func:`resolve_profile`): the embedder is the one asked for, else the one ``faceprint models use``
+chose, else ``dlib-resnet-v1``; the detector and landmark model are the ones asked for, else the ones the
+embedder's spec names (``[profile] detector``, ``[align] landmarks``) when they are installed, else the
+cascade and dlib's 5-point predictor. This module sits above the stages (``detect/``, ``align/``,
+``embed/``) and below the pipeline: ``models/`` never imports the stages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from faceprint.align.landmark68 import Landmark68
+from faceprint.align.shape_predictor import ShapePredictor5
+from faceprint.detect.base import Detector
+from faceprint.detect.cascade import CascadeDetector
+from faceprint.detect.confirm import ConfirmedDetector
+from faceprint.detect.hog import HOGDetector
+from faceprint.detect.mmod import MMODDetector
+from faceprint.detect.onnx_ultraface import UltraFaceDetector
+from faceprint.embed.base import Embedder
+from faceprint.embed.dlib_resnet import DlibResNetEmbedder
+from faceprint.embed.onnx_arcface import OnnxEmbedder
+from faceprint.errors import CalibrationMissing, FaceprintError, ModelError
+from faceprint.matching import Calibration, shipped_calibration
+from faceprint.models.families import EMBEDDER_FAMILIES, LANDMARK_FAMILIES, check_task, landmark_scheme
+from faceprint.models.install import Installed, register_model
+from faceprint.models.registry import ModelRegistry
+from faceprint.models.spec import ModelSpec
+
+# Short names of the built-in detectors (any detector model id also works): "cascade" = MTCNN proposals
+# confirmed by dlib's CNN (detect/cascade.py), "mmod" = dlib's CNN scanning the whole photo, "hog" = dlib's
+# HOG (face_recognition's default, needs dlib-bin).
+DETECTORS = ("cascade", "mmod", "hog")
+FALLBACK_DETECTOR = "cascade"
+FALLBACK_LANDMARKS = "dlib-shape5"
+# whose boxes each built-in detector returns (the landmark models adapt to it): the cascade's are MMOD's
+_DETECTOR_IDS = {"cascade": "dlib-mmod", "mmod": "dlib-mmod", "hog": "dlib-hog"}
+
+
+class CalibrationFileError(FaceprintError):
+    """An operator's calibration table cannot be read or belongs to another model."""
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """A resolved model choice: which embedder, detector and landmark model run together."""
+
+    embedder: str
+    detector: str  # a short name of :data:`DETECTORS` or a detector model id
+    landmarks: str
+    landmark_scheme: str  # "dlib5" | "arcface5": the 5 points the landmark model gives
+    dim: int  # the embedder's output dimension
+
+    @property
+    def detector_boxes(self) -> str:
+        """The model id whose boxes the detector returns (``mmod`` and ``cascade`` → ``dlib-mmod``)."""
+        return _DETECTOR_IDS.get(self.detector, self.detector)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "embedder": self.embedder,
+            "detector": self.detector,
+            "landmarks": self.landmarks,
+            "landmark_scheme": self.landmark_scheme,
+            "dim": self.dim,
+        }
+
+
+def _available(registry: ModelRegistry, model_id: str | None) -> bool:
+    if not model_id or model_id in DETECTORS:
+        return bool(model_id)
+    specs = registry.specs()
+    return model_id in specs and registry.status(specs[model_id]).available
+
+
+def resolve_profile(
+    registry: ModelRegistry,
+    embedder: str | None = None,
+    *,
+    detector: str | None = None,
+    landmarks: str | None = None,
+) -> ModelProfile:
+    """The profile for a model choice (see the module docstring); unknown ids are a :class:`ModelError`
+    listing the known ones. Whether the embedder's weights are installed is checked when it is loaded."""
+    specs = registry.specs()
+    embedder = embedder or registry.default_embedder()
+    embedders = [i for i, s in specs.items() if s.task == "embedder"]
+    if embedder not in embedders:
+        raise ModelError(f"unknown embedder {embedder!r}; choose one of {', '.join(embedders)}")
+    spec = specs[embedder]
+    check_task(spec, "embedder", EMBEDDER_FAMILIES)
+    if detector is None:
+        detector = spec.detector if _available(registry, spec.detector) else FALLBACK_DETECTOR
+    detectors = [i for i, s in specs.items() if s.task == "detector" and i not in _DETECTOR_IDS.values()]
+    if detector not in DETECTORS and detector not in detectors:
+        raise ModelError(f"unknown detector {detector!r}; choose one of {', '.join([*DETECTORS, *detectors])}")
+    if landmarks is None:
+        landmarks = spec.landmarks if _available(registry, spec.landmarks) else FALLBACK_LANDMARKS
+    if getattr(specs.get(landmarks), "task", None) != "landmarks":
+        known = ", ".join(i for i, s in specs.items() if s.task == "landmarks")
+        raise ModelError(f"unknown landmark model {landmarks!r}; choose one of {known}")
+    assert spec.output_dim is not None  # embedder specs always state it (checked when parsed)
+    return ModelProfile(embedder, detector, landmarks, landmark_scheme(specs[landmarks]), spec.output_dim)
+
+
+@dataclass(frozen=True)
+class DetectorOptions:
+    """How the detector of a profile is run (see :class:`~faceprint.pipeline.PipelineConfig`)."""
+
+    device: str = "cpu"
+    threads: int | None = None
+    upsample: int | None = None
+    min_face: float | None = 40.0
+    max_work_pixels: float = 2e6
+    min_score: float | None = None
+
+
+def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptions) -> Detector:
+    """A new detector object for ``detector`` (a short name of :data:`DETECTORS` or a detector model id)."""
+    o = options
+    if detector == "hog":
+        return HOGDetector(upsample=1 if o.upsample is None else o.upsample)
+    if detector == "cascade" and o.upsample is None:
+        kwargs: dict[str, Any] = {"device": o.device, "threads": o.threads}
+        if o.min_face is not None:
+            kwargs["min_face"] = o.min_face
+        if o.min_score is not None:
+            kwargs["min_score"] = o.min_score
+        return CascadeDetector(**kwargs)
+    if detector in ("mmod", "cascade"):  # "cascade" with an explicit upsample: dlib's own scales, full scan
+        kwargs = {"device": o.device, "threads": o.threads}
+        if o.upsample is not None:
+            kwargs["upsample"] = o.upsample
+        else:
+            kwargs["min_face"] = o.min_face
+            kwargs["max_work_pixels"] = o.max_work_pixels
+        if o.min_score is not None:
+            kwargs["min_score"] = o.min_score
+        return MMODDetector(**kwargs)
+    spec = registry.get(detector)
+    check_task(spec, "detector", ("ultraface",))
+    found = UltraFaceDetector(spec, registry.path(detector), device=o.device, threads=o.threads, min_score=o.min_score)
+    confirm = spec.options.get("confirm_threshold")
+    if confirm is None:
+        return found
+    return ConfirmedDetector(found, threshold=float(confirm), device=o.device, threads=o.threads)
+
+
+def load_landmarker(
+    registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None,
+    detector: str | None = None,
+) -> ShapePredictor5 | Landmark68:  # fmt: skip
+    """An object with ``predict(image, boxes) → N×5×2`` in the scheme :func:`landmark_scheme` names;
+    ``detector`` (a model id) says whose boxes it will get."""
+    spec = registry.get(model_id)
+    check_task(spec, "landmarks", LANDMARK_FAMILIES)
+    if spec.family == "dlib-shape5":
+        return ShapePredictor5()
+    return Landmark68(spec, registry.path(model_id), device=device, threads=threads, detector=detector)
+
+
+def load_embedder(
+    registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None
+) -> Embedder:
+    """A new embedder for ``model_id``; :class:`ModelNotInstalled` names the install command when missing."""
+    spec = registry.get(model_id)
+    check_task(spec, "embedder", EMBEDDER_FAMILIES)
+    if spec.family == "dlib-resnet":
+        if model_id != DlibResNetEmbedder.model_id:
+            raise ModelError(f"model {model_id!r}: the dlib-resnet family has one model, {DlibResNetEmbedder.model_id}")
+        return DlibResNetEmbedder(device=device, threads=threads)
+    return OnnxEmbedder(spec, registry.path(model_id), device=device, threads=threads)
+
+
+def check_model(spec: ModelSpec, path: Path) -> None:
+    """Load ``path`` as ``spec`` once (raises a :class:`ModelError` when they do not fit together)."""
+    if spec.task == "embedder" and spec.family == "arcface":
+        OnnxEmbedder(spec, path, threads=1)
+    elif spec.task == "landmarks" and spec.family == "landmark68":
+        Landmark68(spec, path, threads=1)
+    elif spec.task == "detector" and spec.family == "ultraface":
+        UltraFaceDetector(spec, path, threads=1)
+    else:
+        raise ModelError(f"model {spec.id!r}: family {spec.family!r} ({spec.task}) cannot be added as a file")
+
+
+def add_model(registry: ModelRegistry, source: Path) -> Installed:
+    """``faceprint models add``: register a spec or weight file after loading it once (see
+    :func:`faceprint.models.install.register_model`)."""
+    return register_model(registry, source, check=check_model)
+
+
+def load_calibration(model_id: str, path: Path | None = None, *, required: bool = False) -> Calibration | None:
+    """The table that turns an FMR into a threshold for ``model_id``: the operator's file when given (it must
+    calibrate this model), else the one shipped with faceprint, else ``None`` (or :class:`CalibrationMissing`
+    when ``required``): then callers need an explicit threshold."""
+    if path is not None:
+        try:
+            table = Calibration.load(path)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise CalibrationFileError(f"calibration table {path}: cannot read it: {exc}") from None
+        if table.model_id != model_id:
+            raise CalibrationFileError(f"calibration table {path} calibrates {table.model_id}, not {model_id}")
+        return table
+    try:
+        return shipped_calibration(model_id)
+    except CalibrationMissing:
+        if required:
+            raise
+        return None
