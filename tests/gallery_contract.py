@@ -12,13 +12,17 @@ template a noisy copy of it (cosine ≈ 0.9 to the identity, ≈ 0.8 between two
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from faceprint.cli import app
+from faceprint.errors import FaceprintError
 from faceprint.gallery import (
     UNSET,
     CollectionNotFound,
@@ -32,8 +36,9 @@ from faceprint.gallery import (
     import_gallery,
 )
 from faceprint.gallery.crypto import TemplateCipher
-from faceprint.matching import Calibration
+from faceprint.matching import DEFAULT_FMR, Calibration, InvalidThresholdRule, fmr_for_fpir, shipped_calibration
 from faceprint.types import Detection, Faceprint
+from tests.conftest import identity_photos
 
 MODEL = "test-model-v1"
 DIM = 128
@@ -41,6 +46,31 @@ THRESHOLD = 0.5
 EXPORT_KEY = bytes(range(32))
 
 OpenStore = Callable[[], Gallery]
+
+
+def check_cli_identify_with_fpir(gallery: str, key: bytes, monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """`faceprint enroll` then `faceprint identify --fpir` on ``gallery`` (any backend), with real photos: the
+    answer states the rule (FPIR and the per-comparison FMR it became for the gallery's one subject)."""
+    monkeypatch.setenv("FACEPRINT_KEY", key.hex())
+    monkeypatch.setenv("FACEPRINT_HOME", str(home))
+    cli = CliRunner()
+    photos = identity_photos("person01")
+    hog = ["--detector", "hog"]
+    r = cli.invoke(app, ["enroll", "--gallery", gallery, "--subject", "person01", *map(str, photos[:2]), *hog])
+    assert r.exit_code == 0, r.output
+    probe = ["identify", "--gallery", gallery, str(photos[2]), *hog]
+    r = cli.invoke(app, [*probe, "--fpir", "0.01"])
+    assert r.exit_code == 0, r.output
+    assert ": person01 (threshold " in r.stdout and ", FPIR 0.01 (FMR 1.0e-02 per comparison); " in r.stdout
+    r = cli.invoke(app, [*probe, "--fpir", "0.01", "--json"])
+    assert r.exit_code == 0, r.output
+    (face,) = json.loads(r.stdout)["faces"]
+    assert face["match"] == "person01" and face["fpir"] == 0.01 and face["fmr"] == pytest.approx(0.01)
+    assert face["threshold"] == pytest.approx(
+        shipped_calibration("dlib-resnet-v1").threshold_for(face["fmr"]), abs=1e-6
+    )
+    r = cli.invoke(app, [*probe, "--fpir", "0.01", "--fmr", "1e-3"])
+    assert r.exit_code == 2 and "at most one of fmr, fpir and threshold" in r.stderr, r.output
 
 
 class People:
@@ -255,15 +285,77 @@ class GalleryContract:
         assert len(unknown.candidates) <= 5
         assert gallery.identify([], threshold=THRESHOLD) == []
 
-    def test_identify_threshold_from_fmr(self, gallery: Gallery, people: People) -> None:
+    def test_identify_threshold_from_fmr(self, gallery: Gallery, people: People, calibration: Calibration) -> None:
         self.enrol(gallery, people, "ada", 3)
-        rng = np.random.default_rng(0)
-        cal = Calibration.from_scores(MODEL, rng.normal(0.8, 0.05, 5000), rng.normal(0.0, 0.09, 50_000), "synthetic")
+        cal = calibration
         (ans,) = gallery.identify([people.print_of("ada")], fmr=1e-3, calibration=cal)
         assert ans.threshold == pytest.approx(cal.threshold_for(1e-3))
         assert ans.match is not None and ans.match.subject == "ada"
         (strict,) = gallery.identify([people.print_of("ada")], threshold=0.999)
         assert strict.match is None and strict.candidates[0].subject == "ada"
+
+    # -- the threshold rule: fmr | fpir | threshold, stated in every answer ----------------------------------
+    @pytest.fixture
+    def calibration(self) -> Calibration:
+        """A synthetic score → FMR table for MODEL: impostors around 0 (as these people), genuine around 0.8."""
+        rng = np.random.default_rng(0)
+        return Calibration.from_scores(MODEL, rng.normal(0.8, 0.05, 5000), rng.normal(0.0, 0.09, 50_000), "synthetic")
+
+    def test_the_fmr_that_chose_the_threshold_is_reported(
+        self, gallery: Gallery, people: People, calibration: Calibration
+    ) -> None:
+        self.enrol(gallery, people, "ada", 3)
+        probes = [people.print_of("ada"), people.stranger()]
+        for asked, fmr in (({"fmr": 1e-2}, 1e-2), ({}, DEFAULT_FMR)):  # none given: the default FMR
+            answers = gallery.identify(probes, calibration=calibration, **asked)
+            assert len(answers) == 2
+            for ans in answers:
+                assert (ans.fmr, ans.fpir) == (fmr, None)
+                assert ans.threshold == pytest.approx(calibration.threshold_for(fmr))
+                assert (ans.to_dict()["fmr"], ans.to_dict()["fpir"]) == (fmr, None)
+            assert answers[0].match is not None and answers[0].match.subject == "ada"
+            assert answers[1].match is None
+
+    def test_fpir_threshold_grows_with_the_number_of_subjects(
+        self, gallery: Gallery, people: People, calibration: Calibration
+    ) -> None:
+        self.enrol(gallery, people, "ada", 2)
+        (one,) = gallery.identify([people.print_of("ada")], fpir=0.05, calibration=calibration)
+        assert one.fpir == 0.05 and one.fmr == pytest.approx(fmr_for_fpir(0.05, 1))  # one subject: FMR = FPIR
+        assert one.threshold == pytest.approx(calibration.threshold_for(fmr_for_fpir(0.05, 1)))
+        with gallery.bulk():
+            for i in range(8):
+                self.enrol(gallery, people, f"person{i}", 1)
+        gallery.add_subject("no templates yet")  # a subject counts whether or not it has templates
+        (ten,) = gallery.identify([people.print_of("ada")], fpir=0.05, calibration=calibration)
+        assert ten.fpir == 0.05 and ten.fmr == pytest.approx(fmr_for_fpir(0.05, 10))
+        assert ten.fmr < one.fmr and ten.threshold > one.threshold
+        assert ten.threshold == pytest.approx(calibration.threshold_for(fmr_for_fpir(0.05, 10)))
+        assert ten.match is not None and ten.match.subject == "ada"
+        assert (ten.to_dict()["fpir"], ten.to_dict()["fmr"]) == (0.05, ten.fmr)
+        assert ten.rule.describe().startswith("FPIR 0.05 (FMR 5.1e-03 per comparison")
+        with pytest.raises(InvalidThresholdRule):
+            gallery.identify([people.print_of("ada")], fpir=1.5, calibration=calibration)
+
+    def test_an_explicit_threshold_is_reported_as_a_raw_score(self, gallery: Gallery, people: People) -> None:
+        self.enrol(gallery, people, "ada", 2)
+        (ans,) = gallery.identify([people.print_of("ada")], threshold=THRESHOLD)
+        assert (ans.threshold, ans.fmr, ans.fpir) == (THRESHOLD, None, None)
+        assert ans.rule.describe() == "explicit threshold"
+
+    def test_two_rules_at_once_are_refused(self, gallery: Gallery, people: People, calibration: Calibration) -> None:
+        self.enrol(gallery, people, "ada", 1)
+        rules: list[dict[str, float]] = [
+            {"fmr": 1e-3, "threshold": THRESHOLD},
+            {"fmr": 1e-3, "fpir": 0.01},
+            {"fpir": 0.01, "threshold": THRESHOLD},
+            {"fmr": 1e-3, "fpir": 0.01, "threshold": THRESHOLD},
+        ]
+        for rule in rules:
+            for probes in ([people.print_of("ada")], []):
+                with pytest.raises(InvalidThresholdRule, match="at most one of fmr, fpir and threshold") as refused:
+                    gallery.identify(probes, calibration=calibration, **rule)
+                assert isinstance(refused.value, FaceprintError) and not isinstance(refused.value, ValueError)
 
     def test_subject_score_uses_several_templates(self, gallery: Gallery, people: People) -> None:
         self.enrol(gallery, people, "ada", 4)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from faceprint.gallery import EmbeddedGallery
-from tests.gallery_contract import GalleryContract, OpenStore
+from tests.gallery_contract import GalleryContract, OpenStore, check_cli_identify_with_fpir
 
 KEY = bytes.fromhex("11" * 32)
 
@@ -24,3 +24,7 @@ class TestEmbeddedContractOnHNSW(GalleryContract):
     @pytest.fixture
     def open_store(self, tmp_path: Path) -> OpenStore:
         return lambda: EmbeddedGallery(tmp_path / "gallery", key=KEY, ann_min_size=1)
+
+
+def test_cli_identify_with_fpir(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    check_cli_identify_with_fpir(str(tmp_path / "gallery"), KEY, monkeypatch, tmp_path / "home")

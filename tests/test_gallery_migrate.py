@@ -36,7 +36,7 @@ from faceprint.models.registry import ModelRegistry
 from faceprint.models.store import ModelStore
 from faceprint.pipeline import Pipeline, PipelineConfig
 from faceprint.types import Faceprint
-from tests.conftest import IDENTITIES, identity_photos, install_faceplugin
+from tests.conftest import IDENTITIES, identity_photos
 
 KEY = bytes.fromhex("5a" * 32)
 TARGET = "faceplugin-mbf"
@@ -55,9 +55,9 @@ class Enrolled:
 
 
 @pytest.fixture(scope="module")
-def model_store(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+def model_store(faceplugin_store: Path, cache_dir: Path) -> Path:
     """`faceprint models install faceplugin` into a fresh model store."""
-    return install_faceplugin(tmp_path_factory)[0]
+    return faceplugin_store
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,8 @@ def registry(model_store: Path) -> ModelRegistry:
 
 @pytest.fixture(scope="module")
 def mbf(model_store: Path) -> Pipeline:
-    return Pipeline(PipelineConfig(embedder=TARGET, model_dir=model_store))
+    # The cascade's boxes, as the source gallery's: the 68-point model adapts to the detector that made them.
+    return Pipeline(PipelineConfig(embedder=TARGET, detector="cascade", model_dir=model_store))
 
 
 def _with_model(model: Pipeline, photo: Path, box: tuple[float, float, float, float]) -> Faceprint:

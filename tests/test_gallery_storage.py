@@ -118,7 +118,7 @@ def test_a_vector_moved_to_another_subject_does_not_decrypt(tmp_path: Path) -> N
 # -- schema and the index cache ------------------------------------------------------------------------
 def test_database_settings(tmp_path: Path) -> None:
     with EmbeddedGallery(tmp_path / "g", key=KEY) as g:
-        conn = g._reader()
+        conn = g._db.reader()
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
@@ -138,9 +138,9 @@ def test_stale_missing_or_corrupt_index_is_rebuilt(tmp_path: Path) -> None:
     with EmbeddedGallery(path, key=KEY) as g:  # a change the saved snapshot does not know about
         s = g.add_subject("cyd")
         g.add_templates(s.id, people.prints_of("cyd", 2))
-        g._indexes.clear()  # as if this process died before saving
+        g._index.states.clear()  # as if this process died before saving
         g._closed = True
-        g._wconn.close()
+        g._db.close()
     index_file.write_bytes(saved)  # stale snapshot on disk
     with EmbeddedGallery(path, key=KEY) as g:
         (ans,) = g.identify([people.print_of("cyd")], threshold=THRESHOLD)
@@ -160,7 +160,7 @@ def _no_rebuild(g: EmbeddedGallery, monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object) -> None:
         raise AssertionError("a full rebuild was not needed here")
 
-    monkeypatch.setattr(g, "_rebuild", refuse)
+    monkeypatch.setattr(g._index, "rebuild", refuse)
 
 
 def test_another_process_changes_are_caught_up_from_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -181,7 +181,7 @@ def test_another_process_changes_are_caught_up_from_the_log(tmp_path: Path, monk
     assert dee.match is not None and dee.match.subject == "dee"
     assert bob.match is None and all(c.subject != "bob" for c in bob.candidates)
     assert b.stats().negatives == 1 and len(b.negative_vectors("cyd")) == 1
-    assert sorted(b._indexes[1].index.items()[0].tolist()) == sorted(
+    assert sorted(b._index.states[1].index.items()[0].tolist()) == sorted(
         t.id for name in ("ada", "cyd", "dee") for t in a.list_templates(name)
     )
     b.close()
@@ -206,7 +206,7 @@ def test_a_gallery_made_before_the_change_log_is_migrated(tmp_path: Path, monkey
         m.setattr(schema, "MIGRATIONS", MIGRATIONS[:1])
         make(tmp_path / "g", people, ["ada", "bob"]).close()  # written by the schema-1 triggers
     with EmbeddedGallery(tmp_path / "g", key=KEY) as g:
-        conn = g._reader()
+        conn = g._db.reader()
         assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         generation, since = conn.execute("SELECT generation, log_since FROM collections").fetchone()
         assert since == generation > 0
@@ -322,7 +322,7 @@ def test_sigkill_during_bulk_enrolment_leaves_a_consistent_gallery(tmp_path: Pat
             assert ans.candidates[0].subject_id == sid
         # No template without a subject, no half-written subject (a subject row is written before its
         # templates, so a kill between the two leaves a subject with none — still consistent).
-        conn = g._reader()
+        conn = g._db.reader()
         counts = conn.execute(
             "SELECT COUNT(*) FROM subjects s WHERE (SELECT COUNT(*) FROM templates t WHERE t.subject_id = s.id) "
             "NOT IN (0, 2)"
@@ -371,9 +371,9 @@ def test_readers_and_a_writer_in_threads(tmp_path: Path) -> None:
     (ans,) = g.identify([people.print_of("new7")], threshold=THRESHOLD)
     assert ans.match is not None and ans.match.subject == "new7"
     # The incrementally maintained index equals one rebuilt from SQLite.
-    live_keys = sorted(g._indexes[1].index.items()[0].tolist())
+    live_keys = sorted(g._index.states[1].index.items()[0].tolist())
     g.rebuild_index()
-    assert sorted(g._indexes[1].index.items()[0].tolist()) == live_keys
+    assert sorted(g._index.states[1].index.items()[0].tolist()) == live_keys
     g.close()
 
 

@@ -59,5 +59,12 @@ def test_decide_semantics() -> None:
     assert not decide(a, b, threshold=0.61, calibration=table).same_person
     with pytest.raises(IncompatibleFaceprints, match="different models"):
         decide(a, Faceprint(b.vector, "other"), threshold=0.5, calibration=table)
-    with pytest.raises(FaceprintError, match="either"):
-        decide(a, b, fmr=0.1, threshold=0.5, calibration=table)
+    # One threshold rule for verification as for identification: at most one of fmr, fpir and threshold.
+    for two in ({"fmr": 0.1, "threshold": 0.5}, {"fmr": 0.1, "fpir": 0.1}, {"fpir": 0.1, "threshold": 0.5}):
+        with pytest.raises(FaceprintError, match="at most one of fmr, fpir and threshold"):
+            decide(a, b, calibration=table, **two)
+    assert (d.rule, d.fpir) == ("threshold", None)
+    # An FPIR over one comparison is that FMR: the same threshold, reported as the rule that chose it.
+    by_fpir, by_fmr = decide(a, b, fpir=0.4, calibration=table), decide(a, b, fmr=0.4, calibration=table)
+    assert by_fpir.threshold == by_fmr.threshold and (by_fpir.rule, by_fpir.fpir) == ("fpir", 0.4)
+    assert by_fmr.rule == "fmr" and by_fmr.to_dict()["rule"] == "fmr"

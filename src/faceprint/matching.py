@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceprint.errors import CalibrationMissing, FaceprintError, IncompatibleFaceprints
+from faceprint.errors import CalibrationMissing, FaceprintError, IncompatibleFaceprints, InvalidArgument
 from faceprint.types import Faceprint
 
 DEFAULT_FMR = 1e-3
@@ -133,19 +133,34 @@ def shipped_calibration(model_id: str) -> Calibration:
         return Calibration.load(path)
 
 
+class InvalidThresholdRule(InvalidArgument):
+    """The threshold of an identification was asked for in a way that cannot be honoured: more than one of
+    ``fmr``/``fpir``/``threshold``, or an ``fpir`` outside (0, 1)."""
+
+
 def fmr_for_fpir(fpir: float, subjects: int) -> float:
     """The per-comparison FMR that gives a false-positive identification rate ``fpir`` in a gallery of
     ``subjects``: a non-mated probe is compared with every subject, so ``FPIR = 1 - (1 - FMR)^N`` (≈ N·FMR),
     assuming independent comparisons (optimistic when one person resembles several subjects)."""
     if not 0 < fpir < 1:
-        raise FaceprintError(f"fpir must be in (0, 1), got {fpir}")
+        raise InvalidThresholdRule(f"fpir must be in (0, 1), got {fpir}")
     return float(-np.expm1(np.log1p(-fpir) / max(1, int(subjects))))
+
+
+def check_one_rule(*, fmr: float | None, fpir: float | None, threshold: float | None) -> None:
+    """At most one of ``fmr``, ``fpir`` and ``threshold`` may be given (none: ``DEFAULT_FMR``)."""
+    if sum(v is not None for v in (fmr, fpir, threshold)) > 1:
+        raise InvalidThresholdRule("give at most one of fmr, fpir and threshold")
 
 
 @dataclass(frozen=True)
 class ThresholdRule:
-    """How an identification threshold was set: an explicit ``threshold``, a per-comparison ``fmr``, or a
-    ``fpir`` for a gallery of ``subjects`` (then ``fmr`` is the per-comparison rate it was turned into)."""
+    """How an identification threshold was set — the one rule every gallery backend and interface uses.
+
+    An explicit ``threshold`` (``fmr`` and ``fpir`` are ``None``: a raw score), a per-comparison ``fmr``
+    (default ``DEFAULT_FMR``), or an ``fpir`` for a gallery of ``subjects`` (then ``fmr`` is the
+    per-comparison rate it was turned into, ``FMR = 1 - (1 - FPIR)^(1/N)``).
+    """
 
     threshold: float
     fmr: float | None
@@ -163,29 +178,55 @@ class ThresholdRule:
         subjects: int | None = None,
         calibration: Calibration | None = None,
     ) -> ThresholdRule:
-        """At most one of ``fmr``/``fpir``/``threshold`` (none: ``DEFAULT_FMR``); ``fpir`` needs ``subjects``."""
-        if sum(v is not None for v in (fmr, fpir, threshold)) > 1:
-            raise FaceprintError("give at most one of fmr, fpir and threshold")
+        """At most one of ``fmr``/``fpir``/``threshold`` (none: ``DEFAULT_FMR``); ``fpir`` needs ``subjects``.
+
+        ``calibration`` defaults to the table shipped for ``model_id`` (:class:`CalibrationMissing` without one,
+        unless an explicit ``threshold`` needs no table).
+        """
+        check_one_rule(fmr=fmr, fpir=fpir, threshold=threshold)
         if threshold is not None:
             return cls(float(threshold), None)
         table = calibration or shipped_calibration(model_id)
         if fpir is not None:
             if subjects is None:
-                raise FaceprintError("an fpir needs the number of subjects in the gallery")
+                raise InvalidThresholdRule("an fpir needs the number of subjects in the gallery")
             per_comparison = fmr_for_fpir(fpir, subjects)
             return cls(table.threshold_for(per_comparison), per_comparison, fpir, subjects)
         target = DEFAULT_FMR if fmr is None else fmr
         return cls(table.threshold_for(target), target)
 
+    def describe(self) -> str:
+        """The rule in words, for people: "FMR 1.0e-03", "FPIR 0.01 (FMR 9.5e-05 per comparison, 105 subjects)"
+        or "explicit threshold"."""
+        if self.fpir is not None:
+            assert self.fmr is not None
+            size = "" if self.subjects is None else f", {self.subjects} subjects"
+            return f"FPIR {self.fpir:g} (FMR {self.fmr:.1e} per comparison{size})"
+        if self.fmr is not None:
+            return f"FMR {self.fmr:.1e}"
+        return "explicit threshold"
+
+
+def rule_kind(*, fmr: float | None = None, fpir: float | None = None, threshold: float | None = None) -> str:
+    """What chose a threshold, as answers state it: ``"threshold"`` (a raw score), ``"fpir"`` or ``"fmr"``
+    (also when nothing was given: the default FMR)."""
+    return "threshold" if threshold is not None else ("fpir" if fpir is not None else "fmr")
+
 
 @dataclass(frozen=True)
 class Decision:
+    """A 1:1 decision. ``rule`` says what chose the threshold: ``"fmr"`` (a target false-match rate),
+    ``"fpir"`` (a false-positive identification rate; for one comparison it equals the FMR) or
+    ``"threshold"`` (a raw score); ``fmr`` is the calibrated FMR at the threshold (``None``: no table)."""
+
     same_person: bool
     score: float
     distance: float
     threshold: float
     fmr: float | None  # None: an explicit threshold and no calibration table to rate it
     model: str
+    rule: str = "fmr"
+    fpir: float | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -193,7 +234,9 @@ class Decision:
             "score": round(self.score, 6),
             "distance": round(self.distance, 6),
             "threshold": round(self.threshold, 6),
+            "rule": self.rule,
             "fmr": self.fmr,
+            "fpir": self.fpir,
             "model": self.model,
         }
 
@@ -212,13 +255,14 @@ def decide(
     b: Faceprint,
     *,
     fmr: float | None = None,
+    fpir: float | None = None,
     threshold: float | None = None,
     calibration: Calibration | None = None,
 ) -> Decision:
-    """Compare two faceprints at a target FMR (default 1e-3) or at an explicit threshold."""
+    """Compare two faceprints under the one threshold rule (:class:`ThresholdRule`: at most one of ``fmr``,
+    ``fpir`` — one comparison, so it equals an FMR — and ``threshold``; none: FMR 1e-3). ``calibration``
+    defaults to the table shipped for the model; with neither, only an explicit threshold works."""
     check_compatible(a, b)
-    if fmr is not None and threshold is not None:
-        raise FaceprintError("give either fmr or threshold, not both")
     table = calibration
     if table is None:
         try:
@@ -226,15 +270,17 @@ def decide(
         except CalibrationMissing:
             if threshold is None:
                 raise
-    if threshold is None:
-        assert table is not None
-        threshold = table.threshold_for(fmr if fmr is not None else DEFAULT_FMR)
+    rule = ThresholdRule.choose(
+        a.model_id, fmr=fmr, fpir=fpir, threshold=threshold, subjects=1, calibration=table
+    )
     score = float(cosine_scores(a.vector, b.vector)[0, 0])
     return Decision(
-        same_person=score >= threshold,
+        same_person=score >= rule.threshold,
         score=score,
         distance=float(score_to_distance(score)),
-        threshold=float(threshold),
-        fmr=None if table is None else table.fmr_at(threshold),
+        threshold=float(rule.threshold),
+        fmr=None if table is None else table.fmr_at(rule.threshold),
         model=a.model_id,
+        rule=rule_kind(fmr=fmr, fpir=fpir, threshold=threshold),
+        fpir=fpir,
     )

@@ -36,6 +36,7 @@ from faceprint.gallery.enrol import EnrolReport, ImageOutcome, pick_face
 from faceprint.gallery.location import is_server_location
 from faceprint.gallery.model import Consent
 from faceprint.image import load_image
+from faceprint.matching import check_one_rule
 
 GalleryOpt = typer.Option(
     None,
@@ -70,11 +71,6 @@ def _collection_model(store: GalleryProtocol, collection: str) -> str | None:
         return None
 
 
-def _fpir(fpir: float | None) -> dict[str, float]:
-    # Only the embedded gallery takes fpir= so far; other backends keep their signature until they do.
-    return {} if fpir is None else {"fpir": fpir}
-
-
 # -- enroll -------------------------------------------------------------------------------------------------
 @app.command()
 @handle_errors
@@ -89,7 +85,7 @@ def enroll(
     consent_purpose: str | None = typer.Option(None, "--consent-purpose", help="What the consent covers."),
     keep_chips: bool = typer.Option(False, "--keep-chips", help="Also keep each aligned face chip, encrypted."),
     json_out: bool = JsonOpt,
-    detector: str = DetectorOpt,
+    detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
     workers: int | None = typer.Option(
         None, "--workers", min=1, help="With --from-folders: analyse in N processes; resumable (docs/deploy.md)."
@@ -180,7 +176,7 @@ def _enrol_bulk(
     consent: Consent | None,
     expires: datetime | None,
     keep_chips: bool,
-    detector: str,
+    detector: str | None,
     device: str,
     workers: int,
     use_ray: bool,
@@ -188,7 +184,6 @@ def _enrol_bulk(
     model: str,
 ) -> list[EnrolReport]:
     """--from-folders with --workers/--ray: parallel analysis, one writer, a checkpoint to resume from."""
-    from faceprint.gallery.location import is_server_location
     from faceprint.pipeline import PipelineConfig
     from faceprint.scale.bulk import BulkOptions, default_checkpoint, enrol_folders
 
@@ -222,13 +217,12 @@ def identify(
         None, "--fpir", help="Target false-positive identification rate for this gallery's size instead of --fmr."
     ),
     json_out: bool = JsonOpt,
-    detector: str = DetectorOpt,
+    detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
     model: str | None = ModelOpt,
 ) -> None:
     """Who is in the photo? Each face gets a match (or none: nobody known) and ranked candidates."""
-    if sum(v is not None for v in (fmr, threshold, fpir)) > 1:
-        raise fail("give one of --fmr, --fpir or --threshold")
+    check_one_rule(fmr=fmr, fpir=fpir, threshold=threshold)  # before any photo is read
     files = expand_images(images)
     results = []
     failed = 0
@@ -246,7 +240,7 @@ def identify(
                 continue
             prints = pipeline.embed(img)
             answers = store.identify(
-                prints, collection=collection, top_k=top_k, fmr=fmr, threshold=threshold, **_fpir(fpir)
+                prints, collection=collection, top_k=top_k, fmr=fmr, threshold=threshold, fpir=fpir
             )
             faces = [a.to_dict() for a in answers]
             results.append({"image": str(path), "faces": faces})
@@ -256,11 +250,9 @@ def identify(
                     x1, y1, x2, y2 = face["box"] or (0, 0, 0, 0)
                     cands = ", ".join(f"{c['subject']} {c['score']:.3f}" for c in face["candidates"][:3]) or "-"
                     who = face["match"] if face["match"] is not None else "unknown"
-                    rule = "" if ans.fmr is None else f", FMR {ans.fmr:.1e}"
-                    rule += "" if ans.fpir is None else f" for FPIR {ans.fpir:g}"
                     typer.echo(
                         f"  #{i} box=({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}): {who} "
-                        f"(threshold {ans.threshold:.3f}{rule}; candidates: {cands})"
+                        f"(threshold {ans.threshold:.3f}, {ans.rule.describe()}; candidates: {cands})"
                     )
     if json_out:
         emit_json(results[0] if len(results) == 1 and len(files) == 1 else results)
@@ -354,7 +346,7 @@ def subjects_not(
     ctx: typer.Context,
     subject: str = typer.Argument(..., help="The subject the face was wrongly matched to (name or id)."),
     image: Path = NotImageArg,
-    detector: str = DetectorOpt,
+    detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
 ) -> None:
     """Correct a false match: later searches will not match this face (or faces like it) to the subject."""
@@ -455,8 +447,8 @@ def migrate(
     device: str = DeviceOpt,
 ) -> None:
     """Re-embed collections with another model from their kept chips (help: ``_MIGRATE_HELP``)."""
+    from faceprint.factory import load_embedder
     from faceprint.gallery.migrate import plan_migration, run_migration
-    from faceprint.models.families import load_embedder
     from faceprint.models.registry import ModelRegistry
 
     registry = ModelRegistry()

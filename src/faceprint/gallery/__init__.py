@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from faceprint.gallery.base import DEFAULT_COLLECTION, UNSET, Gallery
+from platformdirs import user_data_path
+
+from faceprint.gallery.base import DEFAULT_COLLECTION, UNSET, Gallery, Migratable
 from faceprint.gallery.embedded import EmbeddedGallery
 from faceprint.gallery.enrol import EnrolReport, ImageOutcome, enrol_images
 from faceprint.gallery.errors import (
@@ -29,6 +31,7 @@ from faceprint.gallery.errors import (
     TemplateNotFound,
     WrongKey,
 )
+from faceprint.gallery.location import open_backend
 from faceprint.gallery.model import (
     Candidate,
     Collection,
@@ -63,6 +66,7 @@ __all__ = [
     "GalleryStats",
     "Identification",
     "ImageOutcome",
+    "Migratable",
     "MissingKey",
     "Page",
     "Subject",
@@ -84,8 +88,6 @@ def default_gallery_path() -> Path:
     home = os.environ.get("FACEPRINT_HOME")
     if home:
         return Path(home).expanduser() / "gallery"
-    from platformdirs import user_data_path
-
     return user_data_path("faceprint", appauthor=False) / "gallery"
 
 
@@ -98,8 +100,6 @@ def open_gallery(
     Milvus (a server, or Milvus Lite in that file); anything else → the embedded directory. The server
     backends are imported only when asked for (see :mod:`faceprint.gallery.location`).
     """
-    from faceprint.gallery.location import open_backend
-
     backend = open_backend(path, key=key, create=create)
     if backend is not None:
         return backend

@@ -1,15 +1,17 @@
-"""The Gallery protocol every backend implements (embedded SQLite, PostgreSQL, Milvus).
+"""The protocols callers type against: :class:`Gallery`, which every backend implements (embedded SQLite,
+PostgreSQL, Milvus), and :class:`Migratable`, which a backend that can re-embed a collection opts into.
 
 One contract test suite (``tests/gallery_contract.py``) runs against every implementation, so behaviour
-— errors included — is the same whichever backend an operator chooses.
+— errors included — is the same whichever backend an operator chooses. The backends share their code
+through :class:`faceprint.gallery.common.GalleryBase`; callers never need to know that.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -19,7 +21,10 @@ from faceprint.gallery.model import (
     GalleryStats,
     Identification,
     Metadata,
+    MigrationCounts,
+    MigrationSwitch,
     Page,
+    PendingChip,
     Subject,
     Template,
 )
@@ -136,8 +141,10 @@ class Gallery(Protocol):
     ) -> list[Identification]:
         """One answer per probe; probes are faces of one photo (matched one-to-one) unless told otherwise.
 
-        The threshold follows ``threshold``, a per-comparison ``fmr``, or ``fpir``: the false-positive
-        identification rate for the collection's current number of subjects (see ``matching.ThresholdRule``).
+        The threshold follows at most one of ``threshold``, a per-comparison ``fmr`` (default 1e-3), or
+        ``fpir``: the false-positive identification rate for the collection's current number of subjects
+        (:class:`~faceprint.matching.ThresholdRule`; two at once: ``InvalidThresholdRule``). Every answer
+        carries the rule: ``fmr`` (and ``fpir`` when one was given); both ``None`` for an explicit threshold.
         """
         ...
 
@@ -155,3 +162,51 @@ class Gallery(Protocol):
     def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Migratable(Protocol):
+    """The staging steps :mod:`faceprint.gallery.migrate` drives to re-embed a collection with another model.
+
+    A backend opts in by implementing them; ``migrate`` refuses any gallery that is not ``Migratable``. New
+    vectors are staged while the collection keeps serving its current model; ``finish_migration`` switches
+    everything in one transaction, so an interrupted run leaves the collection as it was and a new run
+    re-embeds only what was not staged yet.
+    """
+
+    def template_chip(self, template_id: int) -> np.ndarray | None:
+        """The aligned chip kept with a template (``None`` when it was enrolled without one), decrypted."""
+        ...
+
+    def migration_counts(self, collection: str, target_model: str) -> MigrationCounts:
+        """What re-embedding ``collection`` for ``target_model`` involves (read-only)."""
+        ...
+
+    def start_migration(self, collection: str, target_model: str) -> None:
+        """Forget vectors staged by an interrupted migration to another model (those for this one are kept)."""
+        ...
+
+    def migration_pending(self, collection: str, target_model: str, limit: int) -> list[PendingChip]:
+        """Up to ``limit`` templates with a chip and no vector staged for ``target_model``, chips decrypted."""
+        ...
+
+    def stage_migration(
+        self, collection: str, source_model: str, target_model: str, staged: Sequence[tuple[int, str, np.ndarray]]
+    ) -> None:
+        """Store new vectors ``(template id, subject id, vector)`` in one transaction; searches are unchanged."""
+        ...
+
+    def finish_migration(
+        self,
+        collection: str,
+        source_model: str,
+        target_model: str,
+        dim: int,
+        *,
+        source_template: str | None,
+        drop_missing: bool,
+        embed: Callable[[list[PendingChip]], np.ndarray],
+        batch: int = 64,
+    ) -> MigrationSwitch:
+        """Switch the collection to ``target_model`` in one transaction (see the embedded backend)."""
+        ...

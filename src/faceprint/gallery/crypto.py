@@ -20,10 +20,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import os
 import secrets
 from pathlib import Path
 
+import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from platformdirs import user_config_path
@@ -135,3 +137,38 @@ class TemplateCipher:
         if ok != _CHECK_PLAINTEXT:
             hint = f" (the gallery was encrypted with key id {expected_key_id})" if expected_key_id else ""
             raise WrongKey(f"wrong key: {self.origin} (key id {self.key_id}) is not this gallery's key{hint}")
+
+
+# -- what the galleries encrypt: vectors and chips bound to their rows ---------------------------------------
+# The associated-data format is the same for every backend, so a template encrypted by one backend decrypts in
+# another given the same key.
+def vector_aad(subject_id: str, model_id: str, kind: str = "tpl") -> bytes:
+    """Associated data binding an encrypted vector (``tpl`` template, ``neg`` negative) to its subject and
+    model: a vector copied onto another subject's row fails to decrypt instead of matching the wrong person."""
+    return f"faceprint:{kind}:{subject_id}:{model_id}".encode()
+
+
+def chip_aad(subject_id: str) -> bytes:
+    return f"faceprint:chip:{subject_id}".encode()
+
+
+def seal_vector(cipher: TemplateCipher, vector: np.ndarray, subject_id: str, model_id: str, kind: str = "tpl") -> bytes:
+    """The vector as little-endian float32, encrypted and bound to its row."""
+    return cipher.encrypt(np.asarray(vector, dtype="<f4").tobytes(), vector_aad(subject_id, model_id, kind))
+
+
+def open_vector(cipher: TemplateCipher, blob: bytes, subject_id: str, model_id: str, kind: str = "tpl") -> np.ndarray:
+    """Decrypt a vector written by :func:`seal_vector` (:class:`WrongKey` when it was moved or altered)."""
+    return np.frombuffer(cipher.decrypt(bytes(blob), vector_aad(subject_id, model_id, kind)), dtype="<f4").copy()
+
+
+def seal_chip(cipher: TemplateCipher, chip: np.ndarray, subject_id: str) -> bytes:
+    """An aligned face chip (uint8 pixels after a JSON shape header), encrypted and bound to its subject."""
+    pixels = np.ascontiguousarray(chip, dtype=np.uint8)
+    return cipher.encrypt(json.dumps(list(pixels.shape)).encode() + b"\n" + pixels.tobytes(), chip_aad(subject_id))
+
+
+def open_chip(cipher: TemplateCipher, blob: bytes, subject_id: str) -> np.ndarray:
+    """Decrypt a chip written by :func:`seal_chip` (ValueError for a damaged header or size)."""
+    header, _, pixels = cipher.decrypt(bytes(blob), chip_aad(subject_id)).partition(b"\n")
+    return np.frombuffer(pixels, dtype=np.uint8).reshape(json.loads(header)).copy()

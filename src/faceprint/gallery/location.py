@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
+
+from faceprint.gallery.errors import GalleryError
 
 if TYPE_CHECKING:
     from faceprint.gallery.milvus import MilvusGallery
@@ -68,14 +71,22 @@ def open_backend(
 
 
 def _missing(extra: str, what: str, exc: ImportError) -> Exception:
-    from faceprint.gallery.errors import GalleryError
-
     return GalleryError(f"the {extra} gallery backend needs {what}: pip install 'faceprint[{extra}]' ({exc})")
 
 
 def display_location(path: str | PurePath | None) -> str:
     """How to name a gallery in logs and messages: the server URI with any password masked, or the path."""
-    from faceprint.gallery.shared import redact_location
-
     server = server_location(path)
     return redact_location(server[1]) if server else str(path)
+
+
+def redact_location(location: str) -> str:
+    """A DSN/URI fit for logs and messages: any password replaced by ``***``."""
+    try:
+        parts = urlsplit(location)
+    except ValueError:
+        return location
+    if parts.password is None:
+        return location
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

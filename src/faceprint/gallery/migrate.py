@@ -32,8 +32,11 @@ import numpy as np
 
 from faceprint.align.templates import reframe_chips, reframe_coverage, template_by_name
 from faceprint.errors import CalibrationMissing, ModelError
-from faceprint.gallery.embedded import EmbeddedGallery, PendingChip
+from faceprint.factory import load_embedder
+from faceprint.gallery.base import Gallery, Migratable
 from faceprint.gallery.errors import GalleryError, MigrationUnsupported, MissingChips
+from faceprint.gallery.model import PendingChip
+from faceprint.matching import shipped_calibration
 from faceprint.models.registry import ModelNotInstalledHere, ModelRegistry
 from faceprint.models.spec import ModelSpec
 
@@ -106,16 +109,16 @@ class MigrationReport:
         }
 
 
-def _embedded(gallery: object) -> EmbeddedGallery:
-    if isinstance(gallery, EmbeddedGallery):
+def _migratable(gallery: Gallery) -> Migratable:
+    """The gallery as :class:`Migratable`; any other backend is refused with what to do instead."""
+    if isinstance(gallery, Migratable):
         return gallery
-    name = type(gallery).__name__
-    if name == "MilvusGallery":
+    backend = getattr(gallery, "backend_name", type(gallery).__name__)
+    if not getattr(gallery, "keeps_chips", True):
         raise MigrationUnsupported(
-            "migrate is not possible on the Milvus backend: it keeps no face chips, so its templates can only be "
-            "re-enrolled from the photos (into a new collection, or a new gallery)"
+            f"migrate is not possible on the {backend} backend: it keeps no face chips, so its templates can only "
+            "be re-enrolled from the photos (into a new collection, or a new gallery)"
         )
-    backend = {"PostgresGallery": "PostgreSQL"}.get(name, name)
     raise MigrationUnsupported(
         f"migrate is not supported on the {backend} backend yet (only on the embedded gallery); re-enrol the "
         "subjects from their photos into a new collection made with the new model (an export carries no chips)"
@@ -134,7 +137,7 @@ def _target_spec(registry: ModelRegistry, model_id: str) -> ModelSpec:
 
 
 def plan_migration(
-    gallery: object,
+    gallery: Gallery,
     collection: str,
     target_model: str,
     *,
@@ -148,7 +151,7 @@ def plan_migration(
     an unknown, uninstalled or non-embedder model, and :class:`GalleryError` when the stored chips cannot be
     re-cut for the target model's chip template.
     """
-    store = _embedded(gallery)
+    store = _migratable(gallery)
     registry = registry or ModelRegistry()
     spec = _target_spec(registry, target_model)
     assert spec.template is not None and spec.output_dim is not None  # embedder specs always have them
@@ -211,8 +214,6 @@ def plan_migration(
             "chip: they are deleted; record them again with the new model if the false matches recur"
         )
     try:
-        from faceprint.matching import shipped_calibration
-
         shipped_calibration(target_model)
     except CalibrationMissing:
         notes.append(
@@ -223,7 +224,7 @@ def plan_migration(
 
 
 def run_migration(
-    gallery: object,
+    gallery: Gallery,
     plan: MigrationPlan,
     *,
     registry: ModelRegistry | None = None,
@@ -238,7 +239,7 @@ def run_migration(
 
     ``embedder``: an already loaded embedder of the target model (else it is loaded from the registry).
     """
-    store = _embedded(gallery)
+    store = _migratable(gallery)
     started = time.perf_counter()
     if plan.noop:
         return MigrationReport(
@@ -252,8 +253,6 @@ def run_migration(
         raise MissingChips(plan.collection, plan.missing_chips, plan.templates, names[:10], len(names))
     registry = registry or ModelRegistry()
     if embedder is None:
-        from faceprint.models.families import load_embedder
-
         embedder = load_embedder(registry, plan.target_model, device=device, threads=threads)
     if getattr(embedder, "model_id", plan.target_model) != plan.target_model:
         raise GalleryError(f"the embedder given is {embedder.model_id}, not {plan.target_model}")
@@ -329,7 +328,7 @@ def run_migration(
 
 
 def migrate_collection(
-    gallery: object,
+    gallery: Gallery,
     collection: str,
     target_model: str,
     *,

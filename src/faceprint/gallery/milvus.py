@@ -37,7 +37,6 @@ import re
 import secrets
 import threading
 import time
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -50,23 +49,14 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from faceprint.gallery.base import DEFAULT_COLLECTION, UNSET, Unset
-from faceprint.gallery.crypto import TemplateCipher, resolve_key
-from faceprint.gallery.errors import (
-    CollectionNotFound,
-    ContractMismatch,
-    GalleryError,
-    SubjectExists,
-    SubjectNotFound,
-    TemplateNotFound,
-)
+from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate
+from faceprint.gallery.crypto import seal_vector
+from faceprint.gallery.errors import GalleryError, SubjectExists
+from faceprint.gallery.location import redact_location
 from faceprint.gallery.model import (
     Collection,
     Consent,
-    GalleryStats,
-    Identification,
     Metadata,
-    Page,
     Subject,
     Template,
     from_iso,
@@ -75,20 +65,6 @@ from faceprint.gallery.model import (
     utcnow,
 )
 from faceprint.gallery.scoring import Hit
-from faceprint.gallery.shared import (
-    check_contract,
-    check_name,
-    check_sidecars,
-    decide,
-    make_cursor,
-    neighbours_wanted,
-    parse_cursor,
-    redact_location,
-    resolve_threshold,
-    vector_aad,
-)
-from faceprint.matching import Calibration, normalise
-from faceprint.types import Faceprint
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +152,12 @@ def parse_uri(uri: str) -> tuple[str, dict[str, str]]:
     return f"{http}://{parts.hostname}:{parts.port or 19530}", kwargs
 
 
-class MilvusGallery:
-    """:class:`~faceprint.gallery.base.Gallery` on Milvus or Milvus Lite (see the module docstring)."""
+class MilvusGallery(GalleryBase[_Names]):
+    """:class:`~faceprint.gallery.base.Gallery` on Milvus or Milvus Lite (see the module docstring); a
+    collection is addressed by the names of its two Milvus collections."""
+
+    backend_name = "Milvus"
+    keeps_chips = False
 
     def __init__(
         self,
@@ -207,34 +187,40 @@ class MilvusGallery:
         self._local = threading.local()
         self._loaded: set[str] = set()
         self._collections: dict[str, Collection] = {}  # a collection's contract never changes once made
-        self._closed = False
         try:
             if not self._client.has_collection(self._catalog):
                 if not create:
                     raise GalleryError(f"no faceprint gallery {prefix!r} in {self.location}")
                 self._create_catalog()
-            self.cipher = self._open_cipher(key)
         except BaseException:
             self._client.close()
             raise
+        self._init_cipher(key)
 
     # -- lifecycle --------------------------------------------------------------------------------------
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._client.close()
-
-    def __enter__(self) -> MilvusGallery:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _release(self) -> None:
+        self._client.close()
 
     @property
     def client(self) -> MilvusClient:
         if self._closed:
             raise GalleryError(f"the gallery {self.location} is closed")
         return self._client
+
+    def _load_key_check(self) -> tuple[bytes, str | None] | None:
+        rows = {r["key"]: r["value"] for r in self._query(self._catalog, _in("key", ["key_check", "key_id"]))}
+        if "key_check" not in rows:
+            return None
+        return base64.b64decode(rows["key_check"]), rows.get("key_id")
+
+    def _store_key_check(self, check: bytes, key_id: str) -> None:
+        self.client.upsert(
+            self._catalog,
+            [
+                {"key": "key_check", "value": _b64(check), "placeholder": _PLACEHOLDER},
+                {"key": "key_id", "value": key_id, "placeholder": _PLACEHOLDER},
+            ],
+        )
 
     # -- schema -----------------------------------------------------------------------------------------
     def _create_catalog(self) -> None:
@@ -289,24 +275,6 @@ class MilvusGallery:
             self.client.load_collection(name)
             self._loaded.add(name)
         return name
-
-    def _open_cipher(self, key: bytes | None) -> TemplateCipher:
-        rows = {r["key"]: r["value"] for r in self._query(self._catalog, _in("key", ["key_check", "key_id"]))}
-        if "key_check" not in rows:  # a new gallery: the only place a key file may be created
-            secret, origin = resolve_key(key, create=True)
-            cipher = TemplateCipher(secret, origin)
-            self.client.upsert(
-                self._catalog,
-                [
-                    {"key": "key_check", "value": _b64(cipher.check_value()), "placeholder": _PLACEHOLDER},
-                    {"key": "key_id", "value": cipher.key_id, "placeholder": _PLACEHOLDER},
-                ],
-            )
-            return cipher
-        secret, origin = resolve_key(key, create=False)
-        cipher = TemplateCipher(secret, origin)
-        cipher.verify(base64.b64decode(rows["key_check"]), rows.get("key_id"))
-        return cipher
 
     # -- reading ----------------------------------------------------------------------------------------
     def _query(self, name: str, expr: str, fields: Sequence[str] | None = None) -> list[dict]:
@@ -388,18 +356,11 @@ class MilvusGallery:
             batch.rows.setdefault(names.templates, []).extend(rows)
 
     # -- collections ------------------------------------------------------------------------------------
-    def ensure_collection(self, name: str, model_id: str, dim: int) -> Collection:
-        coll = self._find_collection(name)
-        if coll is None:
-            self._create_collection_pair(self._names(name), dim)
-            record = {"model_id": model_id, "dim": int(dim), "created_at": to_iso(utcnow())}
-            row = {"key": f"collection:{name}", "value": json.dumps(record), "placeholder": _PLACEHOLDER}
-            self.client.upsert(self._catalog, [row])
-            coll = self._find_collection(name)
-            assert coll is not None
-        if coll.model_id != model_id or coll.dim != dim:
-            raise ContractMismatch(name, f"{coll.model_id} ({coll.dim}-d)", f"{model_id} ({dim}-d)")
-        return coll
+    def _create_collection(self, name: str, model_id: str, dim: int) -> None:
+        self._create_collection_pair(self._names(name), dim)
+        record = {"model_id": model_id, "dim": dim, "created_at": to_iso(utcnow())}
+        row = {"key": f"collection:{name}", "value": json.dumps(record), "placeholder": _PLACEHOLDER}
+        self.client.upsert(self._catalog, [row])
 
     @staticmethod
     def _collection_from_row(row: dict) -> Collection:
@@ -408,22 +369,13 @@ class MilvusGallery:
         assert created is not None
         return Collection(row["key"].split(":", 1)[1], record["model_id"], int(record["dim"]), created)
 
-    def _find_collection(self, name: str) -> Collection | None:
+    def _find_collection(self, name: str) -> tuple[_Names, Collection] | None:
         if name not in self._collections:
             rows = self._query(self._catalog, f"key == {_q('collection:' + name)}")
             if not rows:
                 return None
             self._collections[name] = self._collection_from_row(rows[0])
-        return self._collections[name]
-
-    def _collection(self, name: str) -> tuple[_Names, Collection]:
-        coll = self._find_collection(name)
-        if coll is None:
-            raise CollectionNotFound(name)
-        return self._names(name), coll
-
-    def get_collection(self, name: str = DEFAULT_COLLECTION) -> Collection:
-        return self._collection(name)[1]
+        return self._names(name), self._collections[name]
 
     def list_collections(self) -> list[Collection]:
         rows = self._query(self._catalog, 'key like "collection:%"')
@@ -503,89 +455,44 @@ class MilvusGallery:
             raise GalleryError(f"a subject's metadata and consent are limited to {_TEXT_MAX} bytes on Milvus")
         return {"id": sid, "name": name, "expires": _micros(expires_at), "info": info, "placeholder": _PLACEHOLDER}
 
-    def add_subject(
-        self,
-        name: str,
-        *,
-        collection: str = DEFAULT_COLLECTION,
-        metadata: Metadata | None = None,
-        consent: Consent | None = None,
-        expires_at: datetime | None = None,
-        subject_id: str | None = None,
-    ) -> Subject:
-        check_name(name)
-        names, _ = self._collection(collection)
-        sid = subject_id or uuid.uuid4().hex
-        if self._subject_rows(names, name, by=("name",)) is not None or (
-            subject_id is not None and self._subject_rows(names, subject_id, by=("id",)) is not None
+    def _insert_subject(self, handle: _Names, new: Subject) -> Subject:
+        if self._subject_rows(handle, new.name, by=("name",)) is not None or (
+            self._subject_rows(handle, new.id, by=("id",)) is not None
         ):
-            raise SubjectExists(name, collection)
-        row = self._subject_row(sid, name, metadata or {}, consent, to_iso(utcnow()), expires_at)
-        self._write_subject(names, row)
-        return self._subject(names, row, collection, count=0)
+            raise SubjectExists(new.name, new.collection)
+        self._write_subject(handle, self._row_of(new))
+        return new
 
-    def find_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject | None:
-        names, _ = self._collection(collection)
-        row = self._subject_rows(names, ref)
-        return None if row is None else self._subject(names, row, collection)
-
-    def get_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject:
-        subject = self.find_subject(ref, collection=collection)
-        if subject is None:
-            raise SubjectNotFound(ref, collection)
-        return subject
-
-    def list_subjects(
-        self, *, collection: str = DEFAULT_COLLECTION, limit: int = 100, cursor: str | None = None
-    ) -> Page:
-        """One page in (name, id) order. Milvus cannot sort a query, so this reads every subject's name
-        and id (not their metadata) and sorts here: fine to a few million subjects per collection."""
-        if limit < 1:
-            raise GalleryError(f"limit must be at least 1, got {limit}")
-        names, _ = self._collection(collection)
-        after = parse_cursor(cursor) or ("", "")
-        keys = sorted((r["name"], r["id"]) for r in self._query(names.subjects, 'id != ""', ["id", "name"]))
-        remaining = [k for k in keys if k > after]
-        page = remaining[: limit + 1]
-        ids = [sid for _, sid in page[:limit]]
-        rows = {r["id"]: r for r in self._query(names.subjects, _in("id", ids))} if ids else {}
-        counts: dict[str, int] = {}
-        for t in self._template_rows(names, ids, TEMPLATE, ["id", "subject_id", "kind"]):
-            counts[t["subject_id"]] = counts.get(t["subject_id"], 0) + 1
-        items = tuple(self._subject(names, rows[s], collection, counts.get(s, 0)) for s in ids if s in rows)
-        next_cursor = make_cursor(items[-1].name, items[-1].id) if len(page) > limit and items else None
-        return Page(items, next_cursor, len(keys))
-
-    def update_subject(
-        self,
-        ref: str,
-        *,
-        collection: str = DEFAULT_COLLECTION,
-        name: str | Unset = UNSET,
-        metadata: Metadata | Unset = UNSET,
-        consent: Consent | Unset | None = UNSET,
-        expires_at: datetime | Unset | None = UNSET,
-    ) -> Subject:
-        names, _ = self._collection(collection)
-        current = self._subject_rows(names, ref)
-        if current is None:
-            raise SubjectNotFound(ref, collection)
-        subject = self._subject(names, current, collection)
-        if not isinstance(name, Unset):
-            check_name(name)
-            other = self._subject_rows(names, name)
-            if other is not None and other["id"] != subject.id:
-                raise SubjectExists(name, collection)
-        row = self._subject_row(
-            subject.id,
-            subject.name if isinstance(name, Unset) else name,
-            subject.metadata if isinstance(metadata, Unset) else metadata,
-            subject.consent if isinstance(consent, Unset) else consent,
-            to_iso(subject.created_at),
-            subject.expires_at if isinstance(expires_at, Unset) else expires_at,
+    def _row_of(self, subject: Subject) -> dict:
+        return self._subject_row(
+            subject.id, subject.name, subject.metadata, subject.consent, to_iso(subject.created_at), subject.expires_at
         )
-        self._write_subject(names, row)
-        return self.get_subject(subject.id, collection=collection)
+
+    def _find_subject(self, handle: _Names, collection: str, ref: str) -> Subject | None:
+        row = self._subject_rows(handle, ref)
+        return None if row is None else self._subject(handle, row, collection)
+
+    def _subject_page(
+        self, handle: _Names, collection: str, after: tuple[str, str], limit: int
+    ) -> tuple[list[Subject], int]:
+        """Milvus cannot sort a query, so this reads every subject's name and id (not their metadata) and
+        sorts here: fine to a few million subjects per collection."""
+        keys = sorted((r["name"], r["id"]) for r in self._query(handle.subjects, 'id != ""', ["id", "name"]))
+        ids = [sid for name, sid in keys if (name, sid) > after][:limit]
+        rows = {r["id"]: r for r in self._query(handle.subjects, _in("id", ids))} if ids else {}
+        counts: dict[str, int] = {}
+        for t in self._template_rows(handle, ids, TEMPLATE, ["id", "subject_id", "kind"]):
+            counts[t["subject_id"]] = counts.get(t["subject_id"], 0) + 1
+        items = [self._subject(handle, rows[s], collection, counts.get(s, 0)) for s in ids if s in rows]
+        return items, len(keys)
+
+    def _update_subject(self, handle: _Names, current: Subject, updated: Subject, changed: frozenset[str]) -> bool:
+        if "name" in changed:
+            other = self._subject_rows(handle, updated.name)
+            if other is not None and other["id"] != current.id:
+                raise SubjectExists(updated.name, current.collection)
+        self._write_subject(handle, self._row_of(updated))
+        return True
 
     def _delete_subjects(self, names: _Names, subject_ids: list[str]) -> None:
         """Templates and negatives first, then the subject rows: search never meets an orphan template."""
@@ -601,14 +508,15 @@ class MilvusGallery:
             self.client.delete(self._ready(names.templates), filter=_in("subject_id", chunk))
             self.client.delete(self._ready(names.subjects), ids=chunk)
 
-    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
-        names, _ = self._collection(collection)
-        row = self._subject_rows(names, ref)
+    def _delete_subject(self, handle: _Names, ref: str) -> bool:
+        row = self._subject_rows(handle, ref)
         if row is None:
-            raise SubjectNotFound(ref, collection)
-        self._delete_subjects(names, [row["id"]])
+            return False
+        self._delete_subjects(handle, [row["id"]])
+        return True
 
     def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
+        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
         cutoff = _micros(now or utcnow())
         purged: list[Subject] = []
         for coll in self.list_collections():
@@ -620,35 +528,23 @@ class MilvusGallery:
         return purged
 
     # -- templates --------------------------------------------------------------------------------------
-    def add_templates(
-        self,
-        ref: str,
-        faceprints: Sequence[Faceprint],
-        *,
-        collection: str = DEFAULT_COLLECTION,
-        source_sha256: Sequence[str | None] | None = None,
-        chips: Sequence[np.ndarray] | None = None,
-    ) -> list[Template]:
-        names, coll = self._collection(collection)
-        check_contract(coll, faceprints)
-        shas = check_sidecars(len(faceprints), source_sha256, chips)
-        if chips is not None:
-            raise GalleryError("the Milvus backend does not keep face chips; use PostgreSQL or the embedded gallery")
-        row = self._subject_rows(names, ref)
+    def _insert_templates(self, handle: _Names, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
+        row = self._subject_rows(handle, ref)
         if row is None:
-            raise SubjectNotFound(ref, collection)
+            return None
         sid = row["id"]
-        if not faceprints:
-            return []
-        vectors = normalise(np.stack([fp.vector for fp in faceprints])).astype(np.float32)
         now = utcnow()
         rows, out = [], []
-        for fp, vec, sha in zip(faceprints, vectors, shas, strict=True):
+        for item in items:
             tid = self._ids.next()
-            box = None if fp.detection is None else tuple(float(v) for v in fp.detection.box)
-            quality = None if fp.quality is None else float(fp.quality)
-            info = {"model_id": fp.model_id, "quality": quality, "box": box, "sha256": sha, "created_at": to_iso(now)}
-            enc = self.cipher.encrypt(vec.astype("<f4").tobytes(), vector_aad(sid, fp.model_id))
+            info = {
+                "model_id": item.model_id,
+                "quality": item.quality,
+                "box": item.box,
+                "sha256": item.source_sha256,
+                "created_at": to_iso(now),
+            }
+            enc, _ = item.seal(self.cipher, sid)
             rows.append(
                 {
                     "id": tid,
@@ -656,11 +552,11 @@ class MilvusGallery:
                     "subject_id": sid,
                     "info": json.dumps(info),
                     "enc": _b64(enc),
-                    "vector": vec.tolist(),
+                    "vector": item.vector.tolist(),
                 }
             )
-            out.append(Template(tid, sid, fp.model_id, quality, box, sha, now))  # type: ignore[arg-type]
-        self._write_rows(names, rows)
+            out.append(Template(tid, sid, item.model_id, item.quality, item.box, item.source_sha256, now))
+        self._write_rows(handle, rows)
         return out
 
     @staticmethod
@@ -673,122 +569,107 @@ class MilvusGallery:
             int(row["id"]), row["subject_id"], info["model_id"], info["quality"], box, info["sha256"], created
         )  # type: ignore[arg-type]
 
-    def list_templates(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[Template]:
-        names, _ = self._collection(collection)
-        subject = self.get_subject(ref, collection=collection)
-        rows = self._template_rows(names, [subject.id], TEMPLATE, ["id", "kind", "subject_id", "info"])
+    def _templates_of(self, handle: _Names, subject_id: str) -> list[Template]:
+        rows = self._template_rows(handle, [subject_id], TEMPLATE, ["id", "kind", "subject_id", "info"])
         return [self._template(r) for r in rows]
 
-    def template_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> dict[int, np.ndarray]:
-        names, _ = self._collection(collection)
-        subject = self.get_subject(ref, collection=collection)
-        rows = self._template_rows(names, [subject.id], TEMPLATE, ["id", "kind", "subject_id", "info", "enc"])
-        out = {}
-        for r in rows:
-            aad = vector_aad(subject.id, json.loads(r["info"])["model_id"])
-            out[int(r["id"])] = np.frombuffer(self.cipher.decrypt(base64.b64decode(r["enc"]), aad), "<f4").copy()
-        return out
+    def _vectors_of(self, handle: _Names, subject_id: str) -> list[tuple[int, str, bytes]]:
+        rows = self._template_rows(handle, [subject_id], TEMPLATE, ["id", "kind", "subject_id", "info", "enc"])
+        return [(int(r["id"]), json.loads(r["info"])["model_id"], base64.b64decode(r["enc"])) for r in rows]
 
-    def delete_template(self, template_id: int) -> None:
+    def _stored_template(self, names: _Names, template_id: int) -> dict | None:
+        rows = self._query(names.templates, f"id == {int(template_id)} and kind == {TEMPLATE}", ["id", "subject_id"])
+        return rows[0] if rows else None
+
+    def _chip_of(self, template_id: int) -> tuple[str, bytes | None] | None:
+        """Milvus keeps no chips: a template it holds has none."""
+        for coll in self.list_collections():
+            row = self._stored_template(self._names(coll.name), template_id)
+            if row is not None:
+                return row["subject_id"], None
+        return None
+
+    def _delete_template(self, template_id: int) -> bool:
+        batch = self._batch()
         for coll in self.list_collections():
             names = self._names(coll.name)
-            rows = self._query(names.templates, f"id == {int(template_id)} and kind == {TEMPLATE}", ["id"])
-            batch = self._batch()
             if batch is not None:
                 pending = batch.rows.get(names.templates, [])
                 if any(r["id"] == template_id and r["kind"] == TEMPLATE for r in pending):
                     batch.rows[names.templates] = [r for r in pending if r["id"] != template_id]
-                    return
-                if rows:
-                    batch.dropped.setdefault(names.templates, set()).add(int(template_id))
-                    return
-            elif rows:
+                    return True
+            if self._stored_template(names, template_id) is None:
+                continue
+            if batch is not None:
+                batch.dropped.setdefault(names.templates, set()).add(int(template_id))
+            else:
                 self.client.delete(self._ready(names.templates), ids=[int(template_id)])
-                return
-        raise TemplateNotFound(template_id)
+            return True
+        return False
 
     # -- negatives --------------------------------------------------------------------------------------
-    def add_negative(self, faceprint: Faceprint, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
-        names, coll = self._collection(collection)
-        check_contract(coll, [faceprint])
-        row = self._subject_rows(names, ref)
+    def _insert_negative(self, handle: _Names, coll: Collection, ref: str, vector: np.ndarray) -> bool:
+        row = self._subject_rows(handle, ref)
         if row is None:
-            raise SubjectNotFound(ref, collection)
+            return False
         sid = row["id"]
-        vec = normalise(faceprint.vector).astype(np.float32)
-        enc = self.cipher.encrypt(vec.astype("<f4").tobytes(), vector_aad(sid, coll.model_id, "neg"))
+        enc = seal_vector(self.cipher, vector, sid, coll.model_id, "neg")
         info = json.dumps({"created_at": to_iso(utcnow())})
         negative = {"id": self._ids.next(), "kind": NEGATIVE, "subject_id": sid, "info": info, "enc": _b64(enc)}
-        self._write_rows(names, [{**negative, "vector": vec.tolist()}])
+        self._write_rows(handle, [{**negative, "vector": vector.astype(np.float32).tolist()}])
+        return True
 
-    def negative_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[np.ndarray]:
-        names, coll = self._collection(collection)
-        subject = self.get_subject(ref, collection=collection)
-        return list(self._negatives(names, coll, [subject.id]).get(subject.id, np.empty((0, coll.dim))))
-
-    def _negatives(self, names: _Names, coll: Collection, subject_ids: Sequence[str]) -> dict[str, np.ndarray]:
-        grouped: dict[str, list[np.ndarray]] = {}
-        for r in self._template_rows(names, subject_ids, NEGATIVE, ["id", "kind", "subject_id", "enc"]):
-            aad = vector_aad(r["subject_id"], coll.model_id, "neg")
-            grouped.setdefault(r["subject_id"], []).append(
-                np.frombuffer(self.cipher.decrypt(base64.b64decode(r["enc"]), aad), "<f4").copy()
-            )
-        return {sid: np.stack(v) for sid, v in grouped.items()}
+    def _negative_blobs(self, handle: _Names, subject_ids: Sequence[str]) -> list[tuple[str, bytes]]:
+        rows = self._template_rows(handle, subject_ids, NEGATIVE, ["id", "kind", "subject_id", "enc"])
+        return [(r["subject_id"], base64.b64decode(r["enc"])) for r in rows]
 
     # -- search -----------------------------------------------------------------------------------------
-    def identify(
-        self,
-        faceprints: Sequence[Faceprint],
-        *,
-        collection: str = DEFAULT_COLLECTION,
-        top_k: int = 5,
-        fmr: float | None = None,
-        threshold: float | None = None,
-        calibration: Calibration | None = None,
-        one_to_one: bool = True,
-    ) -> list[Identification]:
-        names, coll = self._collection(collection)
-        limit = resolve_threshold(coll, top_k=top_k, fmr=fmr, threshold=threshold, calibration=calibration)
-        check_contract(coll, faceprints)
-        if not faceprints:
-            return []
-        probes = normalise(np.stack([fp.vector for fp in faceprints])).astype(np.float32)
-        wanted = neighbours_wanted(top_k)
+    def _subject_count(self, handle: _Names) -> int:
+        return self._count(handle.subjects, 'id != ""')
+
+    def _nearest(self, handle: _Names, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
         try:
             results = self.client.search(
-                self._ready(names.templates),
-                data=probes.tolist(),
+                self._ready(handle.templates),
+                data=probes.astype(np.float32).tolist(),
                 filter=f"kind == {TEMPLATE}",
-                limit=wanted,
+                limit=k,
                 output_fields=["subject_id"],
-                search_params={"metric_type": "IP", "params": {"ef": max(self.ef_search, wanted)}},
+                search_params={"metric_type": "IP", "params": {"ef": max(self.ef_search, k)}},
             )
         except MilvusException as exc:
             raise GalleryError(f"Milvus gallery {self.location}: {exc}") from None
-        found = sorted({h["entity"]["subject_id"] for face in results for h in face})
-        subject_names: dict[str, str] = {}
-        for chunk in _chunks(found):
-            for r in self._query(names.subjects, _in("id", chunk), ["id", "name"]):
-                subject_names[r["id"]] = r["name"]
+        names = self._subject_names(handle, sorted({h["entity"]["subject_id"] for face in results for h in face}))
         hits = [
             [
-                Hit(h["entity"]["subject_id"], subject_names[h["entity"]["subject_id"]], float(h["distance"]))
+                Hit(h["entity"]["subject_id"], names[h["entity"]["subject_id"]], float(h["distance"]))
                 for h in face
-                if h["entity"]["subject_id"] in subject_names  # deleted meanwhile
+                if h["entity"]["subject_id"] in names  # deleted meanwhile
             ]
             for face in results
         ]
-        negatives = self._negatives(names, coll, list(subject_names))
-        return decide(faceprints, probes, hits, negatives, top_k=top_k, threshold=limit, one_to_one=one_to_one)
+        return Neighbours(hits, self._negatives_of(handle, coll, list(names)))
+
+    def _subject_names(self, handle: _Names, subject_ids: Sequence[str]) -> dict[str, str]:
+        names: dict[str, str] = {}
+        for chunk in _chunks(subject_ids):
+            for r in self._query(handle.subjects, _in("id", chunk), ["id", "name"]):
+                names[r["id"]] = r["name"]
+        return names
 
     # -- housekeeping -----------------------------------------------------------------------------------
-    def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats:
-        names, coll = self._collection(collection)
-        subjects = self._count(names.subjects, 'id != ""')
-        templates = self._count(names.templates, f"kind == {TEMPLATE}")
-        negatives = self._count(names.templates, f"kind == {NEGATIVE}")
-        disk = _du(self._local_path) if self._local_path is not None else 0
-        return GalleryStats(coll.name, coll.model_id, coll.dim, subjects, templates, negatives, "milvus-hnsw", disk)
+    def _counts(self, handle: _Names) -> tuple[int, int, int]:
+        return (
+            self._count(handle.subjects, 'id != ""'),
+            self._count(handle.templates, f"kind == {TEMPLATE}"),
+            self._count(handle.templates, f"kind == {NEGATIVE}"),
+        )
+
+    def _index_kind(self, coll: Collection, templates: int) -> str:
+        return "milvus-hnsw"
+
+    def _disk_bytes(self) -> int:
+        return _du(self._local_path) if self._local_path is not None else 0
 
 
 def _b64(data: bytes) -> str:

@@ -6,6 +6,10 @@ import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import numpy as np
+
+from faceprint.gallery.errors import GalleryError
+from faceprint.matching import ThresholdRule
 from faceprint.types import Box
 
 JSONScalar = str | int | float | bool | None
@@ -125,7 +129,9 @@ class Identification:
     ``match`` is the top candidate when its score reaches ``threshold`` and ``None`` otherwise ("nobody we
     know"). With several faces in one photo the matches are assigned one-to-one, so a subject matches at most
     one face; a face that loses its best subject to a better-matching face falls back to its next candidate.
-    ``fmr``/``fpir`` say what the threshold was chosen for (``None`` when unknown or an explicit threshold).
+    ``fmr``/``fpir`` say which rule chose the threshold (:class:`~faceprint.matching.ThresholdRule`): a
+    per-comparison ``fmr`` alone; an ``fpir`` with the per-comparison ``fmr`` it became for the collection's
+    number of subjects; neither for an explicit threshold.
     """
 
     candidates: tuple[Candidate, ...]
@@ -146,6 +152,11 @@ class Identification:
             "fmr": self.fmr,
             "fpir": self.fpir,
         }
+
+    @property
+    def rule(self) -> ThresholdRule:
+        """The rule that chose :attr:`threshold` (``rule.describe()`` says it in words)."""
+        return ThresholdRule(self.threshold, self.fmr, self.fpir)
 
 
 @dataclass(frozen=True)
@@ -185,5 +196,46 @@ def metadata_json(metadata: Metadata) -> str:
     """Validate free-form metadata (JSON scalars only, string keys) and serialise it."""
     for key, value in metadata.items():
         if not isinstance(key, str) or not isinstance(value, str | int | float | bool | type(None)):
-            raise TypeError(f"metadata must map strings to JSON scalars; {key!r} → {type(value).__name__}")
+            raise GalleryError(f"metadata must map strings to JSON scalars; {key!r} → {type(value).__name__}")
     return json.dumps(metadata, sort_keys=True, ensure_ascii=False)
+
+
+# -- re-embedding a collection (see faceprint.gallery.migrate and base.Migratable) --------------------------
+@dataclass(frozen=True)
+class PendingChip:
+    """A template still to be re-embedded by a migration, with its decrypted chip."""
+
+    template_id: int
+    subject_id: str
+    subject: str
+    chip: np.ndarray
+    chip_template: str | None  # None: the template of the model the row was enrolled with
+
+
+@dataclass(frozen=True)
+class MigrationCounts:
+    """What re-embedding a collection for a target model involves (read before anything is written)."""
+
+    collection: Collection
+    templates: int
+    with_chips: int
+    subjects: int
+    subjects_missing_chips: list[str]
+    chip_templates: dict[str | None, int]  # recorded chip template (None: the enrolling model's) → templates
+    staged: int  # vectors for the target model kept from an interrupted run
+    negatives: int
+
+    @property
+    def missing_chips(self) -> int:
+        return self.templates - self.with_chips
+
+
+@dataclass(frozen=True)
+class MigrationSwitch:
+    """What the switch transaction of a migration did."""
+
+    templates: int
+    subjects: int
+    dropped_templates: int
+    dropped_negatives: int
+    embedded_at_switch: int  # enrolled while the migration ran, embedded inside the switch transaction

@@ -13,10 +13,8 @@ inside a bulk block that the caller handles does not poison the rest. Needs ``ps
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -28,28 +26,12 @@ from pgvector.psycopg import register_vector
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from faceprint.gallery.base import DEFAULT_COLLECTION, UNSET, Unset
-from faceprint.gallery.crypto import TemplateCipher, resolve_key
-from faceprint.gallery.errors import (
-    CollectionNotFound,
-    ContractMismatch,
-    GalleryError,
-    SubjectExists,
-    SubjectNotFound,
-    TemplateNotFound,
-)
-from faceprint.gallery.model import (
-    Collection,
-    Consent,
-    GalleryStats,
-    Identification,
-    Metadata,
-    Page,
-    Subject,
-    Template,
-    metadata_json,
-    utcnow,
-)
+from faceprint.gallery import sql
+from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate
+from faceprint.gallery.crypto import seal_vector
+from faceprint.gallery.errors import GalleryError, SubjectExists
+from faceprint.gallery.location import redact_location
+from faceprint.gallery.model import Collection, Subject, Template, utcnow
 from faceprint.gallery.pg_schema import (
     DISTANCE_OP,
     HNSW_EF_SEARCH,
@@ -60,50 +42,22 @@ from faceprint.gallery.pg_schema import (
     schema_version,
 )
 from faceprint.gallery.scoring import Hit
-from faceprint.gallery.shared import (
-    check_contract,
-    check_name,
-    check_sidecars,
-    chip_aad,
-    decide,
-    make_cursor,
-    neighbours_wanted,
-    parse_cursor,
-    redact_location,
-    resolve_threshold,
-    vector_aad,
-)
-from faceprint.matching import Calibration, normalise
-from faceprint.types import Faceprint
 
 log = logging.getLogger(__name__)
 
-_SUBJECT_COLS = (
-    "s.id, s.name, s.metadata, s.consent, s.created_at, s.expires_at, "
-    "(SELECT count(*) FROM templates t WHERE t.subject_id = s.id)"
-)
+#: Placeholders of the subject columns: JSON text becomes jsonb.
+_CASTS = {"metadata": "%s::jsonb", "consent": "%s::jsonb"}
 
 
-def _subject_from_row(row: Sequence[Any], collection: str) -> Subject:
-    return Subject(
-        id=row[0],
-        name=row[1],
-        collection=collection,
-        metadata=dict(row[2] or {}),
-        consent=None if row[3] is None else Consent.from_dict(row[3]),
-        created_at=row[4],
-        expires_at=row[5],
-        template_count=int(row[6]),
-    )
+def _subject_row(conn: psycopg.Connection, ref: str, cid: int, *, lock: str = "") -> Any:
+    return sql.subject_row(conn, ref, cid, mark="%s", lock=lock)
 
 
-def _template_from_row(row: Sequence[Any]) -> Template:
-    box = None if row[4] is None else tuple(float(v) for v in row[4])
-    return Template(int(row[0]), row[1], row[2], row[3], box, row[5], row[6], bool(row[7]))  # type: ignore[arg-type]
+class PostgresGallery(GalleryBase[int]):
+    """:class:`~faceprint.gallery.base.Gallery` on PostgreSQL with pgvector (see the module docstring);
+    collections are addressed by their row id."""
 
-
-class PostgresGallery:
-    """:class:`~faceprint.gallery.base.Gallery` on PostgreSQL with pgvector (see the module docstring)."""
+    backend_name = "PostgreSQL"
 
     def __init__(
         self,
@@ -125,7 +79,6 @@ class PostgresGallery:
         self.ef_search = int(ef_search)
         self._local = threading.local()
         self._collections: dict[str, tuple[int, Collection]] = {}
-        self._closed = False
         try:
             with psycopg.connect(dsn, autocommit=True, connect_timeout=int(connect_timeout)) as conn:
                 if schema_version(conn) is None and not create:
@@ -143,50 +96,40 @@ class PostgresGallery:
             name="faceprint-gallery",
         )
         self._pool.open(wait=True, timeout=connect_timeout)
-        try:
-            self.cipher = self._open_cipher(key)
-        except BaseException:
-            self._pool.close()
-            raise
+        self._init_cipher(key)
 
     @staticmethod
     def _configure(conn: psycopg.Connection) -> None:
         register_vector(conn)
         conn.execute("SET TIME ZONE 'UTC'")
 
-    def _open_cipher(self, key: bytes | None) -> TemplateCipher:
-        with self._tx() as conn:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            rows = dict(conn.execute("SELECT key, value FROM faceprint_meta").fetchall())
-            if "key_check" not in rows:  # a new gallery: the only place a key file may be created
-                secret, origin = resolve_key(key, create=True)
-                cipher = TemplateCipher(secret, origin)
-                conn.execute(
-                    "INSERT INTO faceprint_meta VALUES ('key_check', %s), ('key_id', %s)",
-                    (cipher.check_value(), cipher.key_id.encode()),
-                )
-                return cipher
-        secret, origin = resolve_key(key, create=False)
-        cipher = TemplateCipher(secret, origin)
-        cipher.verify(bytes(rows["key_check"]), bytes(rows["key_id"]).decode() if "key_id" in rows else None)
-        return cipher
-
     # -- lifecycle --------------------------------------------------------------------------------------
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._pool.close()
+    def _load_key_check(self) -> tuple[bytes, str | None] | None:
+        with self._conn() as conn:
+            rows = dict(conn.execute("SELECT key, value FROM faceprint_meta").fetchall())
+        if "key_check" not in rows:
+            return None
+        return bytes(rows["key_check"]), bytes(rows["key_id"]).decode() if "key_id" in rows else None
 
-    def __enter__(self) -> PostgresGallery:
-        return self
+    def _store_key_check(self, check: bytes, key_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "INSERT INTO faceprint_meta VALUES ('key_check', %s), ('key_id', %s)", (check, key_id.encode())
+            )
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    @contextmanager
+    def _key_setup(self) -> Iterator[None]:
+        with self._pinned() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            yield
+
+    def _release(self) -> None:
+        self._pool.close()
 
     # -- connections and transactions -------------------------------------------------------------------
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
-        """A connection for reads: the thread's bulk connection (sees its uncommitted writes) or a pooled one."""
+        """A connection for reads: the thread's pinned connection (sees its uncommitted writes) or a pooled one."""
         if self._closed:
             raise GalleryError(f"the gallery {self.location} is closed")
         pinned = getattr(self._local, "conn", None)
@@ -203,47 +146,47 @@ class PostgresGallery:
 
     @contextmanager
     def _tx(self) -> Iterator[psycopg.Connection]:
-        """One transaction; inside :meth:`bulk` a savepoint of the bulk transaction."""
+        """One transaction; inside a pinned one (:meth:`bulk`) a savepoint of it."""
         with self._conn() as conn, conn.transaction():
             yield conn
 
     @contextmanager
-    def bulk(self) -> Iterator[None]:
-        """Group many writes into one transaction: all of them are stored, or none."""
+    def _pinned(self) -> Iterator[psycopg.Connection]:
+        """One transaction on a connection pinned to this thread, so every read and write inside it (through
+        :meth:`_conn`) is part of it; nested, a savepoint."""
         if getattr(self._local, "conn", None) is not None:
-            with self._tx():
-                yield
+            with self._tx() as conn:
+                yield conn
             return
         with self._conn() as conn:
             self._local.conn = conn
             try:
                 with conn.transaction():
-                    yield
+                    yield conn
             finally:
                 self._local.conn = None
 
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Group many writes into one transaction: all of them are stored, or none; inside, a failed statement
+        the caller handles rolls back to its savepoint only."""
+        with self._pinned():
+            yield
+
     # -- collections ------------------------------------------------------------------------------------
-    def ensure_collection(self, name: str, model_id: str, dim: int) -> Collection:
-        found = self._find_collection(name)
-        if found is None:
-            with self._tx() as conn:
-                row = conn.execute(
-                    "INSERT INTO collections (name, model_id, dim, created_at) VALUES (%s, %s, %s, %s) "
-                    "ON CONFLICT (name) DO NOTHING RETURNING id",
-                    (name, model_id, int(dim), utcnow()),
-                ).fetchone()
-                if row is not None:
-                    ddl = collection_index_sql(int(row[0]), int(dim))
-                    if ddl is None:
-                        log.warning("collection %s: %d-d vectors are searched exactly (no HNSW)", name, dim)
-                    else:
-                        conn.execute(ddl)  # type: ignore[arg-type]
-            found = self._find_collection(name)
-            assert found is not None
-        _, coll = found
-        if coll.model_id != model_id or coll.dim != dim:
-            raise ContractMismatch(name, f"{coll.model_id} ({coll.dim}-d)", f"{model_id} ({dim}-d)")
-        return coll
+    def _create_collection(self, name: str, model_id: str, dim: int) -> None:
+        with self._tx() as conn:
+            row = conn.execute(
+                "INSERT INTO collections (name, model_id, dim, created_at) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (name) DO NOTHING RETURNING id",
+                (name, model_id, dim, utcnow()),
+            ).fetchone()
+            if row is not None:
+                ddl = collection_index_sql(int(row[0]), dim)
+                if ddl is None:
+                    log.warning("collection %s: %d-d vectors are searched exactly (no HNSW)", name, dim)
+                else:
+                    conn.execute(ddl)  # type: ignore[arg-type]
 
     def _find_collection(self, name: str) -> tuple[int, Collection] | None:
         """Collections are never altered once created, so a found one is cached (one query fewer per call)."""
@@ -258,197 +201,93 @@ class PostgresGallery:
             found = self._collections[name] = (int(row[0]), Collection(row[1], row[2], int(row[3]), row[4]))
         return found
 
-    def _collection(self, name: str) -> tuple[int, Collection]:
-        found = self._find_collection(name)
-        if found is None:
-            raise CollectionNotFound(name)
-        return found
-
-    def get_collection(self, name: str = DEFAULT_COLLECTION) -> Collection:
-        return self._collection(name)[1]
-
     def list_collections(self) -> list[Collection]:
         with self._conn() as conn:
             rows = conn.execute('SELECT name, model_id, dim, created_at FROM collections ORDER BY name COLLATE "C"')
             return [Collection(r[0], r[1], int(r[2]), r[3]) for r in rows.fetchall()]
 
     # -- subjects ---------------------------------------------------------------------------------------
-    @staticmethod
-    def _subject_row(conn: psycopg.Connection, ref: str, cid: int, *, lock: str = "") -> Any:
-        """The subject's row by id, else by name; ``lock``: "FOR SHARE" / "FOR UPDATE" (within a transaction)."""
-        suffix = f" {lock}" if lock else ""
-        for col in ("id", "name"):
-            row = conn.execute(
-                f"SELECT {_SUBJECT_COLS} FROM subjects s WHERE s.collection_id = %s AND s.{col} = %s{suffix}",
-                (cid, ref),
-            ).fetchone()
-            if row is not None:
-                return row
-        return None
-
-    def add_subject(
-        self,
-        name: str,
-        *,
-        collection: str = DEFAULT_COLLECTION,
-        metadata: Metadata | None = None,
-        consent: Consent | None = None,
-        expires_at: datetime | None = None,
-        subject_id: str | None = None,
-    ) -> Subject:
-        check_name(name)
-        cid, _ = self._collection(collection)
-        sid = subject_id or uuid.uuid4().hex
+    def _insert_subject(self, handle: int, new: Subject) -> Subject:
+        columns = sql.subject_values(new, sql.SUBJECT_FIELDS, lambda t: t)
         try:
             with self._tx() as conn:
                 conn.execute(
-                    "INSERT INTO subjects (id, collection_id, name, metadata, consent, created_at, expires_at) "
-                    "VALUES (%s, %s, %s, %s::jsonb, %s::jsonb, %s, %s)",
-                    (
-                        sid,
-                        cid,
-                        name,
-                        metadata_json(metadata or {}),
-                        None if consent is None else json.dumps(consent.to_dict()),
-                        utcnow(),
-                        expires_at,
-                    ),
+                    f"INSERT INTO subjects (collection_id, {', '.join(c for c, _ in columns)}) "  # type: ignore[arg-type]
+                    f"VALUES (%s, {', '.join(_CASTS.get(c, '%s') for c, _ in columns)})",
+                    (handle, *(v for _, v in columns)),
                 )
         except pg_errors.UniqueViolation:
-            raise SubjectExists(name, collection) from None
-        return self.get_subject(sid, collection=collection)
+            raise SubjectExists(new.name, new.collection) from None
+        return self.get_subject(new.id, collection=new.collection)
 
-    def find_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject | None:
-        cid, _ = self._collection(collection)
+    def _find_subject(self, handle: int, collection: str, ref: str) -> Subject | None:
         with self._conn() as conn:
-            row = self._subject_row(conn, ref, cid)
-        return None if row is None else _subject_from_row(row, collection)
+            row = _subject_row(conn, ref, handle)
+        return None if row is None else sql.subject_from_row(row, collection)
 
-    def get_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject:
-        subject = self.find_subject(ref, collection=collection)
-        if subject is None:
-            raise SubjectNotFound(ref, collection)
-        return subject
-
-    def list_subjects(
-        self, *, collection: str = DEFAULT_COLLECTION, limit: int = 100, cursor: str | None = None
-    ) -> Page:
-        if limit < 1:
-            raise GalleryError(f"limit must be at least 1, got {limit}")
-        cid, _ = self._collection(collection)
-        after = parse_cursor(cursor) or ("", "")
+    def _subject_page(
+        self, handle: int, collection: str, after: tuple[str, str], limit: int
+    ) -> tuple[list[Subject], int]:
         with self._tx() as conn:  # one snapshot for the count and the page
-            total = conn.execute("SELECT count(*) FROM subjects WHERE collection_id = %s", (cid,)).fetchone()
+            total = conn.execute("SELECT count(*) FROM subjects WHERE collection_id = %s", (handle,)).fetchone()
             rows = conn.execute(
-                f"SELECT {_SUBJECT_COLS} FROM subjects s WHERE s.collection_id = %s "
+                f"SELECT {sql.SUBJECT_COLUMNS} FROM subjects s WHERE s.collection_id = %s "  # type: ignore[arg-type]
                 'AND (s.name COLLATE "C", s.id COLLATE "C") > (%s, %s) '
                 'ORDER BY s.name COLLATE "C", s.id COLLATE "C" LIMIT %s',
-                (cid, after[0], after[1], limit + 1),
+                (handle, *after, limit),
             ).fetchall()
-        items = tuple(_subject_from_row(r, collection) for r in rows[:limit])
-        next_cursor = make_cursor(items[-1].name, items[-1].id) if len(rows) > limit else None
-        return Page(items, next_cursor, int(total[0]) if total else 0)
+        return [sql.subject_from_row(r, collection) for r in rows], int(total[0]) if total else 0
 
-    def update_subject(
-        self,
-        ref: str,
-        *,
-        collection: str = DEFAULT_COLLECTION,
-        name: str | Unset = UNSET,
-        metadata: Metadata | Unset = UNSET,
-        consent: Consent | Unset | None = UNSET,
-        expires_at: datetime | Unset | None = UNSET,
-    ) -> Subject:
-        subject = self.get_subject(ref, collection=collection)
-        sets: list[str] = []
-        values: list[object] = []
-        if not isinstance(name, Unset):
-            check_name(name)
-            sets.append("name = %s")
-            values.append(name)
-        if not isinstance(metadata, Unset):
-            sets.append("metadata = %s::jsonb")
-            values.append(metadata_json(metadata))
-        if not isinstance(consent, Unset):
-            sets.append("consent = %s::jsonb")
-            values.append(None if consent is None else json.dumps(consent.to_dict()))
-        if not isinstance(expires_at, Unset):
-            sets.append("expires_at = %s")
-            values.append(expires_at)
-        if sets:
-            try:
-                with self._tx() as conn:
-                    cur = conn.execute(f"UPDATE subjects SET {', '.join(sets)} WHERE id = %s", (*values, subject.id))
-                    if cur.rowcount == 0:  # deleted by another client meanwhile
-                        raise SubjectNotFound(ref, collection)
-            except pg_errors.UniqueViolation:
-                raise SubjectExists(str(name), collection) from None
-        return self.get_subject(subject.id, collection=collection)
+    def _update_subject(self, handle: int, current: Subject, updated: Subject, changed: frozenset[str]) -> bool:
+        columns = sql.subject_values(updated, sorted(changed), lambda t: t)
+        sets = ", ".join(f"{c} = {_CASTS.get(c, '%s')}" for c, _ in columns)
+        try:
+            with self._tx() as conn:
+                cur = conn.execute(
+                    f"UPDATE subjects SET {sets} WHERE id = %s",  # type: ignore[arg-type]
+                    (*(v for _, v in columns), current.id),
+                )
+        except pg_errors.UniqueViolation:
+            raise SubjectExists(updated.name, current.collection) from None
+        return cur.rowcount > 0
 
-    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
-        cid, _ = self._collection(collection)
+    def _delete_subject(self, handle: int, ref: str) -> bool:
         with self._tx() as conn:
-            row = self._subject_row(conn, ref, cid, lock="FOR UPDATE")
+            row = _subject_row(conn, ref, handle, lock="FOR UPDATE")
             if row is None:
-                raise SubjectNotFound(ref, collection)
+                return False
             conn.execute("DELETE FROM subjects WHERE id = %s", (row[0],))  # templates, negatives cascade
+        return True
 
     def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
+        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
         with self._tx() as conn:
             rows = conn.execute(
-                f"SELECT {_SUBJECT_COLS}, c.name FROM subjects s JOIN collections c ON c.id = s.collection_id "
-                'WHERE s.expires_at IS NOT NULL AND s.expires_at <= %s ORDER BY c.name COLLATE "C", '
-                's.name COLLATE "C" FOR UPDATE OF s',
+                f"SELECT {sql.SUBJECT_COLUMNS}, c.name FROM subjects s JOIN collections c "  # type: ignore[arg-type]
+                "ON c.id = s.collection_id WHERE s.expires_at IS NOT NULL AND s.expires_at <= %s "
+                'ORDER BY c.name COLLATE "C", s.name COLLATE "C" FOR UPDATE OF s',
                 (now or utcnow(),),
             ).fetchall()
-            purged = [_subject_from_row(r, r[7]) for r in rows]
+            purged = [sql.subject_from_row(r, r[7]) for r in rows]
             if purged:
                 conn.execute("DELETE FROM subjects WHERE id = ANY(%s)", ([s.id for s in purged],))
         return purged
 
     # -- templates --------------------------------------------------------------------------------------
-    def add_templates(
-        self,
-        ref: str,
-        faceprints: Sequence[Faceprint],
-        *,
-        collection: str = DEFAULT_COLLECTION,
-        source_sha256: Sequence[str | None] | None = None,
-        chips: Sequence[np.ndarray] | None = None,
-    ) -> list[Template]:
-        cid, coll = self._collection(collection)
-        check_contract(coll, faceprints)
-        shas = check_sidecars(len(faceprints), source_sha256, chips)
-        vectors = normalise(np.stack([fp.vector for fp in faceprints])).astype(np.float32) if faceprints else None
-        now = utcnow()
+    def _insert_templates(self, handle: int, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
         with self._tx() as conn:
-            row = self._subject_row(conn, ref, cid, lock="FOR SHARE")  # a concurrent delete waits for us
+            row = _subject_row(conn, ref, handle, lock="FOR SHARE")  # a concurrent delete waits for us
             if row is None:
-                raise SubjectNotFound(ref, collection)
+                return None
             sid = str(row[0])
             params = []
-            for i, fp in enumerate(faceprints):
-                assert vectors is not None
-                vec = vectors[i]
-                chip = None
-                if chips is not None:
-                    arr = np.ascontiguousarray(chips[i], dtype=np.uint8)
-                    header = json.dumps(list(arr.shape)).encode() + b"\n"
-                    chip = self.cipher.encrypt(header + arr.tobytes(), chip_aad(sid))
+            now = utcnow()
+            for item in items:
+                vector, chip = item.seal(self.cipher, sid)
                 params.append(
-                    (
-                        sid,
-                        cid,
-                        fp.model_id,
-                        vec,
-                        self.cipher.encrypt(vec.astype("<f4").tobytes(), vector_aad(sid, fp.model_id)),
-                        None if fp.quality is None else float(fp.quality),
-                        None if fp.detection is None else json.dumps([float(v) for v in fp.detection.box]),
-                        shas[i],
-                        chip,
-                        now,
-                    )
-                )
+                    (sid, handle, item.model_id, item.vector, vector, item.quality, item.box_json,
+                     item.source_sha256, chip, now)
+                )  # fmt: skip
             rows: list[Any] = []
             if params:
                 with conn.cursor() as cur:
@@ -456,8 +295,7 @@ class PostgresGallery:
                         "INSERT INTO templates (subject_id, collection_id, model_id, embedding, vector_enc, "
                         "quality, box, source_sha256, chip, created_at) "
                         "VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s) "
-                        "RETURNING id, subject_id, model_id, quality, box, source_sha256, created_at, "
-                        "chip IS NOT NULL",
+                        f"RETURNING {sql.TEMPLATE_COLUMNS}",
                         params,
                         returning=True,
                     )
@@ -465,80 +303,53 @@ class PostgresGallery:
                         rows.extend(cur.fetchall())
                         if not cur.nextset():
                             break
-        return [_template_from_row(r) for r in rows]
+        return [sql.template_from_row(r) for r in rows]
 
-    def list_templates(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[Template]:
-        subject = self.get_subject(ref, collection=collection)
+    def _templates_of(self, handle: int, subject_id: str) -> list[Template]:
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT id, subject_id, model_id, quality, box, source_sha256, created_at, chip IS NOT NULL "
-                "FROM templates WHERE subject_id = %s ORDER BY id",
-                (subject.id,),
+                f"SELECT {sql.TEMPLATE_COLUMNS} FROM templates WHERE subject_id = %s ORDER BY id",  # type: ignore[arg-type]
+                (subject_id,),
             ).fetchall()
-        return [_template_from_row(r) for r in rows]
+        return [sql.template_from_row(r) for r in rows]
 
-    def template_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> dict[int, np.ndarray]:
-        subject = self.get_subject(ref, collection=collection)
+    def _vectors_of(self, handle: int, subject_id: str) -> list[tuple[int, str, bytes]]:
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT id, model_id, vector_enc FROM templates WHERE subject_id = %s ORDER BY id", (subject.id,)
+                "SELECT id, model_id, vector_enc FROM templates WHERE subject_id = %s ORDER BY id", (subject_id,)
             ).fetchall()
-        return {
-            int(r[0]): np.frombuffer(self.cipher.decrypt(bytes(r[2]), vector_aad(subject.id, r[1])), "<f4").copy()
-            for r in rows
-        }
+        return [(int(r[0]), str(r[1]), bytes(r[2])) for r in rows]
 
-    def template_chip(self, template_id: int) -> np.ndarray | None:
-        """The aligned chip kept with a template (only when it was enrolled with chips), decrypted."""
+    def _chip_of(self, template_id: int) -> tuple[str, bytes | None] | None:
         with self._conn() as conn:
             row = conn.execute("SELECT subject_id, chip FROM templates WHERE id = %s", (template_id,)).fetchone()
-        if row is None:
-            raise TemplateNotFound(template_id)
-        if row[1] is None:
-            return None
-        header, _, pixels = self.cipher.decrypt(bytes(row[1]), chip_aad(row[0])).partition(b"\n")
-        return np.frombuffer(pixels, dtype=np.uint8).reshape(json.loads(header)).copy()
+        return None if row is None else (str(row[0]), None if row[1] is None else bytes(row[1]))
 
-    def delete_template(self, template_id: int) -> None:
+    def _delete_template(self, template_id: int) -> bool:
         with self._tx() as conn:
-            if conn.execute("DELETE FROM templates WHERE id = %s RETURNING id", (template_id,)).fetchone() is None:
-                raise TemplateNotFound(template_id)
+            row = conn.execute("DELETE FROM templates WHERE id = %s RETURNING id", (template_id,)).fetchone()
+        return row is not None
 
     # -- negatives --------------------------------------------------------------------------------------
-    def add_negative(self, faceprint: Faceprint, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
-        cid, coll = self._collection(collection)
-        check_contract(coll, [faceprint])
-        vec = normalise(faceprint.vector).astype("<f4")
+    def _insert_negative(self, handle: int, coll: Collection, ref: str, vector: np.ndarray) -> bool:
         with self._tx() as conn:
-            row = self._subject_row(conn, ref, cid, lock="FOR SHARE")
+            row = _subject_row(conn, ref, handle, lock="FOR SHARE")
             if row is None:
-                raise SubjectNotFound(ref, collection)
+                return False
             sid = str(row[0])
             conn.execute(
                 "INSERT INTO negatives (subject_id, vector_enc, created_at) VALUES (%s, %s, %s)",
-                (sid, self.cipher.encrypt(vec.tobytes(), vector_aad(sid, coll.model_id, "neg")), utcnow()),
+                (sid, seal_vector(self.cipher, vector, sid, coll.model_id, "neg"), utcnow()),
             )
+        return True
 
-    def negative_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[np.ndarray]:
-        subject = self.get_subject(ref, collection=collection)
-        coll = self.get_collection(collection)
+    def _negative_blobs(self, handle: int, subject_ids: Sequence[str]) -> list[tuple[str, bytes]]:
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT vector_enc FROM negatives WHERE subject_id = %s ORDER BY id", (subject.id,)
+                "SELECT subject_id, vector_enc FROM negatives WHERE subject_id = ANY(%s) ORDER BY id",
+                (list(subject_ids),),
             ).fetchall()
-        aad = vector_aad(subject.id, coll.model_id, "neg")
-        return [np.frombuffer(self.cipher.decrypt(bytes(r[0]), aad), dtype="<f4").copy() for r in rows]
-
-    def _negatives_of(self, conn: psycopg.Connection, coll: Collection, subject_ids: list[str]) -> dict:
-        if not subject_ids:
-            return {}
-        grouped: dict[str, list[np.ndarray]] = {}
-        for sid, blob in conn.execute(
-            "SELECT subject_id, vector_enc FROM negatives WHERE subject_id = ANY(%s)", (subject_ids,)
-        ).fetchall():
-            vec = np.frombuffer(self.cipher.decrypt(bytes(blob), vector_aad(sid, coll.model_id, "neg")), "<f4")
-            grouped.setdefault(sid, []).append(vec)
-        return {sid: np.stack(v) for sid, v in grouped.items()}
+        return [(str(r[0]), bytes(r[1])) for r in rows]
 
     # -- search -----------------------------------------------------------------------------------------
     def _search_sql(self, cid: int, dim: int) -> str:
@@ -554,48 +365,47 @@ class PostgresGallery:
             ") n JOIN subjects s ON s.id = n.subject_id"
         )
 
-    def identify(
-        self,
-        faceprints: Sequence[Faceprint],
-        *,
-        collection: str = DEFAULT_COLLECTION,
-        top_k: int = 5,
-        fmr: float | None = None,
-        threshold: float | None = None,
-        calibration: Calibration | None = None,
-        one_to_one: bool = True,
-    ) -> list[Identification]:
-        cid, coll = self._collection(collection)
-        limit = resolve_threshold(coll, top_k=top_k, fmr=fmr, threshold=threshold, calibration=calibration)
-        check_contract(coll, faceprints)
-        if not faceprints:
-            return []
-        probes = normalise(np.stack([fp.vector for fp in faceprints])).astype(np.float32)
-        wanted = neighbours_wanted(top_k)
-        sql = self._search_sql(cid, coll.dim)
-        hits: list[list[Hit]] = []
-        with self._tx() as conn:  # one snapshot for the hits, the names and the negatives
-            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(self.ef_search, wanted)),))
-            for probe in probes:
-                rows = conn.execute(sql, {"q": probe, "k": wanted}).fetchall()  # type: ignore[arg-type]
-                hits.append([Hit(r[1], r[2], float(r[3])) for r in rows])
-            negatives = self._negatives_of(conn, coll, sorted({h.subject_id for face in hits for h in face}))
-        return decide(faceprints, probes, hits, negatives, top_k=top_k, threshold=limit, one_to_one=one_to_one)
+    def _subject_count(self, handle: int) -> int:
+        with self._conn() as conn:
+            row = conn.execute("SELECT count(*) FROM subjects WHERE collection_id = %s", (handle,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def _nearest(self, handle: int, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
+        sql = self._search_sql(handle, coll.dim)
+        with self._pinned() as conn:  # one snapshot for the hits, the names and the negatives
+            conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(self.ef_search, k)),))
+            hits = [
+                [Hit(r[1], r[2], float(r[3])) for r in conn.execute(sql, {"q": probe, "k": k}).fetchall()]  # type: ignore[arg-type]
+                for probe in probes
+            ]
+            negatives = self._negatives_of(handle, coll, sorted({h.subject_id for face in hits for h in face}))
+        return Neighbours(hits, negatives)
+
+    def _subject_names(self, handle: int, subject_ids: Sequence[str]) -> dict[str, str]:
+        with self._conn() as conn:
+            rows = conn.execute("SELECT id, name FROM subjects WHERE id = ANY(%s)", (list(subject_ids),)).fetchall()
+        return {str(r[0]): str(r[1]) for r in rows}
 
     # -- housekeeping -----------------------------------------------------------------------------------
-    def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats:
-        cid, coll = self._collection(collection)
-        with self._tx() as conn:
-            subjects, templates, negatives, disk = conn.execute(
+    def _counts(self, handle: int) -> tuple[int, int, int]:
+        with self._conn() as conn:
+            row = conn.execute(
                 "SELECT (SELECT count(*) FROM subjects WHERE collection_id = %(c)s), "
                 "(SELECT count(*) FROM templates WHERE collection_id = %(c)s), "
                 "(SELECT count(*) FROM negatives n JOIN subjects s ON s.id = n.subject_id "
-                "WHERE s.collection_id = %(c)s), "
-                "pg_total_relation_size('templates') + pg_total_relation_size('subjects') "
-                "+ pg_total_relation_size('negatives')",
-                {"c": cid},
-            ).fetchone()  # type: ignore[misc]
-        kind = "pgvector-hnsw" if coll.dim <= HNSW_MAX_DIM else "exact"
-        return GalleryStats(
-            coll.name, coll.model_id, coll.dim, int(subjects), int(templates), int(negatives), kind, int(disk)
-        )
+                "WHERE s.collection_id = %(c)s)",
+                {"c": handle},
+            ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def _index_kind(self, coll: Collection, templates: int) -> str:
+        return "pgvector-hnsw" if coll.dim <= HNSW_MAX_DIM else "exact"
+
+    def _disk_bytes(self) -> int:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT pg_total_relation_size('templates') + pg_total_relation_size('subjects') "
+                "+ pg_total_relation_size('negatives')"
+            ).fetchone()
+        return int(row[0]) if row else 0

@@ -74,3 +74,13 @@ def assign_one_to_one(per_face: Sequence[Sequence[Candidate]], threshold: float)
             matches[face] = cand
             taken.add(cand.subject_id)
     return matches
+
+
+def choose_matches(
+    per_face: Sequence[Sequence[Candidate]], threshold: float, *, one_to_one: bool
+) -> list[Candidate | None]:
+    """The open-set decision per face: its best candidate at or above ``threshold``, else ``None``; with
+    ``one_to_one`` (faces of one photo) through :func:`assign_one_to_one`."""
+    if one_to_one:
+        return assign_one_to_one(per_face, threshold)
+    return [c[0] if c and c[0].score >= threshold else None for c in per_face]

@@ -1,0 +1,538 @@
+"""GalleryBase: what every gallery backend shares, so that each backend writes only its storage steps.
+
+:class:`~faceprint.gallery.base.Gallery` stays the protocol callers (service, Ray, CLI) type against;
+GalleryBase is the implementation the embedded, PostgreSQL and Milvus backends inherit. It owns:
+
+- the template key: reading, or for a new gallery writing, the key check value (:meth:`_open_cipher`);
+- the encryption of vectors and chips (:mod:`faceprint.gallery.crypto`), so every backend binds a ciphertext
+  to its row the same way;
+- argument checks: the collection's embedding contract, subject names, sidecar lengths, chips on a backend
+  that keeps none, page cursors and limits, ``top_k``;
+- ``update_subject``'s UNSET handling: a backend is handed the subject before and after;
+- identification: nearest templates (the backend's ``_nearest``) → per-subject scores → negatives → the one
+  threshold rule (:class:`~faceprint.matching.ThresholdRule`: ``fmr`` | ``fpir`` | ``threshold``) → one-to-one
+  matches → names, and the rule reported in every answer.
+
+A backend addresses a collection by a handle of its own (``H``: a row id, a pair of Milvus collection names)
+that :meth:`GalleryBase._find_collection` returns together with the :class:`Collection`. Storage steps that
+find no subject return ``None``/``False`` and the base raises the error, so every backend raises the same one.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+import numpy as np
+
+from faceprint.gallery.base import DEFAULT_COLLECTION, UNSET, Unset
+from faceprint.gallery.crypto import TemplateCipher, open_chip, open_vector, resolve_key, seal_chip, seal_vector
+from faceprint.gallery.errors import (
+    CollectionNotFound,
+    ContractMismatch,
+    GalleryError,
+    SubjectNotFound,
+    TemplateNotFound,
+)
+from faceprint.gallery.model import (
+    Candidate,
+    Collection,
+    Consent,
+    GalleryStats,
+    Identification,
+    Metadata,
+    Page,
+    Subject,
+    Template,
+    utcnow,
+)
+from faceprint.gallery.scoring import Hit, aggregate, apply_negatives, choose_matches
+from faceprint.matching import Calibration, ThresholdRule, check_one_rule, normalise
+from faceprint.types import Box, Faceprint
+
+H = TypeVar("H")
+
+#: Nearest templates fetched per probe: enough to see several templates of each likely subject.
+MIN_NEIGHBOURS = 64
+
+
+def neighbours_wanted(top_k: int) -> int:
+    return max(MIN_NEIGHBOURS, 8 * top_k)
+
+
+def check_contract(coll: Collection, faceprints: Sequence[Faceprint]) -> None:
+    """A collection is pinned to one embedding model; anything else is refused, never compared."""
+    for fp in faceprints:
+        if fp.model_id != coll.model_id or fp.dim != coll.dim:
+            raise ContractMismatch(coll.name, f"{coll.model_id} ({coll.dim}-d)", f"{fp.model_id} ({fp.dim}-d)")
+
+
+def check_name(name: str) -> None:
+    if not name or not name.strip():
+        raise GalleryError("a subject needs a non-empty name")
+
+
+def check_sidecars(
+    n: int, source_sha256: Sequence[str | None] | None, chips: Sequence[np.ndarray] | None
+) -> list[str | None]:
+    shas = list(source_sha256) if source_sha256 is not None else [None] * n
+    if len(shas) != n or (chips is not None and len(chips) != n):
+        raise GalleryError("source_sha256 and chips must have one entry per faceprint")
+    return shas
+
+
+def parse_cursor(cursor: str | None) -> tuple[str, str]:
+    """Page cursors are ``[name, id]`` of the last subject returned; no cursor → the start."""
+    if not cursor:
+        return "", ""
+    try:
+        name, sid = json.loads(cursor)
+        return str(name), str(sid)
+    except (ValueError, TypeError):
+        raise GalleryError(f"invalid page cursor {cursor!r}") from None
+
+
+def make_cursor(subject: Subject) -> str:
+    return json.dumps([subject.name, subject.id])
+
+
+@dataclass(frozen=True)
+class NewTemplate:
+    """A faceprint about to be stored, checked against the collection, its vector L2-normalised."""
+
+    model_id: str
+    vector: np.ndarray
+    quality: float | None
+    box: Box | None
+    source_sha256: str | None
+    chip: np.ndarray | None
+
+    @classmethod
+    def of(cls, fp: Faceprint, vector: np.ndarray, sha: str | None, chip: np.ndarray | None) -> NewTemplate:
+        box = None if fp.detection is None else tuple(float(v) for v in fp.detection.box)
+        quality = None if fp.quality is None else float(fp.quality)
+        return cls(fp.model_id, vector.astype(np.float32), quality, box, sha, chip)  # type: ignore[arg-type]
+
+    @property
+    def box_json(self) -> str | None:
+        return None if self.box is None else json.dumps([float(v) for v in self.box])
+
+    def seal(self, cipher: TemplateCipher, subject_id: str) -> tuple[bytes, bytes | None]:
+        """The encrypted vector and chip (``None`` without one), bound to the subject."""
+        chip = None if self.chip is None else seal_chip(cipher, self.chip, subject_id)
+        return seal_vector(cipher, self.vector, subject_id, self.model_id), chip
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """What a backend's nearest-template search found for each probe, and the negatives of those subjects.
+
+    A hit's ``subject`` may be ``""`` when the backend's index knows ids only; the base then looks up the
+    names of what it reports (:meth:`GalleryBase._subject_names`).
+    """
+
+    hits: list[list[Hit]]
+    negatives: Mapping[str, np.ndarray]
+
+
+def group_negatives(cipher: TemplateCipher, model_id: str, rows: Iterable[tuple[str, bytes]]) -> dict[str, np.ndarray]:
+    """Encrypted negatives ``(subject id, blob)`` → subject id → N×D matrix."""
+    grouped: dict[str, list[np.ndarray]] = {}
+    for sid, blob in rows:
+        grouped.setdefault(sid, []).append(open_vector(cipher, blob, sid, model_id, "neg"))
+    return {sid: np.stack(v) for sid, v in grouped.items()}
+
+
+class GalleryBase(ABC, Generic[H]):
+    """The shared half of every backend (see the module docstring); subclasses implement the storage steps."""
+
+    #: How messages name the backend.
+    backend_name: ClassVar[str]
+    #: Whether the backend stores aligned chips (``add_templates(chips=…)``); one that cannot refuses them.
+    keeps_chips: ClassVar[bool] = True
+
+    cipher: TemplateCipher
+    _closed: bool = False
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def _init_cipher(self, key: bytes | None) -> None:
+        """Check the template key (set it up for a new gallery); on failure the storage is released."""
+        try:
+            self.cipher = self._open_cipher(key)
+        except BaseException:  # a wrong or missing key must not leave connections open
+            self._closed = True
+            self._release()
+            raise
+
+    def _open_cipher(self, key: bytes | None) -> TemplateCipher:
+        stored = self._load_key_check()
+        if stored is None:
+            with self._key_setup():
+                stored = self._load_key_check()  # another process may have set it up meanwhile
+                if stored is None:  # a new gallery: the only place a key file may be created
+                    cipher = TemplateCipher(*resolve_key(key, create=True))
+                    self._store_key_check(cipher.check_value(), cipher.key_id)
+                    return cipher
+        cipher = TemplateCipher(*resolve_key(key, create=False))
+        cipher.verify(*stored)
+        return cipher
+
+    def _key_setup(self) -> AbstractContextManager[object]:
+        """Serialises the first-time key setup between processes (a transaction, a lock); none by default."""
+        return nullcontext()
+
+    @abstractmethod
+    def _load_key_check(self) -> tuple[bytes, str | None] | None:
+        """The stored key check value and key id, or ``None`` for a gallery that has no key yet."""
+
+    @abstractmethod
+    def _store_key_check(self, check: bytes, key_id: str) -> None: ...
+
+    def close(self) -> None:
+        """Release connections (the gallery is unusable afterwards); closing twice is harmless."""
+        if self._closed:
+            return
+        self._before_close()
+        self._closed = True
+        self._release()
+
+    def _before_close(self) -> None:
+        """Work to do while the storage is still open (the embedded backend saves its index snapshots)."""
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Close connections and clients."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- collections ------------------------------------------------------------------------------------
+    def ensure_collection(self, name: str, model_id: str, dim: int) -> Collection:
+        """Create the collection, or check that an existing one has this contract (ContractMismatch)."""
+        found = self._find_collection(name)
+        if found is None:
+            self._create_collection(name, model_id, int(dim))
+            found = self._find_collection(name)
+            assert found is not None
+        coll = found[1]
+        if coll.model_id != model_id or coll.dim != dim:
+            raise ContractMismatch(name, f"{coll.model_id} ({coll.dim}-d)", f"{model_id} ({dim}-d)")
+        return coll
+
+    def _collection(self, name: str) -> tuple[H, Collection]:
+        found = self._find_collection(name)
+        if found is None:
+            raise CollectionNotFound(name)
+        return found
+
+    def get_collection(self, name: str = DEFAULT_COLLECTION) -> Collection:
+        return self._collection(name)[1]
+
+    @abstractmethod
+    def list_collections(self) -> list[Collection]: ...
+
+    @abstractmethod
+    def _find_collection(self, name: str) -> tuple[H, Collection] | None: ...
+
+    @abstractmethod
+    def _create_collection(self, name: str, model_id: str, dim: int) -> None:
+        """Create an empty collection unless one of that name exists (losing a creation race is fine)."""
+
+    # -- subjects ---------------------------------------------------------------------------------------
+    def add_subject(
+        self,
+        name: str,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        metadata: Metadata | None = None,
+        consent: Consent | None = None,
+        expires_at: datetime | None = None,
+        subject_id: str | None = None,
+    ) -> Subject:
+        check_name(name)
+        handle, _ = self._collection(collection)
+        new = Subject(
+            subject_id or uuid.uuid4().hex, name, collection, dict(metadata or {}), consent, utcnow(), expires_at
+        )
+        return self._insert_subject(handle, new)
+
+    def find_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject | None:
+        handle, _ = self._collection(collection)
+        return self._find_subject(handle, collection, ref)
+
+    def get_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject:
+        subject = self.find_subject(ref, collection=collection)
+        if subject is None:
+            raise SubjectNotFound(ref, collection)
+        return subject
+
+    def list_subjects(
+        self, *, collection: str = DEFAULT_COLLECTION, limit: int = 100, cursor: str | None = None
+    ) -> Page:
+        """One page of subjects in (name, id) order; ``next_cursor`` continues after its last one."""
+        if limit < 1:
+            raise GalleryError(f"limit must be at least 1, got {limit}")
+        handle, _ = self._collection(collection)
+        rows, total = self._subject_page(handle, collection, parse_cursor(cursor), limit + 1)
+        items = tuple(rows[:limit])
+        return Page(items, make_cursor(items[-1]) if len(rows) > limit else None, total)
+
+    def update_subject(
+        self,
+        ref: str,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        name: str | Unset = UNSET,
+        metadata: Metadata | Unset = UNSET,
+        consent: Consent | Unset | None = UNSET,
+        expires_at: datetime | Unset | None = UNSET,
+    ) -> Subject:
+        handle, _ = self._collection(collection)
+        current = self.get_subject(ref, collection=collection)
+        changes: dict[str, Any] = {}
+        if not isinstance(name, Unset):
+            check_name(name)
+            changes["name"] = name
+        if not isinstance(metadata, Unset):
+            changes["metadata"] = dict(metadata)
+        if not isinstance(consent, Unset):
+            changes["consent"] = consent
+        if not isinstance(expires_at, Unset):
+            changes["expires_at"] = expires_at
+        if changes and not self._update_subject(handle, current, replace(current, **changes), frozenset(changes)):
+            raise SubjectNotFound(ref, collection)  # deleted by another client meanwhile
+        return self.get_subject(current.id, collection=collection)
+
+    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
+        """Delete the subject, its templates, negatives and consent record; gone from search at once."""
+        handle, _ = self._collection(collection)
+        if not self._delete_subject(handle, ref):
+            raise SubjectNotFound(ref, collection)
+
+    @abstractmethod
+    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]: ...
+
+    @abstractmethod
+    def _insert_subject(self, handle: H, new: Subject) -> Subject:
+        """Store ``new`` (SubjectExists when its name or id is taken) and return it as stored."""
+
+    @abstractmethod
+    def _find_subject(self, handle: H, collection: str, ref: str) -> Subject | None:
+        """The subject with id ``ref``, else the one named ``ref``."""
+
+    @abstractmethod
+    def _subject_page(
+        self, handle: H, collection: str, after: tuple[str, str], limit: int
+    ) -> tuple[list[Subject], int]:
+        """Up to ``limit`` subjects after ``(name, id)`` in that order, and how many the collection holds."""
+
+    @abstractmethod
+    def _update_subject(self, handle: H, current: Subject, updated: Subject, changed: frozenset[str]) -> bool:
+        """Write the ``changed`` fields of ``updated``; ``False`` when the subject is gone; SubjectExists for a
+        name another subject has."""
+
+    @abstractmethod
+    def _delete_subject(self, handle: H, ref: str) -> bool:
+        """Delete the subject by id or name, with its templates and negatives; ``False`` when there is none."""
+
+    # -- templates --------------------------------------------------------------------------------------
+    def add_templates(
+        self,
+        ref: str,
+        faceprints: Sequence[Faceprint],
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        source_sha256: Sequence[str | None] | None = None,
+        chips: Sequence[np.ndarray] | None = None,
+    ) -> list[Template]:
+        """Store the faceprints for the subject in one transaction (all or none)."""
+        handle, coll = self._collection(collection)
+        check_contract(coll, faceprints)
+        shas = check_sidecars(len(faceprints), source_sha256, chips)
+        if chips is not None and not self.keeps_chips:
+            raise GalleryError(
+                f"the {self.backend_name} backend does not keep face chips; use PostgreSQL or the embedded gallery"
+            )
+        vectors = normalise(np.stack([fp.vector for fp in faceprints])) if faceprints else None
+        items = [
+            NewTemplate.of(fp, vectors[i], shas[i], None if chips is None else chips[i])  # type: ignore[index]
+            for i, fp in enumerate(faceprints)
+        ]
+        stored = self._insert_templates(handle, ref, items)
+        if stored is None:
+            raise SubjectNotFound(ref, collection)
+        return stored
+
+    def list_templates(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[Template]:
+        handle, _ = self._collection(collection)
+        return self._templates_of(handle, self.get_subject(ref, collection=collection).id)
+
+    def template_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> dict[int, np.ndarray]:
+        """Decrypted vectors of the subject's templates by template id (for export and migration)."""
+        handle, _ = self._collection(collection)
+        sid = self.get_subject(ref, collection=collection).id
+        rows = self._vectors_of(handle, sid)
+        return {tid: open_vector(self.cipher, blob, sid, model_id) for tid, model_id, blob in rows}
+
+    def template_chip(self, template_id: int) -> np.ndarray | None:
+        """The aligned chip kept with a template (only when it was enrolled with chips), decrypted."""
+        found = self._chip_of(template_id)
+        if found is None:
+            raise TemplateNotFound(template_id)
+        sid, blob = found
+        return None if blob is None else open_chip(self.cipher, blob, sid)
+
+    def delete_template(self, template_id: int) -> None:
+        if not self._delete_template(template_id):
+            raise TemplateNotFound(template_id)
+
+    @abstractmethod
+    def _insert_templates(self, handle: H, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
+        """Store the templates for the subject ``ref`` in one transaction; ``None`` when there is no subject."""
+
+    @abstractmethod
+    def _templates_of(self, handle: H, subject_id: str) -> list[Template]:
+        """The subject's templates in id order."""
+
+    @abstractmethod
+    def _vectors_of(self, handle: H, subject_id: str) -> Iterable[tuple[int, str, bytes]]:
+        """``(template id, model id, encrypted vector)`` of the subject's templates in id order."""
+
+    @abstractmethod
+    def _chip_of(self, template_id: int) -> tuple[str, bytes | None] | None:
+        """``(subject id, encrypted chip or None)`` of a template; ``None`` when there is no such template."""
+
+    @abstractmethod
+    def _delete_template(self, template_id: int) -> bool: ...
+
+    # -- negatives --------------------------------------------------------------------------------------
+    def add_negative(self, faceprint: Faceprint, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
+        """Record "this face is not that subject"; later searches honour it."""
+        handle, coll = self._collection(collection)
+        check_contract(coll, [faceprint])
+        if not self._insert_negative(handle, coll, ref, normalise(faceprint.vector)):
+            raise SubjectNotFound(ref, collection)
+
+    def negative_vectors(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> list[np.ndarray]:
+        handle, coll = self._collection(collection)
+        sid = self.get_subject(ref, collection=collection).id
+        return list(self._negatives_of(handle, coll, [sid]).get(sid, ()))
+
+    def _negatives_of(self, handle: H, coll: Collection, subject_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if not subject_ids:
+            return {}
+        return group_negatives(self.cipher, coll.model_id, self._negative_blobs(handle, subject_ids))
+
+    @abstractmethod
+    def _insert_negative(self, handle: H, coll: Collection, ref: str, vector: np.ndarray) -> bool:
+        """Store an (encrypted) negative for the subject ``ref``; ``False`` when there is no subject."""
+
+    @abstractmethod
+    def _negative_blobs(self, handle: H, subject_ids: Sequence[str]) -> Iterable[tuple[str, bytes]]:
+        """``(subject id, encrypted vector)`` of those subjects' negatives, in the order they were recorded."""
+
+    # -- search -----------------------------------------------------------------------------------------
+    def identify(
+        self,
+        faceprints: Sequence[Faceprint],
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        top_k: int = 5,
+        fmr: float | None = None,
+        threshold: float | None = None,
+        calibration: Calibration | None = None,
+        one_to_one: bool = True,
+        fpir: float | None = None,
+    ) -> list[Identification]:
+        """One answer per probe (see :meth:`faceprint.gallery.base.Gallery.identify`)."""
+        check_one_rule(fmr=fmr, fpir=fpir, threshold=threshold)
+        if top_k < 1:
+            raise GalleryError(f"top_k must be at least 1, got {top_k}")
+        handle, coll = self._collection(collection)
+        check_contract(coll, faceprints)
+        if not faceprints:
+            return []
+        subjects = None if fpir is None else self._subject_count(handle)
+        rule = ThresholdRule.choose(
+            coll.model_id, fmr=fmr, fpir=fpir, threshold=threshold, subjects=subjects, calibration=calibration
+        )
+        probes = normalise(np.stack([fp.vector for fp in faceprints]))
+        found = self._nearest(handle, coll, probes, neighbours_wanted(top_k))
+        ranked = [
+            apply_negatives(probe, aggregate(hits), found.negatives)
+            for probe, hits in zip(probes, found.hits, strict=True)
+        ]
+        matches = choose_matches(ranked, rule.threshold, one_to_one=one_to_one)
+        ranked, matches = self._named(handle, ranked, matches, top_k)
+        return [
+            Identification(
+                tuple(cands[:top_k]),
+                match,
+                rule.threshold,
+                None if fp.detection is None else fp.detection.box,
+                rule.fmr,
+                rule.fpir,
+            )
+            for fp, cands, match in zip(faceprints, ranked, matches, strict=True)
+        ]
+
+    def _named(
+        self, handle: H, ranked: list[list[Candidate]], matches: list[Candidate | None], top_k: int
+    ) -> tuple[list[list[Candidate]], list[Candidate | None]]:
+        """Names for the candidates reported whose search gave none; a subject deleted since is dropped."""
+        unnamed = {c.subject_id for cands in ranked for c in cands[:top_k] if not c.subject}
+        unnamed |= {m.subject_id for m in matches if m is not None and not m.subject}
+        if not unnamed:
+            return ranked, matches
+        names = self._subject_names(handle, sorted(unnamed))
+
+        def named(c: Candidate | None) -> Candidate | None:
+            if c is None or c.subject:
+                return c
+            return replace(c, subject=names[c.subject_id]) if c.subject_id in names else None
+
+        return [[n for c in cands if (n := named(c)) is not None] for cands in ranked], [named(m) for m in matches]
+
+    @abstractmethod
+    def _subject_count(self, handle: H) -> int:
+        """How many subjects the collection holds (what an ``fpir`` is converted through)."""
+
+    @abstractmethod
+    def _nearest(self, handle: H, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
+        """The ``k`` nearest templates of each (normalised) probe, and the negatives of the subjects found."""
+
+    @abstractmethod
+    def _subject_names(self, handle: H, subject_ids: Sequence[str]) -> dict[str, str]:
+        """Subject id → name, for those that still exist."""
+
+    # -- housekeeping -----------------------------------------------------------------------------------
+    def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats:
+        handle, coll = self._collection(collection)
+        subjects, templates, negatives = self._counts(handle)
+        kind = self._index_kind(coll, templates)
+        return GalleryStats(
+            coll.name, coll.model_id, coll.dim, subjects, templates, negatives, kind, self._disk_bytes()
+        )
+
+    @abstractmethod
+    def _counts(self, handle: H) -> tuple[int, int, int]:
+        """Subjects, templates and negatives of the collection."""
+
+    @abstractmethod
+    def _index_kind(self, coll: Collection, templates: int) -> str: ...
+
+    @abstractmethod
+    def _disk_bytes(self) -> int: ...
+
+    @abstractmethod
+    def bulk(self) -> AbstractContextManager[None]:
+        """Group the writes made inside the block into one atomic transaction (imports, bulk loads)."""

@@ -1,0 +1,340 @@
+"""The embedded backend: one directory, SQLite (WAL) as the source of truth, an in-process vector index.
+
+Layout of a gallery directory::
+
+    gallery.sqlite3 (+ -wal, -shm)   subjects, encrypted templates, negatives, consent, settings
+    index-<collection id>.fpidx      encrypted snapshot of that collection's vector index (a cache)
+
+Connections and transactions: :mod:`.database`. The index cache and how it follows writes made here and in
+other processes: :mod:`.index_cache`. Re-embedding a collection: :mod:`.migration`. What every backend shares
+(argument checks, identification, the key check): :class:`~faceprint.gallery.common.GalleryBase`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from faceprint.gallery import sql
+from faceprint.gallery.base import DEFAULT_COLLECTION
+from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate
+from faceprint.gallery.crypto import seal_vector
+from faceprint.gallery.embedded.database import Database, chunks, marks
+from faceprint.gallery.embedded.index_cache import Delta, IndexCache, generation
+from faceprint.gallery.embedded.migration import SqliteMigration
+from faceprint.gallery.errors import GalleryError, SubjectExists
+from faceprint.gallery.index import ANN_MIN_SIZE
+from faceprint.gallery.model import Collection, Subject, Template, from_iso, to_iso, utcnow
+from faceprint.gallery.schema import BUSY_TIMEOUT_MS
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "gallery.sqlite3"
+
+
+class EmbeddedGallery(GalleryBase[int], SqliteMigration):
+    """The default :class:`~faceprint.gallery.base.Gallery` backend (see the module docstring), and
+    :class:`~faceprint.gallery.base.Migratable`; collections are addressed by their row id."""
+
+    backend_name = "embedded"
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        key: bytes | None = None,
+        create: bool = True,
+        ann_min_size: int = ANN_MIN_SIZE,
+        lock_timeout: float = BUSY_TIMEOUT_MS / 1000,
+    ) -> None:
+        """Open or create the gallery at ``path``.
+
+        ``lock_timeout``: how long a write waits for another process's write before :class:`GalleryLocked`.
+        ``ann_min_size``: the template count at which search switches from exact to HNSW.
+        """
+        self.path = Path(path)
+        if not self.path.is_dir():
+            if not create:
+                raise GalleryError(f"no gallery at {self.path}")
+            self.path.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.path / DB_NAME
+        self.ann_min_size = ann_min_size
+        self._db = Database(self.db_path, busy_ms=int(lock_timeout * 1000), label=str(self.path))
+        self._init_cipher(key)
+        self._index = IndexCache(self._db, self.path, self.cipher, ann_min_size=ann_min_size)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def _load_key_check(self) -> tuple[bytes, str | None] | None:
+        check = self._db.meta("key_check")
+        if check is None:
+            return None
+        key_id = self._db.meta("key_id")
+        return check, None if key_id is None else key_id.decode()
+
+    def _store_key_check(self, check: bytes, key_id: str) -> None:
+        with self._db.write() as conn:
+            conn.execute("INSERT INTO meta VALUES ('key_check', ?)", (check,))
+            conn.execute("INSERT INTO meta VALUES ('key_id', ?)", (key_id,))
+
+    def _key_setup(self) -> AbstractContextManager[object]:
+        return self._db.write()
+
+    def _before_close(self) -> None:
+        try:
+            self.flush_index()
+        except (GalleryError, OSError, sqlite3.Error):  # a cache that could not be saved is rebuilt later
+            log.warning("could not save the vector index of %s; it will be rebuilt", self.path, exc_info=True)
+
+    def _release(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def bulk(self) -> Iterator[None]:
+        """Group many writes into one transaction (one fsync): all of them are stored, or none.
+
+        For imports and bulk enrolment of already-computed faceprints; ordinary enrolment commits each
+        photo on its own so that everything acknowledged survives a crash.
+        """
+        with self._db.write():
+            yield
+
+    def _generation(self, collection_id: int, conn: sqlite3.Connection | None = None) -> int:
+        """The collection's change counter (what cached indexes compare themselves with)."""
+        return generation(conn or self._db.reader(), collection_id)
+
+    # -- collections ------------------------------------------------------------------------------------
+    def _create_collection(self, name: str, model_id: str, dim: int) -> None:
+        with self._db.write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO collections (name, model_id, dim, created_at) VALUES (?, ?, ?, ?)",
+                (name, model_id, dim, to_iso(utcnow())),
+            )
+
+    def _find_collection(self, name: str) -> tuple[int, Collection] | None:
+        row = (
+            self._db.reader()
+            .execute("SELECT id, name, model_id, dim, created_at FROM collections WHERE name = ?", (name,))
+            .fetchone()
+        )
+        if row is None:
+            return None
+        created = from_iso(row[4])
+        assert created is not None
+        return int(row[0]), Collection(row[1], row[2], int(row[3]), created)
+
+    def list_collections(self) -> list[Collection]:
+        rows = self._db.reader().execute("SELECT name FROM collections ORDER BY name").fetchall()
+        return [self._collection(r[0])[1] for r in rows]
+
+    # -- subjects ---------------------------------------------------------------------------------------
+    def _insert_subject(self, handle: int, new: Subject) -> Subject:
+        columns = sql.subject_values(new, sql.SUBJECT_FIELDS, to_iso)
+        try:
+            with self._db.write() as conn:
+                conn.execute(
+                    f"INSERT INTO subjects (collection_id, {', '.join(c for c, _ in columns)}) "
+                    f"VALUES (?, {marks(columns)})",
+                    (handle, *(v for _, v in columns)),
+                )
+        except sqlite3.IntegrityError:
+            raise SubjectExists(new.name, new.collection) from None
+        return self.get_subject(new.id, collection=new.collection)
+
+    def _find_subject(self, handle: int, collection: str, ref: str) -> Subject | None:
+        row = sql.subject_row(self._db.reader(), ref, handle)
+        return None if row is None else sql.subject_from_row(row, collection)
+
+    def _subject_page(
+        self, handle: int, collection: str, after: tuple[str, str], limit: int
+    ) -> tuple[list[Subject], int]:
+        with self._db.read() as conn:
+            total = conn.execute("SELECT COUNT(*) FROM subjects WHERE collection_id = ?", (handle,)).fetchone()[0]
+            rows = conn.execute(
+                f"SELECT {sql.SUBJECT_COLUMNS} FROM subjects s WHERE s.collection_id = ? "
+                "AND (s.name, s.id) > (?, ?) ORDER BY s.name, s.id LIMIT ?",
+                (handle, *after, limit),
+            ).fetchall()
+        return [sql.subject_from_row(r, collection) for r in rows], int(total)
+
+    def _update_subject(self, handle: int, current: Subject, updated: Subject, changed: frozenset[str]) -> bool:
+        columns = sql.subject_values(updated, sorted(changed), to_iso)
+        try:
+            with self._db.write() as conn:
+                cur = conn.execute(
+                    f"UPDATE subjects SET {', '.join(f'{c} = ?' for c, _ in columns)} WHERE id = ?",
+                    (*(v for _, v in columns), current.id),
+                )
+        except sqlite3.IntegrityError:
+            raise SubjectExists(updated.name, current.collection) from None
+        return cur.rowcount > 0
+
+    def _delete_subject(self, handle: int, ref: str) -> bool:
+        with self._db.write() as conn:
+            row = sql.subject_row(conn, ref, handle)
+            if row is None:
+                return False
+            self._index.record(self._delete_subjects(conn, handle, [str(row[0])]), conn)
+        return True
+
+    def _delete_subjects(self, conn: sqlite3.Connection, handle: int, subject_ids: list[str]) -> Delta:
+        delta = self._index.begin(conn, handle, removed_subjects=list(subject_ids))
+        for chunk in chunks(subject_ids):
+            delta.remove_keys += [
+                int(r[0]) for r in conn.execute(f"SELECT id FROM templates WHERE subject_id IN ({marks(chunk)})", chunk)
+            ]
+            conn.execute(f"DELETE FROM subjects WHERE id IN ({marks(chunk)})", chunk)
+        return delta
+
+    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
+        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
+        cutoff = to_iso(now or utcnow())
+        purged: list[Subject] = []
+        with self._db.write() as conn:
+            rows = conn.execute(
+                f"SELECT {sql.SUBJECT_COLUMNS}, c.name, c.id FROM subjects s JOIN collections c "
+                "ON c.id = s.collection_id WHERE s.expires_at IS NOT NULL AND s.expires_at <= ?",
+                (cutoff,),
+            ).fetchall()
+            by_collection: dict[int, list[str]] = {}
+            for row in rows:
+                purged.append(sql.subject_from_row(row, str(row[7])))
+                by_collection.setdefault(int(row[8]), []).append(str(row[0]))
+            for cid, ids in by_collection.items():
+                self._index.record(self._delete_subjects(conn, cid, ids), conn)
+        return purged
+
+    # -- templates --------------------------------------------------------------------------------------
+    def _insert_templates(self, handle: int, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
+        now = to_iso(utcnow())
+        ids: list[int] = []
+        with self._db.write() as conn:
+            row = sql.subject_row(conn, ref, handle)
+            if row is None:
+                return None
+            sid = str(row[0])
+            delta = self._index.begin(conn, handle)
+            for item in items:
+                vector, chip = item.seal(self.cipher, sid)
+                cur = conn.execute(
+                    "INSERT INTO templates (subject_id, model_id, vector, quality, box, source_sha256, chip, "
+                    "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (sid, item.model_id, vector, item.quality, item.box_json, item.source_sha256, chip, now),
+                )
+                assert cur.lastrowid is not None
+                ids.append(int(cur.lastrowid))
+                delta.add_keys.append(int(cur.lastrowid))
+                delta.add_vectors.append(item.vector)
+                delta.add_subjects.append(sid)
+            self._index.record(delta, conn)
+        templates = {t.id: t for t in self._templates_of(handle, sid)}
+        return [templates[i] for i in ids if i in templates]
+
+    def _templates_of(self, handle: int, subject_id: str) -> list[Template]:
+        rows = self._db.reader().execute(
+            f"SELECT {sql.TEMPLATE_COLUMNS} FROM templates WHERE subject_id = ? ORDER BY id", (subject_id,)
+        )
+        return [sql.template_from_row(r) for r in rows.fetchall()]
+
+    def _vectors_of(self, handle: int, subject_id: str) -> list[tuple[int, str, bytes]]:
+        rows = self._db.reader().execute(
+            "SELECT id, model_id, vector FROM templates WHERE subject_id = ? ORDER BY id", (subject_id,)
+        )
+        return [(int(r[0]), str(r[1]), r[2]) for r in rows.fetchall()]
+
+    def _chip_of(self, template_id: int) -> tuple[str, bytes | None] | None:
+        row = self._db.reader().execute("SELECT subject_id, chip FROM templates WHERE id = ?", (template_id,))
+        found = row.fetchone()
+        return None if found is None else (str(found[0]), found[1])
+
+    def _delete_template(self, template_id: int) -> bool:
+        with self._db.write() as conn:
+            row = conn.execute(
+                "SELECT s.collection_id FROM templates t JOIN subjects s ON s.id = t.subject_id WHERE t.id = ?",
+                (template_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            delta = self._index.begin(conn, int(row[0]), remove_keys=[template_id])
+            conn.execute("DELETE FROM templates WHERE id = ?", (template_id,))
+            self._index.record(delta, conn)
+        return True
+
+    # -- negatives --------------------------------------------------------------------------------------
+    def _insert_negative(self, handle: int, coll: Collection, ref: str, vector: np.ndarray) -> bool:
+        with self._db.write() as conn:
+            row = sql.subject_row(conn, ref, handle)
+            if row is None:
+                return False
+            sid = str(row[0])
+            delta = self._index.begin(conn, handle, negatives=[(sid, vector)])
+            conn.execute(
+                "INSERT INTO negatives (subject_id, vector, created_at) VALUES (?, ?, ?)",
+                (sid, seal_vector(self.cipher, vector, sid, coll.model_id, "neg"), to_iso(utcnow())),
+            )
+            self._index.record(delta, conn)
+        return True
+
+    def _negative_blobs(self, handle: int, subject_ids: Sequence[str]) -> list[tuple[str, bytes]]:
+        conn = self._db.reader()
+        rows: list[tuple[str, bytes]] = []
+        for chunk in chunks(subject_ids):
+            rows += conn.execute(
+                f"SELECT subject_id, vector FROM negatives WHERE subject_id IN ({marks(chunk)}) ORDER BY id", chunk
+            ).fetchall()
+        return rows
+
+    # -- search -----------------------------------------------------------------------------------------
+    def _subject_count(self, handle: int) -> int:
+        row = self._db.reader().execute("SELECT COUNT(*) FROM subjects WHERE collection_id = ?", (handle,))
+        return int(row.fetchone()[0])
+
+    def _nearest(self, handle: int, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
+        return self._index.search(handle, coll, probes, k)
+
+    def _subject_names(self, handle: int, subject_ids: Sequence[str]) -> dict[str, str]:
+        names: dict[str, str] = {}
+        conn = self._db.reader()
+        for chunk in chunks(subject_ids):
+            names.update(conn.execute(f"SELECT id, name FROM subjects WHERE id IN ({marks(chunk)})", chunk).fetchall())
+        return names
+
+    # -- the index --------------------------------------------------------------------------------------
+    def flush_index(self) -> None:
+        """Write a snapshot of every loaded index that changed and is still current."""
+        self._index.flush()
+
+    def rebuild_index(self, collection: str = DEFAULT_COLLECTION) -> None:
+        """Drop the cached index of a collection and build it again from SQLite."""
+        cid, coll = self._collection(collection)
+        with self._index.lock:
+            self._index.states[cid] = self._index.rebuild(cid, coll)
+
+    # -- housekeeping -----------------------------------------------------------------------------------
+    def _counts(self, handle: int) -> tuple[int, int, int]:
+        row = self._db.reader().execute(
+            "SELECT (SELECT COUNT(*) FROM subjects WHERE collection_id = ?1), "
+            "(SELECT COUNT(*) FROM templates t JOIN subjects s ON s.id = t.subject_id WHERE s.collection_id = ?1), "
+            "(SELECT COUNT(*) FROM negatives n JOIN subjects s ON s.id = n.subject_id WHERE s.collection_id = ?1)",
+            (handle,),
+        )
+        subjects, templates, negatives = row.fetchone()
+        return int(subjects), int(templates), int(negatives)
+
+    def _index_kind(self, coll: Collection, templates: int) -> str:
+        return "exact" if templates < self.ann_min_size else "hnsw"
+
+    def _disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+    def integrity_check(self) -> list[str]:
+        """SQLite's own integrity and foreign-key checks; an empty list means consistent."""
+        conn = self._db.reader()
+        problems = [r[0] for r in conn.execute("PRAGMA integrity_check").fetchall() if r[0] != "ok"]
+        problems += [f"foreign key: {tuple(r)}" for r in conn.execute("PRAGMA foreign_key_check").fetchall()]
+        return problems
