@@ -338,7 +338,7 @@ def test_verify_without_a_face_names_the_image(service) -> None:
 def test_verify_by_fmr_uses_the_calibration_or_says_it_has_none(service) -> None:
     client, keys = service
     response = client.post("/v1/verify", files=files(image_a=ADA[0], image_b=ADA_PROBE), headers=h(keys, "recognize"))
-    if client.app.state.calibration is None:
+    if client.app.state.engines.default.calibration is None:
         assert_problem(response, 503, "no_calibration")
     else:
         assert response.status_code == 200 and response.json()["fmr"] <= 1e-3

@@ -36,8 +36,19 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     gallery: Annotated[Path | None, typer.Option(help="Gallery directory (default $FACEPRINT_HOME/gallery).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Embedder for new collections, with its detector and landmarks (default FACEPRINT_MODEL, else "
+            "the `faceprint models use` choice). Existing collections are served with the model each is pinned to."
+        ),
+    ] = None,
     detector: Annotated[
-        str | None, typer.Option(help="Face detector: mmod or hog (default FACEPRINT_DETECTOR).")
+        str | None,
+        typer.Option(
+            help="Face detector: cascade, mmod, hog or a detector model id (default FACEPRINT_DETECTOR, else the "
+            "model's own)."
+        ),
     ] = None,
     insecure_no_auth: Annotated[
         bool, typer.Option("--insecure-no-auth", help="Serve without API keys (local demos only).")
@@ -56,7 +67,7 @@ def serve(
     from faceprint.service.app import create_app
     from faceprint.service.middleware import RequestIdFilter
 
-    overrides: dict[str, object] = {"gallery": gallery, "detector": detector}
+    overrides: dict[str, object] = {"gallery": gallery, "detector": detector, "model": model}
     if insecure_no_auth:
         overrides["auth"] = False
     settings = _settings(**overrides)

@@ -1,6 +1,6 @@
 """The service's inference backend on Ray Serve: detection and embedding through deployment handles.
 
-It implements :class:`faceprint.service.inference.InferenceBackend`, so ``create_app`` serves the same API
+It implements :class:`faceprint.service.backends.InferenceBackend`, so ``create_app`` serves the same API
 and UI whether the models run in-process or on a Ray cluster. What stays in the HTTP process is cheap and
 needs no model: decoding (done by the service before this is called), chip alignment from the landmarks the
 detector returned, and the quality measures of each chip. Only chips travel to the embedder.

@@ -327,8 +327,8 @@ def enrol_folders(
     so far safely in the checkpoint."""
     assert options.checkpoint is not None, "give BulkOptions.checkpoint (see default_checkpoint)"
     existing = {c.name: c for c in gallery.list_collections()}.get(options.collection)
-    if existing is not None and existing.model_id != config.embedder:
-        raise ContractMismatch(options.collection, existing.model_id, config.embedder)
+    if existing is not None and existing.model_id != config.profile.embedder:
+        raise ContractMismatch(options.collection, existing.model_id, config.profile.embedder)
     files = [(name, path, FileKey.of(root, path)) for name, paths in jobs for path in paths]
     checkpoint = Checkpoint(options.checkpoint)
     writer = _Writer(gallery, options)

@@ -25,9 +25,8 @@ EMBEDDER_NAME = "FaceEmbedder"
 class FaceDetector:
     """``detect(image) -> [Detection]`` (boxes, scores, 5 landmarks), the detector of ``Pipeline.detect``."""
 
-    def __init__(self, embedder: str, detector: str, device: str, threads: int, upsample: int | None = None) -> None:
-        # The embedder's name too: it decides which landmarks the chips need (its spec's preferred scheme).
-        config = PipelineConfig(embedder=embedder, detector=detector, device=device, threads=threads, upsample=upsample)
+    def __init__(self, config: PipelineConfig) -> None:
+        # The whole profile, not just the detector: the embedder decides which landmarks the chips need.
         self.pipeline = Pipeline(config)
         # Load now: a replica counts as started (and autoscaling as done) only once it can answer.
         self.pipeline.detect(np.full((160, 160, 3), 128, dtype=np.uint8))
@@ -37,15 +36,15 @@ class FaceDetector:
         return self.pipeline.detect(image)
 
     def info(self) -> dict[str, object]:
-        return {"detector": self.pipeline.config.detector}
+        return {"detector": self.pipeline.detector_name, "landmarks": self.pipeline.landmarker_id}
 
 
 @serve.deployment(name=EMBEDDER_NAME)
 class FaceEmbedder:
     """``embed(chips) -> vectors``: calls arriving together are merged into one batched network pass."""
 
-    def __init__(self, embedder: str, device: str, threads: int, batch_max_size: int, batch_wait_ms: float) -> None:
-        self.model = Pipeline(PipelineConfig(embedder=embedder, device=device, threads=threads)).embedder
+    def __init__(self, config: PipelineConfig, batch_max_size: int, batch_wait_ms: float) -> None:
+        self.model = Pipeline(config).embedder
         self.model.embed_chips(np.zeros((1, self.model.chip_size, self.model.chip_size, 3), dtype=np.uint8))
         self.embed.set_max_batch_size(batch_max_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_ms / 1000)
@@ -54,6 +53,7 @@ class FaceEmbedder:
 
     def info(self) -> dict[str, object]:
         return {
+            "model": self.model.model_id,
             "dim": int(self.model.dim),
             "chip_size": int(self.model.chip_size),
             "batches": self.batches,

@@ -9,15 +9,17 @@ Imports Ray: import this module only on the Ray path. Two ways in:
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
 
-from faceprint.pipeline import DEFAULT_EMBEDDER, Pipeline, PipelineConfig
+from faceprint.pipeline import Pipeline, PipelineConfig
 from faceprint.scale.backend import RayBackend
 from faceprint.scale.deployments import FaceDetector, FaceEmbedder
 from faceprint.scale.settings import RaySettings
+from faceprint.service.app import create_app
 from faceprint.service.settings import Settings
 
 INGRESS_NAME = "FaceprintAPI"
@@ -28,32 +30,32 @@ INGRESS_NAME = "FaceprintAPI"
 class FaceprintAPI:
     """The same FastAPI app as ``faceprint serve``, built in the replica around a :class:`RayBackend`."""
 
-    def __init__(self, detector: Any, embedder: Any, settings: Settings, model: str) -> None:
+    def __init__(self, detector: Any, embedder: Any, settings: Settings, config: PipelineConfig) -> None:
         self._settings = settings
-        config = PipelineConfig(embedder=model, detector=settings.detector, device=settings.device)
         self._backend = RayBackend(detector, embedder, Pipeline(config))
 
     def __serve_build_asgi_app__(self) -> Any:
         # Built here, in the replica, rather than pickled from the driver: the app holds locks, a
         # Prometheus registry and (after start-up) open databases.
-        from faceprint.service.app import create_app
-
         return create_app(self._settings, backend=self._backend)
 
 
 def build_app(settings: Settings, ray_settings: RaySettings) -> Application:
     """The bound application: ``FaceprintAPI(FaceDetector, FaceEmbedder)`` with the scaling settings."""
     rs = ray_settings
-    # One embedder for all three: the service's model setting when it has one, else the default.
-    model = getattr(settings, "model", None) or DEFAULT_EMBEDDER
-    upsample = getattr(settings, "upsample", None)
+    # The model choice is resolved once, here, as everywhere (faceprint.factory): the deployments and the
+    # ingress get the same concrete embedder, detector and landmark ids, whatever the replicas' model stores say.
+    config = settings.pipeline_config()
+    profile = config.profile
     detector = FaceDetector.options(**rs.detector.options()).bind(
-        model, settings.detector, settings.device, rs.detector.threads, upsample
-    )
+        replace(config, threads=rs.detector.threads, embedder=profile.embedder, detector=profile.detector,
+                landmarks=profile.landmarks)
+    )  # fmt: skip
     embedder = FaceEmbedder.options(**rs.embedder.options()).bind(
-        model, settings.device, rs.embedder.threads, rs.batch_max_size, rs.batch_wait_ms
+        replace(config, threads=rs.embedder.threads, embedder=profile.embedder), rs.batch_max_size, rs.batch_wait_ms
     )
-    return FaceprintAPI.options(**rs.ingress.options()).bind(detector, embedder, settings, model)
+    pinned = replace(config, embedder=profile.embedder, detector=profile.detector, landmarks=profile.landmarks)
+    return FaceprintAPI.options(**rs.ingress.options()).bind(detector, embedder, settings, pinned)
 
 
 def app_builder(args: dict[str, Any] | None = None) -> Application:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+from anyio import to_thread
 from fastapi import Depends, Request
 
 from faceprint.errors import FaceprintError
@@ -177,8 +178,6 @@ def require(scope: str) -> Callable[[Request], Coroutine[Any, Any, Principal]]:
 
 
 async def authenticate_request(request: Request) -> Principal:
-    from anyio import to_thread
-
     cached = getattr(request.state, "principal", None)
     if cached is not None:
         return cached

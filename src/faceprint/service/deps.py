@@ -7,10 +7,11 @@ from typing import Any
 
 from fastapi import Request
 
-from faceprint.gallery import EmbeddedGallery
+from faceprint.gallery import Gallery
 from faceprint.matching import Calibration
 from faceprint.service.audit import AuditEntry, AuditLog
 from faceprint.service.auth import Principal
+from faceprint.service.engines import Engine, Engines
 from faceprint.service.errors import ApiError
 from faceprint.service.inference import Inference
 from faceprint.service.metrics import Metrics
@@ -21,33 +22,45 @@ from faceprint.service.settings import Settings
 class Services:
     settings: Settings
     inference: Inference
-    gallery: EmbeddedGallery
+    engines: Engines
+    gallery: Gallery
     audit: AuditLog
     metrics: Metrics
-    calibration: Calibration | None
 
-    def calibration_for(self, threshold: float | None) -> Calibration | None:
-        """The table to turn an fmr into a threshold; 503 when one is needed and the server has none."""
-        if threshold is None and self.calibration is None:
+    def collection(self, name: str | None) -> str:
+        return name or self.settings.default_collection
+
+    async def engine_for(self, collection: str) -> Engine:
+        """The engine of the model ``collection`` is pinned to (503 ``model_unavailable`` when this service
+        cannot serve it); the default engine for a collection that does not exist yet."""
+        return await self.inference.run(None, self.engines.for_collection, self.gallery, collection)
+
+    def calibration_for(self, engine: Engine, threshold: float | None) -> Calibration | None:
+        """The table to turn an fmr/fpir into a threshold; 503 when one is needed and the model has none."""
+        if threshold is None and engine.calibration is None:
             raise ApiError(
                 503,
                 "no_calibration",
-                f"this server has no calibration table for {self.inference.pipeline.model_id}, so it cannot turn "
-                "an fmr into a threshold: pass an explicit threshold, or have the operator set "
-                "FACEPRINT_CALIBRATION to a table made by `faceprint calibrate`",
+                f"this server has no calibration table for {engine.model_id}, so it cannot turn an fmr or fpir "
+                "into a threshold: pass an explicit threshold, or have the operator set FACEPRINT_CALIBRATION to "
+                "a table made by `faceprint calibrate`",
             )
-        return self.calibration
+        return engine.calibration
 
 
 def services(request: Request) -> Services:
     state = request.app.state
     if not getattr(state, "ready", False):
         raise ApiError(503, "not_ready", "the service is starting or stopping; retry shortly")
-    return Services(state.settings, state.inference, state.gallery, state.audit, state.metrics, state.calibration)
+    return Services(state.settings, state.inference, state.engines, state.gallery, state.audit, state.metrics)
 
 
-async def record(request: Request, principal: Principal, action: str, status: int = 200, **fields: Any) -> None:
-    """Append an audit entry for this request (off the event loop)."""
+async def record(
+    request: Request, principal: Principal, action: str, status: int = 200, *, model_id: str | None = None,
+    **fields: Any,
+) -> None:  # fmt: skip
+    """Append an audit entry for this request (off the event loop); ``model_id``: the model that answered
+    (default: the service's model for new collections)."""
     svc: Services = services(request)
     route = request.scope.get("route")
     entry = AuditEntry(
@@ -56,7 +69,7 @@ async def record(request: Request, principal: Principal, action: str, status: in
         status=status,
         key_id=principal.key_id,
         request_id=getattr(request.state, "request_id", None),
-        model_id=svc.inference.pipeline.model_id,
+        model_id=model_id or svc.engines.default.model_id,
         **fields,
     )
     await svc.inference.run(None, svc.audit.append, entry)

@@ -25,10 +25,12 @@ async def detect(request: Request, principal: Recognize) -> dict[str, object]:
     svc = services(request)
     parsed = await read_images(request, ("image",), max_images=svc.settings.max_images_per_request)
     validate_params(DetectParams, parsed.params)
-    image, faces = await svc.inference.decode_and_detect(parsed.images["image"][0])
-    qualities = await svc.inference.quality(image, faces)
+    engine = svc.engines.default
+    image, faces = await svc.inference.decode_and_detect(engine, parsed.images["image"][0])
+    qualities = await svc.inference.quality(engine, image, faces)
     return {
         "image": image.source,
+        "detector": engine.pipeline.detector_name,
         "width": image.width,
         "height": image.height,
         "faces": [{**face.to_dict(), "quality": q} for face, q in zip(faces, qualities, strict=True)],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -10,12 +11,13 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from faceprint.errors import InvalidImage
-from faceprint.gallery import UNSET, Consent, EmbeddedGallery, EnrolReport, ImageOutcome, Subject, enrol_images
+from faceprint.gallery import UNSET, Consent, EnrolReport, Gallery, ImageOutcome, Subject, enrol_images
 from faceprint.image import Image
 from faceprint.service.auth import Enroll, Read
-from faceprint.service.deps import Services, record, services
+from faceprint.service.backends import BatchedPipeline
+from faceprint.service.deps import record, services
 from faceprint.service.errors import ApiError
-from faceprint.service.inference import BatchedPipeline, Inference
+from faceprint.service.inference import Inference
 from faceprint.service.uploads import Upload, openapi_body, read_images, validate_params
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
@@ -60,13 +62,7 @@ class EnrolParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _collection(svc: Services, name: str | None) -> str:
-    return name or svc.settings.default_collection
-
-
 async def _json_body(request: Request) -> Any:
-    import json
-
     if not request.headers.get("content-type", "").split(";")[0].strip().lower().endswith("json"):
         raise ApiError(415, "unsupported_media_type", "send application/json")
     try:
@@ -97,9 +93,9 @@ def _subject_out(subject: Subject) -> dict[str, object]:
 async def create_subject(request: Request, principal: Enroll) -> dict[str, object]:
     svc = services(request)
     body = validate_params(SubjectCreate, await _json_body(request))
-    collection = _collection(svc, body.collection)
-    backend = svc.inference.backend
-    await svc.inference.run(None, svc.gallery.ensure_collection, collection, backend.model_id, backend.dim)
+    collection = svc.collection(body.collection)
+    engine = await svc.engine_for(collection)  # a new collection gets the service's model for new collections
+    await svc.inference.run(None, svc.gallery.ensure_collection, collection, engine.model_id, engine.dim)
     subject = await svc.inference.run(
         None,
         svc.gallery.add_subject,
@@ -124,7 +120,7 @@ async def list_subjects(
     metadata: Annotated[list[str] | None, Query(description="key=value; repeat to require several")] = None,
 ) -> dict[str, object]:
     svc = services(request)
-    coll = _collection(svc, collection)
+    coll = svc.collection(collection)
     wanted: dict[str, str] = {}
     for item in metadata or []:
         key, sep, value = item.partition("=")
@@ -163,7 +159,7 @@ async def get_subject(
     collection: CollectionParam = None,
 ) -> dict[str, object]:
     svc = services(request)
-    coll = _collection(svc, collection)
+    coll = svc.collection(collection)
     subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
     templates = await svc.inference.run(None, svc.gallery.list_templates, subject.id, collection=coll)
     return {**_subject_out(subject), "faces": [t.to_dict() for t in templates]}
@@ -190,7 +186,7 @@ async def update_subject(
     collection: CollectionParam = None,
 ) -> dict[str, object]:
     svc = services(request)
-    coll = _collection(svc, collection)
+    coll = svc.collection(collection)
     body = validate_params(SubjectUpdate, await _json_body(request))
     given = body.model_fields_set
     if "name" in given and body.name is None:
@@ -223,7 +219,7 @@ async def delete_subject(
     collection: CollectionParam = None,
 ) -> Response:
     svc = services(request)
-    coll = _collection(svc, collection)
+    coll = svc.collection(collection)
     subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
     await svc.inference.run(None, svc.gallery.delete_subject, subject.id, collection=coll)
     await record(request, principal, "subject.delete", 204, collection=coll, subject_ids=(subject.id,))
@@ -244,13 +240,14 @@ async def enrol_faces(
     collection: CollectionParam = None,
 ) -> dict[str, object]:
     svc = services(request)
-    coll = _collection(svc, collection)
+    coll = svc.collection(collection)
     subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
     parsed = await read_images(request, ("image",), max_images=svc.settings.max_images_per_request, multi=True)
     validate_params(EnrolParams, parsed.params)
     uploads = parsed.images["image"]
     inf = svc.inference
-    pipeline = BatchedPipeline(inf.pipeline, inf.backend)
+    engine = await svc.engine_for(coll)
+    pipeline = BatchedPipeline(engine.pipeline, engine.backend)
     outcomes = await inf.compute("enrol", _enrol, inf, svc.gallery, pipeline, subject.id, uploads, coll)
     report = EnrolReport(subject, tuple(outcomes))
     out = report.to_dict()
@@ -264,6 +261,7 @@ async def enrol_faces(
         subject_ids=(subject.id,),
         decision=f"{len(accepted)}/{len(uploads)} accepted",
         detail={"template_ids": accepted, "rejected": [list(o.reasons) for o in report.rejected]},
+        model_id=engine.model_id,
     )
     if not accepted:
         raise ApiError(422, "no_usable_face", "no photo could be enrolled; see images[].reasons", images=out["images"])
@@ -272,7 +270,7 @@ async def enrol_faces(
 
 def _enrol(
     inf: Inference,
-    gallery: EmbeddedGallery,
+    gallery: Gallery,
     pipeline: BatchedPipeline,
     subject_id: str,
     uploads: list[Upload],
@@ -306,7 +304,7 @@ async def delete_face(
     collection: CollectionParam = None,
 ) -> Response:
     svc = services(request)
-    coll = _collection(svc, collection)
+    coll = svc.collection(collection)
     subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
     templates = await svc.inference.run(None, svc.gallery.list_templates, subject.id, collection=coll)
     if template_id not in {t.id for t in templates}:

@@ -60,7 +60,11 @@ async function refreshStatus() {
     const info = await api("/v1/info");
     state.auth = info.auth;
     const who = !info.auth ? "no authentication (demo mode)" : state.key ? "key set" : "enter an API key";
-    $("status").textContent = `v${info.version} · ${info.model_id || "loading"} · ${info.detector} · ${who}`;
+    // Every model the server has loaded (collections may be pinned to different ones), each with its detector.
+    const models = (info.models || []).map((m) => `${m.model_id} (${m.detector})`).join(", ");
+    const missing = Object.keys(info.unavailable || {});
+    const unserved = missing.length ? ` · not served: ${missing.join(", ")}` : "";
+    $("status").textContent = `v${info.version} · ${models || "loading"}${unserved} · ${who}`;
     $("key-form").hidden = !info.auth;
   } catch (error) {
     $("status").textContent = "server unreachable";
