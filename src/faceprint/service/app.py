@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 import numpy as np
 from anyio import to_thread
@@ -18,21 +17,26 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from faceprint import __version__
-from faceprint.errors import FaceprintError
-from faceprint.matching import Calibration, shipped_calibration
-from faceprint.pipeline import Pipeline, PipelineConfig
+from faceprint.factory import CalibrationFileError, load_calibration
+from faceprint.gallery import open_gallery
+from faceprint.gallery.location import display_location
+from faceprint.matching import Calibration
+from faceprint.pipeline import Pipeline
 from faceprint.service.audit import AuditLog
 from faceprint.service.auth import KeyStore
+from faceprint.service.backends import InferenceBackend, LocalBackend
 from faceprint.service.batching import EmbedBatcher
+from faceprint.service.engines import Engine, Engines
 from faceprint.service.errors import install_error_handlers
-from faceprint.service.inference import Inference, InferenceBackend, LocalBackend
+from faceprint.service.inference import Inference
 from faceprint.service.metrics import Metrics
 from faceprint.service.middleware import ServiceMiddleware
+from faceprint.service.paths import STATIC_DIR
+from faceprint.service.routers import audit, detect, health, identify, subjects, verify
 from faceprint.service.settings import Settings, SettingsError
 from faceprint.service.store import ServiceStore
 
 log = logging.getLogger("faceprint.service")
-STATIC_DIR = Path(__file__).with_name("static")
 
 OPENAPI_TAGS = [
     {"name": "recognition", "description": "Detect, verify (1:1) and identify (1:N). Scope `recognize`."},
@@ -45,10 +49,9 @@ OPENAPI_TAGS = [
 def create_app(
     settings: Settings, *, pipeline: Pipeline | None = None, backend: InferenceBackend | None = None
 ) -> FastAPI:
-    """The FastAPI app. ``pipeline`` lets a caller share already loaded models (tests, embedding hosts);
-    ``backend`` runs the networks elsewhere (``faceprint.scale``: Ray Serve), started in the lifespan."""
-    from faceprint.service.routers import audit, detect, health, identify, subjects, verify
-
+    """The FastAPI app. ``pipeline`` lets a caller share already loaded models (tests, embedding hosts) for
+    the service's own model; ``backend`` runs the networks elsewhere (``faceprint.scale``: Ray Serve), started
+    in the lifespan. Collections pinned to other models get their own engines (:mod:`.engines`)."""
     metrics = Metrics()
 
     @asynccontextmanager
@@ -93,69 +96,69 @@ def create_app(
 def _start(
     app: FastAPI, settings: Settings, pipeline: Pipeline | None, backend: InferenceBackend | None, metrics: Metrics
 ) -> None:
-    from faceprint.gallery import open_gallery
-    from faceprint.gallery.location import display_location
-
     store = ServiceStore(settings.service_db)
     app.state.store = store
     app.state.keys = KeyStore(store)
     app.state.audit = AuditLog(store)
     if pipeline is None:
-        pipeline = Pipeline(
-            PipelineConfig(
-                detector=settings.detector,
-                device=settings.device,
-                threads=settings.threads,
-                upsample=settings.upsample,
-            )
-        )
+        pipeline = Pipeline(settings.pipeline_config())
+    local = backend is None
+    calibration = _calibration(settings, pipeline.model_id)
     if backend is None:
-        # Load every model now: the first request should not pay for it, and /readyz should mean "ready".
-        _warm_up(pipeline)
-        batcher = EmbedBatcher(
-            pipeline, max_faces=settings.batch_max_faces, max_wait_s=settings.batch_max_wait_ms / 1000, metrics=metrics
-        )
-        backend = LocalBackend(pipeline, batcher)
-    backend.start()  # a remote backend waits here until its models answer
-    app.state.backend = backend
-    app.state.pipeline = pipeline
-    app.state.calibration = _calibration(settings, backend.model_id)
+        default = _local_engine(pipeline, settings, metrics, calibration)
+    else:
+        backend.start()  # a remote backend waits here until its models answer
+        default = Engine(pipeline, backend, calibration)
+    # Other models are loaded for the collections pinned to them; a remote backend serves one model only.
+    engines = Engines(default, (lambda model: _load_engine(model, settings, metrics)) if local else None)
+    app.state.engines = engines
     gallery = open_gallery(settings.gallery)
-    gallery.ensure_collection(settings.default_collection, backend.model_id, backend.dim)
     app.state.gallery = gallery
+    engines.serve_collections(gallery.list_collections())
+    if all(c.name != settings.default_collection for c in gallery.list_collections()):
+        gallery.ensure_collection(settings.default_collection, default.model_id, default.dim)
     app.state.inference = Inference(
-        pipeline, backend, metrics, workers=settings.inference_workers, max_pixels=settings.max_pixels
+        metrics, workers=settings.inference_workers, max_pixels=settings.max_pixels, max_queue=settings.queue_limit
     )
     app.state.ready = True
     metrics.ready.set(1)
     if settings.auth and not app.state.keys.list(include_revoked=False):
         log.warning("no API keys exist yet: every request will get 401; create one with `faceprint keys create`")
     log.info(
-        "faceprint service ready: detector %s, model %s, gallery %s",
-        settings.detector,
-        pipeline.model_id,
+        "faceprint service ready: models %s, gallery %s",
+        ", ".join(f"{e.model_id} (detector {e.pipeline.detector_name})" for e in engines.loaded),
         display_location(settings.gallery),
     )
+    for model, why in engines.refused().items():
+        log.warning("collections on %s are not served: %s", model, why)
+
+
+def _load_engine(model_id: str, settings: Settings, metrics: Metrics) -> Engine:
+    """An engine for a collection pinned to ``model_id``: that model's whole profile, loaded and warmed."""
+    pipeline = Pipeline(settings.pipeline_config(model_id))
+    return _local_engine(pipeline, settings, metrics, pipeline.calibration)
 
 
 def _calibration(settings: Settings, model_id: str) -> Calibration | None:
-    """The operator's table (FACEPRINT_CALIBRATION), else the one shipped for the model, else none: then
-    requests must give an explicit threshold (503 ``no_calibration`` otherwise)."""
-    if settings.calibration is not None:
-        try:
-            table = Calibration.load(settings.calibration)
-        except (OSError, ValueError, TypeError) as exc:
-            raise SettingsError(f"FACEPRINT_CALIBRATION: cannot read {settings.calibration}: {exc}") from None
-        if table.model_id != model_id:
-            raise SettingsError(
-                f"FACEPRINT_CALIBRATION: {settings.calibration} calibrates {table.model_id}, not {model_id}"
-            )
-        return table
+    """The operator's table (FACEPRINT_CALIBRATION) for the service's model, else the shipped one, else none."""
     try:
-        return shipped_calibration(model_id)
-    except FaceprintError:
+        table = load_calibration(model_id, settings.calibration)
+    except CalibrationFileError as exc:
+        raise SettingsError(f"FACEPRINT_CALIBRATION: {exc}") from None
+    if table is None:
         log.warning("no calibration table for %s: requests must pass an explicit threshold", model_id)
-        return None
+    return table
+
+
+def _local_engine(pipeline: Pipeline, settings: Settings, metrics: Metrics, calibration: Calibration | None) -> Engine:
+    # Load every model now: the first request should not pay for it, and /readyz should mean "ready".
+    _warm_up(pipeline)
+    batcher = EmbedBatcher(
+        pipeline, max_faces=settings.batch_max_faces, max_wait_s=settings.batch_max_wait_ms / 1000, metrics=metrics
+    )
+    engine = Engine(pipeline, LocalBackend(pipeline, batcher), calibration)
+    engine.backend.start()
+    return engine
 
 
 def _warm_up(pipeline: Pipeline) -> None:
@@ -169,7 +172,7 @@ def _warm_up(pipeline: Pipeline) -> None:
 def _stop(app: FastAPI) -> None:
     app.state.ready = False
     app.state.metrics.ready.set(0)
-    for name in ("backend", "gallery", "store"):
+    for name in ("engines", "gallery", "store"):
         thing = getattr(app.state, name, None)
         if thing is not None:
             try:

@@ -47,15 +47,26 @@ _TITLES = {
 class ApiError(Exception):
     """An error with its HTTP status and a stable machine-readable ``code``."""
 
-    def __init__(self, status: int, code: str, detail: str, **extensions: Any) -> None:
+    def __init__(
+        self, status: int, code: str, detail: str, *, headers: dict[str, str] | None = None, **extensions: Any
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = headers  # extra response headers (``Retry-After`` on 503 ``overloaded``)
         self.extensions = extensions
 
 
-def problem(request: Request | None, status: int, code: str, detail: str, **extensions: Any) -> JSONResponse:
+def problem(
+    request: Request | None,
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None) if request is not None else None
     body: dict[str, Any] = {
         "type": f"urn:faceprint:problem:{code}",
@@ -68,8 +79,10 @@ def problem(request: Request | None, status: int, code: str, detail: str, **exte
     if request is not None:
         body["instance"] = request.url.path
     body.update(extensions)
-    headers = {"WWW-Authenticate": 'Bearer realm="faceprint"'} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Bearer realm="faceprint"'
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers or None)
 
 
 def map_domain_error(exc: FaceprintError) -> ApiError:
@@ -99,12 +112,12 @@ def map_domain_error(exc: FaceprintError) -> ApiError:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return problem(request, exc.status, exc.code, exc.detail, **exc.extensions)
+        return problem(request, exc.status, exc.code, exc.detail, headers=exc.headers, **exc.extensions)
 
     @app.exception_handler(FaceprintError)
     async def _domain_error(request: Request, exc: FaceprintError) -> JSONResponse:
         err = map_domain_error(exc)
-        return problem(request, err.status, err.code, err.detail, **err.extensions)
+        return problem(request, err.status, err.code, err.detail, headers=err.headers, **err.extensions)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,8 +1,9 @@
 """Prometheus metrics, on a registry owned by one app (no process-global collectors).
 
 Request counts and latency per route template (``/v1/subjects/{subject_id}``, never raw paths, so the label
-set stays bounded), time per pipeline stage, embedder batch sizes, decisions, and gallery size (read from the
-gallery when ``/metrics`` is scraped).
+set stays bounded), time per pipeline stage, embedder batch sizes, admission (requests in the CPU pipeline,
+queue depth, 503 ``overloaded`` rejections), decisions, and gallery size (read from the gallery when
+``/metrics`` is scraped).
 """
 
 from __future__ import annotations
@@ -45,6 +46,27 @@ class Metrics:
             "faceprint_embed_batch_faces",
             "Faces per embedder run (micro-batching)",
             buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=r,
+        )
+        self.batch_waits = Counter(
+            "faceprint_embed_batch_waits",
+            "Why the embedder stopped gathering a batch and ran it",
+            ["reason"],
+            registry=r,
+        )
+        self.admitted = Gauge(
+            "faceprint_admission_in_flight",
+            "Requests admitted to the CPU pipeline (decode, detect, embed) and not yet through it",
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "faceprint_admission_queue_depth",
+            "Admitted requests beyond the worker count: waiting for a worker or for the embedder",
+            registry=r,
+        )
+        self.rejected = Counter(
+            "faceprint_admission_rejections",
+            "Requests answered 503 overloaded because the admission queue was full (FACEPRINT_MAX_QUEUE)",
             registry=r,
         )
         self.decisions = Counter(

@@ -1,5 +1,6 @@
 """One pure-ASGI middleware for what every request needs: a request id, the upload limit, metrics, an
-access-log line, and a problem+json 500 (with the request id) if a bug escapes a route."""
+access-log line, a problem+json 500 (with the request id) if a bug escapes a route, and the scope of the
+request's admission to the CPU workers (released when the request ends, however it ends)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from faceprint.service.errors import PROBLEM_JSON, ApiError
+from faceprint.service.admission import early_refusal, request_scope
+from faceprint.service.errors import _TITLES, PROBLEM_JSON, ApiError
 from faceprint.service.metrics import Metrics
 
 log = logging.getLogger("faceprint.service")
@@ -50,6 +52,7 @@ class ServiceMiddleware:
         token = request_id_var.set(request_id)
         start = time.perf_counter()
         status = {"code": 500, "started": False}
+        refused = early_refusal(scope)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -74,8 +77,16 @@ class ServiceMiddleware:
             declared = headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body:
                 await self._problem(send_wrapper, 413, "payload_too_large", self._too_large(), request_id, scope)
+            elif refused is not None:  # the CPU queue is full: 503 at once, the body drained unparsed
+                while (await limited_receive()).get("more_body"):
+                    pass
+                exc = refused[1]
+                await self._problem(
+                    send_wrapper, exc.status, exc.code, exc.detail, request_id, scope, exc.headers, exc.extensions
+                )
             else:
-                await self.app(scope, limited_receive, send_wrapper)
+                with request_scope():
+                    await self.app(scope, limited_receive, send_wrapper)
         except ApiError as exc:  # raised by limited_receive outside a route's handlers
             if not status["started"]:
                 await self._problem(send_wrapper, exc.status, exc.code, exc.detail, request_id, scope)
@@ -93,8 +104,10 @@ class ServiceMiddleware:
         finally:
             elapsed = time.perf_counter() - start
             route = scope.get("route")
-            template = getattr(route, "path", None) or (
-                "/static" if scope["path"].startswith("/static") else "unmatched"
+            template = (
+                getattr(route, "path", None)
+                or (refused[0] if refused is not None else None)
+                or ("/static" if scope["path"].startswith("/static") else "unmatched")
             )
             method = scope.get("method", "")
             self.metrics.requests.labels(template, method, str(status["code"])).inc()
@@ -106,9 +119,18 @@ class ServiceMiddleware:
         return f"the request body is over the limit of {self.max_body:,} bytes (FACEPRINT_MAX_UPLOAD_BYTES)"
 
     @staticmethod
-    async def _problem(send: Send, status: int, code: str, detail: str, request_id: str, scope: Scope) -> None:
-        from faceprint.service.errors import _TITLES
-
+    async def _problem(
+        send: Send,
+        status: int,
+        code: str,
+        detail: str,
+        request_id: str,
+        scope: Scope,
+        headers: dict[str, str] | None = None,
+        extensions: dict[str, Any] | None = None,
+    ) -> None:
+        """A problem answer sent from here (outside the app's handlers). Closes the connection unless the
+        request body was read (``headers`` given: the 503 ``overloaded`` path drains it first)."""
         body: dict[str, Any] = {
             "type": f"urn:faceprint:problem:{code}",
             "title": _TITLES.get(status, "Error"),
@@ -117,8 +139,10 @@ class ServiceMiddleware:
             "code": code,
             "request_id": request_id,
             "instance": scope.get("path"),
+            **(extensions or {}),
         }
         payload = json.dumps(body).encode()
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
         await send(
             {
                 "type": "http.response.start",
@@ -126,7 +150,7 @@ class ServiceMiddleware:
                 "headers": [
                     (b"content-type", PROBLEM_JSON.encode()),
                     (b"content-length", str(len(payload)).encode()),
-                    (b"connection", b"close"),
+                    *(extra or [(b"connection", b"close")]),
                 ],
             }
         )

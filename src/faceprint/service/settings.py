@@ -12,10 +12,15 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from faceprint.errors import FaceprintError
-from faceprint.pipeline import DETECTORS
+from faceprint.errors import FaceprintError, ModelError
+from faceprint.pipeline import PipelineConfig
 
 SERVICE_DB_NAME = "service.sqlite3"
+# Default admission queue per inference worker (docs/deploy.md, "Sizing the admission queue"). Measured with
+# Poisson arrivals (benchmarks/service.py --open, 2 workers): 4 per worker refused 0.3-0.7 % of requests at
+# 75 % of saturation, 8 refused none; and 8 bound the wait of the last admitted request to ~0.5 s (dlib
+# profile) / ~0.2 s (ArcFace pack) on 2 cores.
+QUEUE_PER_WORKER = 8
 
 
 class SettingsError(FaceprintError):
@@ -40,7 +45,8 @@ class Settings:
     gallery: Path
     service_db: Path
     auth: bool = True
-    detector: str = "cascade"
+    model: str | None = None  # embedder of new collections; None: `faceprint models use`'s choice (factory)
+    detector: str | None = None  # None: the model's own (its profile); else a short name or a detector model id
     device: str = "cpu"
     threads: int | None = None
     upsample: int | None = None  # detector upsampling; None: the detector's default (finds smaller faces, slower)
@@ -50,19 +56,22 @@ class Settings:
     batch_max_faces: int = 32
     batch_max_wait_ms: float = 4.0
     inference_workers: int = 2
+    # Admitted requests allowed to wait beyond the workers before new ones get 503 `overloaded`;
+    # None: QUEUE_PER_WORKER x inference_workers (see `queue_limit`).
+    max_queue: int | None = None
     metrics_public: bool = False
     default_collection: str = "default"
     trust_request_id: bool = True
     calibration: Path | None = None
 
     def __post_init__(self) -> None:
-        if self.detector not in DETECTORS:
-            raise SettingsError(f"FACEPRINT_DETECTOR: unknown detector {self.detector!r}; choose {DETECTORS}")
         for name in ("max_upload_bytes", "max_pixels", "max_images_per_request", "batch_max_faces"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_ENV[name]}: must be at least 1, got {getattr(self, name)}")
         if self.inference_workers < 1:
             raise SettingsError(f"FACEPRINT_INFERENCE_WORKERS: must be at least 1, got {self.inference_workers}")
+        if self.max_queue is not None and self.max_queue < 0:
+            raise SettingsError(f"FACEPRINT_MAX_QUEUE: must be at least 0, got {self.max_queue}")
         if self.upsample is not None and not 0 <= self.upsample <= 3:
             raise SettingsError(f"FACEPRINT_UPSAMPLE: must be 0 to 3, got {self.upsample}")
         if self.batch_max_wait_ms < 0:
@@ -92,12 +101,35 @@ class Settings:
                 values[key] = Path(values[key]).expanduser()
         return cls(**values)
 
+    def pipeline_config(self, model: str | None = None) -> PipelineConfig:
+        """The model choice as a pipeline configuration (``model`` overrides the service's own: a
+        collection pinned to another embedder gets that embedder's whole profile, not this detector)."""
+        try:
+            if model is not None and model != self.model:
+                return PipelineConfig(embedder=model, device=self.device, threads=self.threads)
+            return PipelineConfig(
+                embedder=self.model,
+                detector=self.detector,
+                device=self.device,
+                threads=self.threads,
+                upsample=self.upsample,
+                calibration=self.calibration,
+            )
+        except ModelError as exc:
+            raise SettingsError(f"FACEPRINT_MODEL/FACEPRINT_DETECTOR: {exc}") from None
+
+    @property
+    def queue_limit(self) -> int:
+        """``max_queue``, or its default: a few requests per worker (docs/deploy.md explains the sizing)."""
+        return QUEUE_PER_WORKER * self.inference_workers if self.max_queue is None else self.max_queue
+
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
 
 _ENV = {
     "auth": "FACEPRINT_AUTH",
+    "model": "FACEPRINT_MODEL",
     "detector": "FACEPRINT_DETECTOR",
     "device": "FACEPRINT_DEVICE",
     "threads": "FACEPRINT_THREADS",
@@ -108,6 +140,7 @@ _ENV = {
     "batch_max_faces": "FACEPRINT_BATCH_MAX_FACES",
     "batch_max_wait_ms": "FACEPRINT_BATCH_MAX_WAIT_MS",
     "inference_workers": "FACEPRINT_INFERENCE_WORKERS",
+    "max_queue": "FACEPRINT_MAX_QUEUE",
     "metrics_public": "FACEPRINT_METRICS_PUBLIC",
     "default_collection": "FACEPRINT_COLLECTION",
     "trust_request_id": "FACEPRINT_TRUST_REQUEST_ID",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from faceprint import __version__
 from faceprint.service.auth import authenticate_request
 from faceprint.service.errors import ApiError
+from faceprint.service.paths import STATIC_DIR
 
 router = APIRouter()
 
@@ -47,8 +49,6 @@ async def metrics(request: Request) -> Response:
         if not principal.allows("read"):
             raise ApiError(403, "forbidden", "metrics need a key with the 'read' scope", required_scope="read")
     if getattr(state, "ready", False):
-        from anyio import to_thread
-
         for coll in await to_thread.run_sync(state.gallery.list_collections):
             stats = await to_thread.run_sync(state.gallery.stats, coll.name)
             state.metrics.gallery_subjects.labels(coll.name).set(stats.subjects)
@@ -56,30 +56,38 @@ async def metrics(request: Request) -> Response:
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
-@router.get("/v1/info", tags=["operations"], summary="Version, model, detector and whether keys are required")
+@router.get(
+    "/v1/info", tags=["operations"], summary="Version, loaded models (with detectors), and whether keys are required"
+)
 async def info(request: Request) -> dict[str, object]:
+    """``model_id``/``detector``: the model new collections get; ``models``: every model loaded, each with
+    its detector and landmarks; ``unavailable``: models that collections are pinned to but that cannot be
+    served here, with the reason."""
     state = request.app.state
     settings = state.settings
-    pipeline = getattr(state, "pipeline", None)
+    engines = getattr(state, "engines", None)
+    default = None if engines is None else engines.default
     return {
         "version": __version__,
         "auth": settings.auth,
         "ready": bool(getattr(state, "ready", False)),
-        "model_id": None if pipeline is None else pipeline.model_id,
-        "detector": settings.detector,
+        "model_id": None if default is None else default.model_id,
+        "detector": None if default is None else default.pipeline.detector_name,
+        "models": [] if engines is None else [e.describe() for e in engines.loaded],
+        "unavailable": {} if engines is None else engines.refused(),
         "collection": settings.default_collection,
         "limits": {
             "max_upload_bytes": settings.max_upload_bytes,
             "max_pixels": settings.max_pixels,
             "max_images_per_request": settings.max_images_per_request,
+            "inference_workers": settings.inference_workers,
+            "max_queue": settings.queue_limit,
         },
     }
 
 
 @router.get("/", include_in_schema=False)
 async def index(request: Request) -> FileResponse:
-    from faceprint.service.app import STATIC_DIR
-
     return FileResponse(STATIC_DIR / "index.html", headers=_UI_HEADERS)
 
 
