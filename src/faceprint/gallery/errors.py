@@ -9,6 +9,9 @@ FaceprintError
     ├── ContractMismatch       faceprints from another model/dimension than the collection's
     ├── GalleryLocked          another process holds the gallery's write lock
     ├── GalleryCorrupt         the store is unreadable or fails its integrity checks
+    ├── StorageError           the store's files cannot be opened or written (I/O error, cannot open)
+    │   ├── StorageFull        the disk (or SQLite's page limit) is full: nothing was stored
+    │   └── StorageReadOnly    the files or their file system are read-only
     ├── MissingChips           `migrate` needs a kept chip for every template (--keep-chips)
     ├── MigrationUnsupported   this backend cannot re-embed a collection (yet)
     └── GalleryKeyError        the template key is missing or wrong
@@ -17,6 +20,10 @@ FaceprintError
 """
 
 from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
 
 from faceprint.errors import FaceprintError
 
@@ -74,6 +81,55 @@ class GalleryLocked(GalleryError):
 
 class GalleryCorrupt(GalleryError):
     pass
+
+
+class StorageError(GalleryError):
+    """A store (``where`` names it: the gallery or the service database) cannot be opened or written."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(message)
+        self.where = where
+
+
+class StorageFull(StorageError):
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            where, f"{where}: the disk is full (or the database reached its size limit); nothing was stored; "
+            "free some space and retry"
+        )  # fmt: skip
+
+
+class StorageReadOnly(StorageError):
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            where, f"{where} is read-only: writes are refused; check that its file system is mounted read-write "
+            "and that the service's user may write the database and its directory (SQLite keeps -wal and -shm "
+            "files next to it)"
+        )  # fmt: skip
+
+
+#: SQLite primary result codes that are storage faults, not bugs or corruption.
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL, _SQLITE_CANTOPEN = 8, 10, 13, 14
+
+
+def storage_fault(exc: sqlite3.Error, where: str, path: Path | None = None) -> StorageError | None:
+    """The :class:`StorageError` that this SQLite error means, or ``None`` when it is no storage fault.
+    ``path`` (the database file): an open or I/O failure where it or its directory is not writable (a
+    read-only mount answers so even for root) is :class:`StorageReadOnly`."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = None if code is None else int(code) & 0xFF
+    text = str(exc).lower()
+    if primary == _SQLITE_FULL or "disk is full" in text:
+        return StorageFull(where)
+    if primary == _SQLITE_READONLY or "readonly database" in text:
+        return StorageReadOnly(where)
+    if primary in (_SQLITE_IOERR, _SQLITE_CANTOPEN) or "unable to open" in text or "disk i/o error" in text:
+        if path is not None and (
+            not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK))
+        ):
+            return StorageReadOnly(where)
+        return StorageError(where, f"{where} cannot be opened or written ({exc})")
+    return None
 
 
 class GalleryKeyError(GalleryError):

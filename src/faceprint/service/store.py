@@ -3,17 +3,27 @@
 Kept apart from the gallery so that keys and audit entries survive a gallery being replaced, exported or
 erased, and so that ``faceprint keys``/``faceprint audit`` never need the gallery's encryption key.
 WAL mode: the server writes while the CLI reads or creates keys. Numbered migrations, as in the gallery.
+Connections: one writer serialised by a lock and a bounded pool of readers shared by all threads (as in the
+gallery, :mod:`faceprint.gallery.embedded.pool`), so descriptors stay bounded however many threads serve
+requests. A full disk or a read-only file raises :class:`StorageFull` / :class:`StorageReadOnly`.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from faceprint.errors import FaceprintError
+from faceprint.gallery.embedded.database import PROBE_EVERY_S, probe_writable
+from faceprint.gallery.embedded.pool import DEFAULT_READERS, ConnectionPool
+from faceprint.gallery.errors import StorageError, storage_fault
+
+log = logging.getLogger("faceprint.service")
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -55,46 +65,83 @@ class ServiceStoreError(FaceprintError):
 
 
 class ServiceStore:
-    """One SQLite connection per thread on the service database; writes serialised by a lock."""
+    """One write connection serialised by a lock, and a bounded pool of read connections."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, readers: int = DEFAULT_READERS) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._local = threading.local()
+        self._where = f"the service database {self.path}"
         self._write_lock = threading.Lock()
-        self._conns: list[sqlite3.Connection] = []
-        self._conns_lock = threading.Lock()
-        with self.write() as conn:
-            self._migrate(conn)
+        self._probe: tuple[float, StorageError | None] = (-PROBE_EVERY_S, None)
+        self._writer = self._connect()
+        self._pool = ConnectionPool(self._connect, readers)
+        try:
+            with self.write() as conn:
+                self._migrate(conn)
+        except BaseException:
+            self.close()
+            raise
 
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            try:
-                conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-            except sqlite3.DatabaseError as exc:
-                raise ServiceStoreError(f"{self.path}: cannot open the service database ({exc})") from None
-            self._local.conn = conn
-            with self._conns_lock:
-                self._conns.append(conn)
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        except sqlite3.OperationalError as exc:
+            raise storage_fault(exc, self._where, self.path) or ServiceStoreError(
+                f"{self.path}: cannot open the service database ({exc})"
+            ) from None
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            fault = storage_fault(exc, self._where, self.path) if isinstance(exc, sqlite3.OperationalError) else None
+            raise fault or ServiceStoreError(f"{self.path}: cannot open the service database ({exc})") from None
         return conn
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any error)."""
         with self._write_lock:
-            conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self._fault(exc) or exc from None
             try:
                 yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:  # SQLite rolls back by itself after some errors (a full disk)
+                    conn.execute("ROLLBACK")
+                fault = self._fault(exc) if isinstance(exc, sqlite3.OperationalError) else None
+                if fault is not None:
+                    raise fault from exc
                 raise
-            conn.execute("COMMIT")
 
-    def read(self) -> sqlite3.Connection:
-        return self._conn()
+    def read(self) -> ConnectionPool:
+        """Something to ``execute`` one read on: each statement checks a pooled connection out."""
+        return self._pool
+
+    def _fault(self, exc: sqlite3.OperationalError) -> StorageError | None:
+        fault = storage_fault(exc, self._where, self.path)
+        if fault is not None:
+            log.error("service database write refused: %s (%s)", fault, exc)
+            self._probe = (time.monotonic(), fault)
+        return fault
+
+    def check_storage(self) -> StorageError | None:
+        """Why writes (audit rows, keys) would fail now, else ``None``; probed at most every few seconds."""
+        at, verdict = self._probe
+        if time.monotonic() - at < PROBE_EVERY_S or not self._write_lock.acquire(blocking=False):
+            return verdict
+        try:
+            verdict = probe_writable(self._writer, self.path, self._where)
+        finally:
+            self._write_lock.release()
+        if (verdict is None) != (self._probe[1] is None):
+            log.warning("service database %s", "writable again" if verdict is None else f"fault: {verdict}")
+        self._probe = (time.monotonic(), verdict)
+        return verdict
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
@@ -106,11 +153,9 @@ class ServiceStore:
             conn.execute(f"PRAGMA user_version = {number}")
 
     def close(self) -> None:
-        with self._conns_lock:
-            for conn in self._conns:
-                conn.close()
-            self._conns.clear()
-        self._local = threading.local()
+        self._pool.close()
+        with self._write_lock:
+            self._writer.close()
 
 
 def _statements(sql: str) -> list[str]:

@@ -28,7 +28,7 @@ from faceprint.gallery.crypto import seal_vector
 from faceprint.gallery.embedded.database import Database, chunks, marks
 from faceprint.gallery.embedded.index_cache import Delta, IndexCache, generation
 from faceprint.gallery.embedded.migration import SqliteMigration
-from faceprint.gallery.errors import GalleryError, SubjectExists
+from faceprint.gallery.errors import GalleryError, StorageError, SubjectExists
 from faceprint.gallery.index import ANN_MIN_SIZE
 from faceprint.gallery.model import Collection, Subject, Template, from_iso, to_iso, utcnow
 from faceprint.gallery.schema import BUSY_TIMEOUT_MS
@@ -93,6 +93,11 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
 
     def _release(self) -> None:
         self._db.close()
+
+    def check_storage(self) -> StorageError | None:
+        """Why writes to this gallery would fail now (disk full, read-only), else ``None`` (cheap: probed
+        at most every few seconds; see :meth:`Database.check_storage`)."""
+        return self._db.check_storage()
 
     @contextmanager
     def bulk(self) -> Iterator[None]:
