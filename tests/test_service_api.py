@@ -101,7 +101,7 @@ def test_health_ready_info_and_openapi(service) -> None:
     client, _ = service
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"models": True, "gallery": True}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"models": True, "gallery": True, "storage": True}
     info = client.get("/v1/info").json()
     assert info["auth"] is True and info["model_id"] == "dlib-resnet-v1" and info["detector"] == "hog"
     spec = client.get("/openapi.json").json()

@@ -124,6 +124,8 @@ def test_enrol_then_identify_shows_the_name(server: tuple[str, str], browser, tm
     page.click("#key-save")
     # A locator wait, not wait_for_function: polling a JS string is eval, which the UI's CSP rightly forbids.
     page.locator("#status", has_text="key set").wait_for(timeout=30_000)
+    # The header names every model the server has loaded, with its detector.
+    assert "dlib-resnet-v1 (hog)" in page.inner_text("#status")
 
     # enrol from two shared photos
     page.click("nav button[data-tab=enrol]")

@@ -65,13 +65,13 @@ def serve(
     import uvicorn
 
     from faceprint.service.app import create_app
-    from faceprint.service.middleware import RequestIdFilter
+    from faceprint.service.middleware import EscapingFormatter, RequestIdFilter
 
     overrides: dict[str, object] = {"gallery": gallery, "detector": detector, "model": model}
     if insecure_no_auth:
         overrides["auth"] = False
     settings = _settings(**overrides)
-    _configure_logging(log_level, RequestIdFilter())
+    _configure_logging(log_level, RequestIdFilter(), EscapingFormatter)
     if not settings.auth:
         exposed = host not in LOOPBACK
         typer.echo(
@@ -113,10 +113,11 @@ def _first_run_key() -> None:
     )
 
 
-def _configure_logging(level: str, request_ids: logging.Filter) -> None:
+def _configure_logging(level: str, request_ids: logging.Filter, formatter: type[logging.Formatter]) -> None:
+    """``formatter``: the service's, which escapes control characters (no forged log lines)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(request_ids)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"))
+    handler.setFormatter(formatter("%(asctime)s %(levelname)s [%(request_id)s] %(name)s: %(message)s"))
     for name in ("faceprint", "uvicorn"):
         logger = logging.getLogger(name)
         logger.handlers = [h for h in logger.handlers if isinstance(h, logging.NullHandler)] + [handler]

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 import numpy as np
 from anyio import to_thread
 from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 
 from faceprint import __version__
 from faceprint.factory import CalibrationFileError, load_calibration
@@ -89,7 +88,7 @@ def create_app(
     )
     for router in (health.router, detect.router, verify.router, identify.router, subjects.router, audit.router):
         app.include_router(router)
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount("/static", health.UiStaticFiles(directory=STATIC_DIR), name="static")
     return app
 
 

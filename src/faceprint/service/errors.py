@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from faceprint.errors import FaceprintError, IncompatibleFaceprints, InvalidImage, NoFaceFound
 from faceprint.gallery.errors import (
@@ -21,6 +22,8 @@ from faceprint.gallery.errors import (
     ContractMismatch,
     GalleryKeyError,
     GalleryLocked,
+    StorageError,
+    StorageFull,
     SubjectExists,
     SubjectNotFound,
     TemplateNotFound,
@@ -39,8 +42,10 @@ _TITLES = {
     413: "Payload too large",
     415: "Unsupported media type",
     422: "Unprocessable content",
+    499: "Client closed request",
     500: "Internal server error",
     503: "Service unavailable",
+    507: "Insufficient storage",
 }
 
 
@@ -105,6 +110,20 @@ def map_domain_error(exc: FaceprintError) -> ApiError:
         # The operator's problem, not the client's: say so without details that help an attacker.
         log.error("gallery key error: %s", exc)
         return ApiError(503, "gallery_unavailable", "the gallery cannot be decrypted; see the server log")
+    if isinstance(exc, StorageError):
+        # The operator's problem: the detail says what happened, not where the files are (the log does).
+        log.error("storage fault: %s", exc)
+        if exc.where.startswith("the service database"):
+            what = (
+                "the audit log cannot be written, so the result is withheld (no decision is given out unrecorded); "
+                "a gallery change this request made may have been stored"
+            )
+        else:
+            what = "the gallery cannot be written; nothing was stored"
+        if isinstance(exc, StorageFull):
+            detail = f"the server's disk is full: {what}; retry once space is freed"
+            return ApiError(507, "insufficient_storage", detail)
+        return ApiError(503, "storage_unavailable", f"storage is read-only or unavailable: {what}; retry later")
     # Usage-level refusals (fmr out of range, empty name, bad cursor…) are the caller's to fix.
     return ApiError(422, "invalid_request", str(exc))
 
@@ -132,7 +151,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
-        return problem(request, exc.status_code, code, str(exc.detail))
+        return problem(request, exc.status_code, code, str(exc.detail), headers=exc.headers)  # 405: Allow
+
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client went away mid-request (nginx's 499): nobody reads this answer, but metrics and the access
+        # log record it as the client's doing rather than as an internal error.
+        log.info("client disconnected before the request body was read")
+        return problem(request, 499, "client_disconnected", "the client closed the connection mid-request")
 
     @app.exception_handler(Exception)
     async def _internal(request: Request, exc: Exception) -> JSONResponse:

@@ -65,7 +65,7 @@ class Inference:
         try:
             return load_image(upload.data, name=upload.name, max_pixels=self.max_pixels)
         except ImageTooLarge as exc:
-            raise ApiError(413, "too_many_pixels", str(exc), source=exc.source) from None
+            raise ApiError(413, "too_many_pixels", str(exc), source=exc.source, reason=exc.reason) from None
 
     async def decode(self, upload: Upload) -> Image:
         return await self.compute("decode", self.decode_sync, upload)

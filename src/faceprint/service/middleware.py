@@ -12,6 +12,8 @@ import time
 import uuid
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from faceprint.service.admission import early_refusal, request_scope
@@ -24,6 +26,21 @@ access_log = logging.getLogger("faceprint.service.access")
 #: The current request's id, for log records (see :class:`RequestIdFilter`).
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("faceprint_request_id", default="-")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every non-printable character (CR, LF, NUL, other controls) written as its Python
+    escape, so a client-chosen string can never start a forged line in a log."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+class EscapingFormatter(logging.Formatter):
+    """Escapes control characters in each record's line (not in an exception's traceback that follows it)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_control(super().formatMessage(record))
 
 
 class RequestIdFilter(logging.Filter):
@@ -90,6 +107,10 @@ class ServiceMiddleware:
         except ApiError as exc:  # raised by limited_receive outside a route's handlers
             if not status["started"]:
                 await self._problem(send_wrapper, exc.status, exc.code, exc.detail, request_id, scope)
+        except ClientDisconnect:  # the client's doing, not a bug: no 500, no traceback
+            log.info("client disconnected mid-request")
+            if not status["started"]:
+                status["code"] = 499
         except Exception:
             log.exception("internal error")
             if not status["started"]:
@@ -112,7 +133,11 @@ class ServiceMiddleware:
             method = scope.get("method", "")
             self.metrics.requests.labels(template, method, str(status["code"])).inc()
             self.metrics.latency.labels(template, method).observe(elapsed)
-            access_log.info("%s %s %d %.1fms", method, scope["path"], status["code"], elapsed * 1000)
+            # A matched route is logged by its template: the raw path can hold a subject's name (GDPR).
+            shown = template if route is not None and not isinstance(route, Mount) else scope["path"]
+            access_log.info(
+                "%s %s %d %.1fms", escape_control(method), escape_control(shown), status["code"], elapsed * 1000
+            )
             request_id_var.reset(token)
 
     def _too_large(self) -> str:

@@ -10,17 +10,31 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
 
 from faceprint.service.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
 ALLOWED_PART_TYPES = ("image/", "application/octet-stream")
+#: Deepest nesting of arrays/objects a JSON body may have (checked before parsing: no RecursionError).
+MAX_JSON_DEPTH = 32
+#: JSON integers must fit a signed 64-bit integer (SQLite's INTEGER; no 4,300-digit ``int()`` conversions).
+MAX_JSON_INT = 2**63 - 1
+#: Non-file fields in one multipart request.
+MAX_FORM_FIELDS = 100
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# Opening brackets become +1 and closing ones -1 (as int8), so a running sum is the nesting depth.
+_BRACKET_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,20 @@ async def read_images(request: Request, fields: tuple[str, ...], *, max_images: 
 
 
 async def _from_multipart(request: Request, fields: tuple[str, ...], max_images: int) -> Parsed:
-    form = await request.form(max_files=max_images + len(fields), max_fields=100)
+    # Starlette answers its own limits with a bare 400; they are ours to name (413 too_many_images/fields).
+    try:
+        form = await request.form(max_files=max_images, max_fields=MAX_FORM_FIELDS)
+    except (HTTPException, MultiPartException) as exc:
+        message = str(getattr(exc, "detail", None) or getattr(exc, "message", exc))
+        if message.startswith("Too many files"):
+            raise ApiError(
+                413, "too_many_images", f"more file parts than the limit of {max_images} images per request"
+            ) from None
+        if message.startswith("Too many fields"):
+            raise ApiError(
+                413, "too_many_fields", f"more form fields than the limit of {MAX_FORM_FIELDS} per request"
+            ) from None
+        raise ApiError(400, "malformed_multipart", f"the multipart body cannot be read ({message})") from None
     images: dict[str, list[Upload]] = {}
     params: dict[str, Any] = {}
     for key, value in form.multi_items():
@@ -93,12 +120,45 @@ async def _from_multipart(request: Request, fields: tuple[str, ...], max_images:
     return Parsed(images, params)
 
 
-async def _from_json(request: Request, fields: tuple[str, ...], multi: bool) -> Parsed:
-    raw = await request.body()
+def parse_json(raw: bytes) -> Any:
+    """A request body as JSON, strictly: nesting at most :data:`MAX_JSON_DEPTH` deep (checked before parsing),
+    integers within ±:data:`MAX_JSON_INT`, no ``NaN``/``Infinity``. Anything else is a 422 problem."""
+    depth = json_depth(raw)
+    if depth > MAX_JSON_DEPTH:
+        raise ApiError(
+            422, "malformed_json", f"the JSON body is nested {depth} levels deep; the limit is {MAX_JSON_DEPTH}"
+        )
     try:
-        body = json.loads(raw)
+        return json.loads(raw, parse_int=_bounded_int, parse_constant=_no_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(422, "malformed_json", f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:  # unreachable after the depth check; kept so no parser path can become a 500
+        raise ApiError(422, "malformed_json", "the JSON body is nested too deeply") from None
+
+
+def json_depth(raw: bytes) -> int:
+    """How deeply arrays and objects nest in ``raw`` (brackets inside strings do not count), in C-speed steps."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    if not brackets:
+        return 0
+    steps = np.frombuffer(brackets.translate(_BRACKET_STEPS), dtype=np.int8).astype(np.int64)
+    return int(np.cumsum(steps).max())
+
+
+def _bounded_int(text: str) -> int:
+    digits = text.lstrip("-")
+    if len(digits) > 19 or int(digits) > MAX_JSON_INT:
+        shown = text if len(text) <= 24 else f"{text[:12]}…({len(digits):,} digits)"
+        raise ApiError(422, "validation_error", f"the JSON integer {shown} is out of range (at most ±{MAX_JSON_INT:,})")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ApiError(422, "malformed_json", f"{name} is not valid JSON (send a finite number)")
+
+
+async def _from_json(request: Request, fields: tuple[str, ...], multi: bool) -> Parsed:
+    body = parse_json(await request.body())
     if not isinstance(body, dict):
         raise ApiError(422, "malformed_json", "the JSON body must be an object")
     images: dict[str, list[Upload]] = {}
@@ -147,9 +207,29 @@ def validate_params(model: type[M], params: dict[str, Any]) -> M:
         ) from None
 
 
+def inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema with its ``$defs`` inlined: embedded in the OpenAPI document, a ``$ref`` to
+    ``#/$defs/…`` or ``#/components/schemas/…`` would point at nothing (the models used here are not recursive)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                target = resolve(defs[ref.removeprefix("#/$defs/")])
+                return {**target, **{k: resolve(v) for k, v in node.items() if k != "$ref"}}
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
 def openapi_body(fields: dict[str, str], params: type[BaseModel], *, multi: bool = False) -> dict[str, Any]:
     """``openapi_extra`` documenting both request forms of an image route."""
-    param_schema = params.model_json_schema()
+    param_schema = inline_schema(params)
     props = dict(param_schema.get("properties", {}))
     file_item = {"type": "string", "format": "binary"}
     b64_item = {"type": "string", "format": "byte", "description": "base64 (a data: URL is accepted)"}

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 
 from faceprint.service.auth import Admin
 from faceprint.service.deps import services
+from faceprint.service.params import SQL_INT_MAX
 
 router = APIRouter(prefix="/v1", tags=["audit"])
 
@@ -21,7 +22,9 @@ async def list_audit(
     key_id: Annotated[str | None, Query(max_length=20)] = None,
     subject_id: Annotated[str | None, Query(max_length=100)] = None,
     since: Annotated[str | None, Query(max_length=40, description="ISO-8601 UTC time")] = None,
-    before_id: Annotated[int | None, Query(ge=1, description="Page: entries older than this id")] = None,
+    before_id: Annotated[
+        int | None, Query(ge=1, le=SQL_INT_MAX, description="Page: entries older than this id")
+    ] = None,
 ) -> dict[str, object]:
     svc = services(request)
     entries = await svc.inference.run(

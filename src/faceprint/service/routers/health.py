@@ -5,6 +5,8 @@ from __future__ import annotations
 from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from faceprint import __version__
 from faceprint.service.auth import authenticate_request
@@ -19,10 +21,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", tags=["operations"], summary="Models loaded and gallery open (503 otherwise)")
+@router.get("/readyz", tags=["operations"], summary="Models loaded, gallery open, storage writable (503 otherwise)")
 async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
-    checks = {"models": bool(getattr(state, "ready", False)), "gallery": False}
+    checks = {"models": bool(getattr(state, "ready", False)), "gallery": False, "storage": True}
     gallery = getattr(state, "gallery", None)
     if gallery is not None:
         try:
@@ -30,6 +32,11 @@ async def readyz(request: Request) -> JSONResponse:
             checks["gallery"] = True
         except Exception:
             checks["gallery"] = False
+    # Disk full or read-only (the gallery's or the service database's): cheap, probed every few seconds.
+    for store in (gallery, getattr(state, "store", None)):
+        probe = getattr(store, "check_storage", None)
+        if probe is not None and await to_thread.run_sync(probe) is not None:
+            checks["storage"] = False
     ready = all(checks.values())
     return JSONResponse(
         {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
@@ -88,11 +95,11 @@ async def info(request: Request) -> dict[str, object]:
 
 @router.get("/", include_in_schema=False)
 async def index(request: Request) -> FileResponse:
-    return FileResponse(STATIC_DIR / "index.html", headers=_UI_HEADERS)
+    return FileResponse(STATIC_DIR / "index.html", headers=UI_HEADERS)
 
 
 # The UI is one page of our own script: forbid everything else (framing, inline script, other origins).
-_UI_HEADERS = {
+UI_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; style-src 'self'; "
         "script-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -100,3 +107,13 @@ _UI_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+class UiStaticFiles(StaticFiles):
+    """``/static``: the UI's files, each with the page's security headers (``/static/index.html`` is the
+    page too, and ``nosniff`` keeps a browser from running a file as another type)."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(UI_HEADERS)
+        return response

@@ -7,14 +7,14 @@ from pydantic import Field
 
 from faceprint.service.auth import Recognize
 from faceprint.service.deps import record, services
-from faceprint.service.params import ThresholdParams
+from faceprint.service.params import StrictInt, ThresholdParams
 from faceprint.service.uploads import openapi_body, read_images, validate_params
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
 
 
 class IdentifyParams(ThresholdParams):
-    top_k: int = Field(5, ge=1, le=100, description="Candidates returned per face")
+    top_k: StrictInt = Field(5, ge=1, le=100, description="Candidates returned per face")
     collection: str | None = Field(None, min_length=1, max_length=100, description="Collection (default: default)")
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from faceprint.errors import InvalidImage
@@ -18,11 +17,13 @@ from faceprint.service.backends import BatchedPipeline
 from faceprint.service.deps import record, services
 from faceprint.service.errors import ApiError
 from faceprint.service.inference import Inference
-from faceprint.service.uploads import Upload, openapi_body, read_images, validate_params
+from faceprint.service.params import SQL_INT_MAX, SaneDatetime, StrictFloat, StrictInt
+from faceprint.service.uploads import Upload, inline_schema, openapi_body, parse_json, read_images, validate_params
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
 
-MetadataValue = str | int | float | bool | None
+# Strict: a metadata value keeps the JSON type it was sent with (``true`` stays a boolean, ``1`` an int).
+MetadataValue = str | StrictInt | StrictFloat | bool | None
 CollectionParam = Annotated[
     str | None, Query(min_length=1, max_length=100, description="Collection (default: default)")
 ]
@@ -32,11 +33,10 @@ class ConsentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     given_by: str = Field(..., min_length=1, max_length=200, description="Who consented")
     purpose: str = Field(..., min_length=1, max_length=500, description="For what purpose")
-    given_at: datetime | None = Field(None, description="When (default: now)")
+    given_at: SaneDatetime | None = Field(None, description="When (default: now; naive times are UTC)")
 
     def to_consent(self) -> Consent:
-        at = self.given_at or datetime.now(UTC)
-        return Consent(self.given_by, at if at.tzinfo else at.replace(tzinfo=UTC), self.purpose)
+        return Consent(self.given_by, self.given_at or datetime.now(UTC), self.purpose)
 
 
 class SubjectCreate(BaseModel):
@@ -44,7 +44,7 @@ class SubjectCreate(BaseModel):
     name: str = Field(..., min_length=1, max_length=200)
     metadata: dict[str, MetadataValue] = Field(default_factory=dict, max_length=64)
     consent: ConsentIn | None = None
-    expires_at: datetime | None = Field(None, description="Retention: purged after this time")
+    expires_at: SaneDatetime | None = Field(None, description="Retention: purged after this time")
     collection: str | None = Field(None, min_length=1, max_length=100)
 
 
@@ -55,7 +55,7 @@ class SubjectUpdate(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=200)
     metadata: dict[str, MetadataValue] | None = Field(None, max_length=64)
     consent: ConsentIn | None = None
-    expires_at: datetime | None = None
+    expires_at: SaneDatetime | None = None
 
 
 class EnrolParams(BaseModel):
@@ -65,10 +65,7 @@ class EnrolParams(BaseModel):
 async def _json_body(request: Request) -> Any:
     if not request.headers.get("content-type", "").split(";")[0].strip().lower().endswith("json"):
         raise ApiError(415, "unsupported_media_type", "send application/json")
-    try:
-        return json.loads(await request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(422, "malformed_json", f"the request body is not valid JSON ({exc})") from None
+    return parse_json(await request.body())
 
 
 def _subject_out(subject: Subject) -> dict[str, object]:
@@ -82,11 +79,7 @@ def _subject_out(subject: Subject) -> dict[str, object]:
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {
-                    "schema": SubjectCreate.model_json_schema(ref_template="#/components/schemas/{model}")
-                }
-            },
+            "content": {"application/json": {"schema": inline_schema(SubjectCreate)}},
         }
     },
 )
@@ -171,11 +164,7 @@ async def get_subject(
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {
-                    "schema": SubjectUpdate.model_json_schema(ref_template="#/components/schemas/{model}")
-                }
-            },
+            "content": {"application/json": {"schema": inline_schema(SubjectUpdate)}},
         }
     },
 )
@@ -260,12 +249,24 @@ async def enrol_faces(
         collection=coll,
         subject_ids=(subject.id,),
         decision=f"{len(accepted)}/{len(uploads)} accepted",
-        detail={"template_ids": accepted, "rejected": [list(o.reasons) for o in report.rejected]},
+        detail={
+            "template_ids": accepted,
+            "rejected": [_audit_reasons(o, u) for o, u in zip(report.outcomes, uploads, strict=True) if not o.accepted],
+        },
         model_id=engine.model_id,
     )
     if not accepted:
         raise ApiError(422, "no_usable_face", "no photo could be enrolled; see images[].reasons", images=out["images"])
     return out
+
+
+def _audit_reasons(outcome: ImageOutcome, upload: Upload) -> list[str]:
+    """A rejected photo's reasons for the append-only audit log, which never holds client file names (the
+    HTTP answer names the photo; a JSON upload's label is only its field name, which may stay)."""
+    name = upload.name
+    if not name or name == upload.field or name.startswith(f"{upload.field}["):
+        return list(outcome.reasons)
+    return [r.removeprefix(f"{name}: ").replace(name, "<file>") for r in outcome.reasons]
 
 
 def _enrol(
@@ -284,7 +285,8 @@ def _enrol(
         try:
             decoded[i] = inf.decode_sync(upload)
         except (InvalidImage, ApiError) as exc:
-            reason = exc.reason if isinstance(exc, InvalidImage) else exc.detail
+            # The reason without the upload's name: the outcome names the image, and the audit keeps reasons.
+            reason = exc.reason if isinstance(exc, InvalidImage) else str(exc.extensions.get("reason", exc.detail))
             outcomes[i] = ImageOutcome(upload.name, False, (reason,))
     if decoded:
         report = enrol_images(
@@ -298,7 +300,7 @@ def _enrol(
 @router.delete("/{subject_id}/faces/{template_id}", status_code=204, summary="Delete one enrolled face")
 async def delete_face(
     subject_id: str,
-    template_id: int,
+    template_id: Annotated[int, Path(ge=1, le=SQL_INT_MAX)],
     request: Request,
     principal: Enroll,
     collection: CollectionParam = None,
