@@ -62,8 +62,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the HTTP API and web UI (see docs/service.md; --ray: docs/deploy.md)."""
-    import uvicorn
-
+    from faceprint.service import server
     from faceprint.service.app import create_app
     from faceprint.service.middleware import EscapingFormatter, RequestIdFilter
 
@@ -93,9 +92,9 @@ def serve(
 
         serve_forever(settings, RaySettings.from_env(address=address), host=host, port=port)
         return
-    uvicorn.run(
-        create_app(settings), host=host, port=port, log_config=None, access_log=False, log_level=log_level.lower()
-    )
+    # Start-up errors (a wrong gallery key) come back from the lifespan as FaceprintErrors: one line, via
+    # handle_errors, instead of uvicorn's traceback.
+    server.run(create_app(settings), settings, host=host, port=port, log_level=log_level)
 
 
 def _first_run_key() -> None:

@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from platformdirs import user_config_path
 
 from faceprint.gallery.errors import GalleryKeyError, MissingKey, WrongKey
+from faceprint.gallery.private import PRIVATE_FILE, make_private_dir
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -68,9 +69,10 @@ def generate_key() -> bytes:
 
 def write_key_file(path: Path, key: bytes) -> None:
     """Create ``path`` with mode 0600 (refuses to overwrite an existing key)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    make_private_dir(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
     try:
+        os.fchmod(fd, PRIVATE_FILE)  # whatever the umask
         os.write(fd, base64.b64encode(key) + b"\n")
         os.fsync(fd)
     finally:

@@ -28,6 +28,7 @@ import numpy as np
 
 from faceprint.gallery.crypto import TemplateCipher
 from faceprint.gallery.errors import WrongKey
+from faceprint.gallery.private import PRIVATE_FILE
 
 #: Below this many templates search is exact; at or above it, HNSW. Measured in benchmarks/gallery.py on
 #: this 2-core machine (CPU time per query, 128-d): exact costs ≈ 50 ns per template — 0.8 ms p95 at 10k,
@@ -294,7 +295,9 @@ def save_index(path: Path, index: AdaptiveIndex, *, generation: int, cipher: Tem
     ).encode()
     body = cipher.encrypt(index.to_bytes(), _MAGIC + header)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    os.fchmod(fd, PRIVATE_FILE)  # the snapshot holds templates: private whatever the umask
+    with open(fd, "wb") as fh:
         fh.write(_MAGIC + struct.pack("<I", len(header)) + header + body)
         fh.flush()
         os.fsync(fh.fileno())

@@ -22,6 +22,7 @@ from faceprint.errors import FaceprintError
 from faceprint.gallery.embedded.database import PROBE_EVERY_S, probe_writable
 from faceprint.gallery.embedded.pool import DEFAULT_READERS, ConnectionPool
 from faceprint.gallery.errors import StorageError, storage_fault
+from faceprint.gallery.private import create_private_file, make_private_dir
 
 log = logging.getLogger("faceprint.service")
 
@@ -69,8 +70,12 @@ class ServiceStore:
 
     def __init__(self, path: Path, *, readers: int = DEFAULT_READERS) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._where = f"the service database {self.path}"
+        try:  # keys' hashes and the audit log: directory 0700, database (and its -wal, -shm) 0600
+            make_private_dir(self.path.parent)
+            create_private_file(self.path)
+        except OSError:
+            pass  # unwritable storage: the connection below reports it as a storage fault
         self._write_lock = threading.Lock()
         self._probe: tuple[float, StorageError | None] = (-PROBE_EVERY_S, None)
         self._writer = self._connect()

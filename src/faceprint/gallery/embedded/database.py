@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from faceprint.gallery.errors import (
     StorageFull,
     storage_fault,
 )
+from faceprint.gallery.private import create_private_file
 from faceprint.gallery.schema import connect, migrate
 
 log = logging.getLogger("faceprint.gallery")
@@ -104,6 +105,8 @@ class Database:
         self._after_commit: list[Callable[[], None]] = []
         self._probe: tuple[float, StorageError | None] = (-PROBE_EVERY_S, None)
         self.closed = False
+        with suppress(OSError):  # unwritable storage: SQLite's own error below names the fault
+            create_private_file(path)  # a new gallery's database, -wal and -shm: 0600
         try:
             self.writer = connect(path, busy_timeout_ms=busy_ms)
             migrate(self.writer)

@@ -31,6 +31,7 @@ from faceprint.gallery.embedded.migration import SqliteMigration
 from faceprint.gallery.errors import GalleryError, StorageError, SubjectExists
 from faceprint.gallery.index import ANN_MIN_SIZE
 from faceprint.gallery.model import Collection, Subject, Template, from_iso, to_iso, utcnow
+from faceprint.gallery.private import make_private_dir
 from faceprint.gallery.schema import BUSY_TIMEOUT_MS
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
         if not self.path.is_dir():
             if not create:
                 raise GalleryError(f"no gallery at {self.path}")
-            self.path.mkdir(parents=True, exist_ok=True)
+            make_private_dir(self.path)  # names, consent and templates: 0700, whatever the umask
         self.db_path = self.path / DB_NAME
         self.ann_min_size = ann_min_size
         self._db = Database(self.db_path, busy_ms=int(lock_timeout * 1000), label=str(self.path))
