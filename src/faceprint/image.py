@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import re
 import warnings
@@ -25,25 +26,52 @@ from faceprint.errors import ImageTooLarge, InvalidImage
 #: Default upper bound on decoded pixels (a 12 MP photo is 12e6; 64 MP allows large camera files).
 DEFAULT_MAX_PIXELS = 64_000_000
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "MPO")
+_DCT_FORMATS = ("JPEG", "MPO")  # decoded at 1/2, 1/4 or 1/8 scale by libjpeg itself (draft mode)
+# EXIF orientation → the transpose that shows the photo upright (what ImageOps.exif_transpose applies).
+_ORIENTATION = {
+    2: PILImage.Transpose.FLIP_LEFT_RIGHT,
+    3: PILImage.Transpose.ROTATE_180,
+    4: PILImage.Transpose.FLIP_TOP_BOTTOM,
+    5: PILImage.Transpose.TRANSPOSE,
+    6: PILImage.Transpose.ROTATE_270,
+    7: PILImage.Transpose.TRANSVERSE,
+    8: PILImage.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = (5, 6, 7, 8)
+# Modes Image.reduce() averages correctly, and what to convert the others to first (palette indices and
+# 1-bit pixels cannot be averaged; 16-bit grey becomes 32-bit integers, scaled like it in _pil_to_rgb).
+_REDUCIBLE = {
+    "L": "L", "LA": "LA", "RGB": "RGB", "RGBA": "RGBA", "RGBX": "RGBX", "CMYK": "CMYK", "I": "I", "F": "F",
+    "1": "L", "P": "RGB", "PA": "RGBA", "I;16": "I", "I;16B": "I", "I;16L": "I", "I;16N": "I",
+}  # fmt: skip
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | np.ndarray
 
 
 @dataclass(frozen=True, eq=False)
 class Image:
-    """A decoded image: ``pixels`` is H×W×3 uint8 RGB; ``source`` names it in errors and reports."""
+    """A decoded image: ``pixels`` is H×W×3 uint8 RGB; ``source`` names it in errors and reports.
+
+    A large photo may be decoded reduced (``load_image(..., decode_max_pixels=...)``): then ``pixels`` holds
+    it at 1/``scale`` of its size and ``original`` is the photo's own (width, height). Detections always refer
+    to the photo's own pixel frame (:class:`~faceprint.types.Detection`); the pipeline multiplies what its
+    models find in ``pixels`` by ``scale``, and divides landmarks by it to cut chips.
+    """
 
     pixels: np.ndarray
     source: str
     sha256: str | None = None
+    scale: float = 1.0  # photo pixels per pixel of ``pixels`` (1: decoded at full size)
+    original: tuple[int, int] | None = None  # the photo's (width, height) when decoded reduced
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        """Width of the photo (the frame of detections), not of a reduced ``pixels``."""
+        return self.original[0] if self.original else int(self.pixels.shape[1])
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return self.original[1] if self.original else int(self.pixels.shape[0])
 
 
 def max_pixels_from_env() -> int:
@@ -59,8 +87,19 @@ def max_pixels_from_env() -> int:
     return value
 
 
-def load_image(source: ImageSource | Image, *, name: str | None = None, max_pixels: int | None = None) -> Image:
-    """Decode ``source`` into an :class:`Image`. ``name`` overrides how the input is named in errors."""
+def load_image(
+    source: ImageSource | Image,
+    *,
+    name: str | None = None,
+    max_pixels: int | None = None,
+    decode_max_pixels: int | None = None,
+) -> Image:
+    """Decode ``source`` into an :class:`Image`. ``name`` overrides how the input is named in errors.
+
+    ``decode_max_pixels``: an encoded photo larger than this is decoded reduced by an integer factor to at
+    most this many pixels (JPEG: by libjpeg's DCT scaling, without ever holding the full size; other
+    formats: :meth:`PIL.Image.Image.reduce` after decoding), recording the factor in :attr:`Image.scale`.
+    ``None``: full size. Arrays are never reduced."""
     if isinstance(source, Image):
         return source
     limit = max_pixels or max_pixels_from_env()
@@ -90,10 +129,33 @@ def load_image(source: ImageSource | Image, *, name: str | None = None, max_pixe
             name or repr(type(source).__name__),
             "unsupported input type: give a path, bytes, a binary file object or a NumPy array",
         )
-    return Image(decode_bytes(data, label, limit), label, hashlib.sha256(data).hexdigest())
+    pixels, scale, size = decode(data, label, limit, decode_max_pixels)
+    return Image(pixels, label, hashlib.sha256(data).hexdigest(), scale, size if scale != 1 else None)
+
+
+def header_pixels(data: bytes) -> int | None:
+    """Pixels of an encoded image as its header declares them, without decoding (``None``: not an image
+    Pillow can read, or one it refuses as a decompression bomb, which decoding will report)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            with PILImage.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except (PILImage.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
+        return None
+    return width * height
 
 
 def decode_bytes(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+    """``data`` decoded at full size (see :func:`decode`)."""
+    return decode(data, label, max_pixels)[0]
+
+
+def decode(
+    data: bytes, label: str, max_pixels: int, decode_max_pixels: int | None = None
+) -> tuple[np.ndarray, int, tuple[int, int]]:
+    """``data`` as RGB pixels, EXIF-rotated, reduced by an integer factor to at most ``decode_max_pixels``
+    when larger; returns the pixels, that factor and the upright photo's own (width, height)."""
     if not data:
         raise InvalidImage(label, "is empty (0 bytes)")
     try:
@@ -108,8 +170,12 @@ def decode_bytes(data: bytes, label: str, max_pixels: int) -> np.ndarray:
                 )
             if width * height > max_pixels:
                 raise ImageTooLarge(label, width * height, max_pixels)
-            img.load()
-            img = ImageOps.exif_transpose(img)
+            if decode_max_pixels is None or width * height <= decode_max_pixels:
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                factor, size = 1, img.size
+            else:
+                img, factor, size = _decode_reduced(img, width * height, decode_max_pixels)
     except InvalidImage:
         raise
     except UnidentifiedImageError:
@@ -120,7 +186,32 @@ def decode_bytes(data: bytes, label: str, max_pixels: int) -> np.ndarray:
         raise ImageTooLarge(label, int(found.group(1)) if found else None, max_pixels) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidImage(label, f"could not be decoded; the file is truncated or corrupt ({exc})") from None
-    return _pil_to_rgb(img)
+    return _pil_to_rgb(img), factor, size
+
+
+def _decode_reduced(img: PILImage.Image, pixels: int, budget: int) -> tuple[PILImage.Image, int, tuple[int, int]]:
+    """Decode ``img`` (opened, not loaded) reduced by the smallest integer factor that brings its ``pixels``
+    within ``budget``; EXIF orientation applied. JPEG is decoded at the nearest DCT scale (1/2, 1/4, 1/8) at
+    or above that size, so the full-size pixels never exist; anything left over is reduced by averaging.
+    Returns the image, the factor and the upright photo's own (width, height)."""
+    orientation = img.getexif().get(0x0112)
+    width, height = img.size
+    factor = 1
+    want = math.ceil(math.sqrt(pixels / budget))
+    if img.format in _DCT_FORMATS:
+        img.draft(img.mode, (math.ceil(img.width / want), math.ceil(img.height / want)))
+        factor = max(1, round(width / img.width))
+    img.load()
+    left = img.width * img.height
+    if left > budget:
+        more = math.ceil(math.sqrt(left / budget))
+        img = img.convert(_REDUCIBLE.get(img.mode, "RGB")) if img.mode not in _REDUCIBLE.values() else img
+        img = img.reduce(more)  # averages each more×more block (a partial last block averages what it has)
+        factor *= more
+    method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
+    if method is not None:
+        img = img.transpose(method)
+    return img, factor, ((height, width) if orientation in _SWAPS_AXES else (width, height))
 
 
 def _pil_to_rgb(img: PILImage.Image) -> np.ndarray:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -194,25 +194,31 @@ class Pipeline:
         return self.landmark(img, self.detector.detect(img.pixels))
 
     def landmark(self, image: ImageSource | Image, raw: Sequence[RawDetection]) -> list[Detection]:
-        """Detections with this pipeline's 5 landmarks for ``((x1, y1, x2, y2), score)`` boxes."""
+        """Detections with this pipeline's 5 landmarks for ``((x1, y1, x2, y2), score)`` boxes in the
+        image's ``pixels``; returned in the photo's own frame (multiplied by :attr:`Image.scale`)."""
         if not raw:
             return []
         img = load_image(image)
         boxes = np.array([box for box, _ in raw], dtype=np.float64)
         landmarks = self.landmarker.predict(img.pixels, boxes)
+        s = float(img.scale)
         return [
             Detection(
-                box=tuple(float(v) for v in box),  # type: ignore[arg-type]
+                box=tuple(float(v) * s for v in box),  # type: ignore[arg-type]
                 score=float(score),
-                landmarks=np.asarray(points, dtype=np.float32),
+                landmarks=np.asarray(points, dtype=np.float32) * np.float32(s),
                 landmark_scheme=self.landmark_scheme,
             )
             for (box, score), points in zip(raw, landmarks, strict=True)
         ]
 
     def chips(self, image: ImageSource | Image, detections: Sequence[Detection]) -> np.ndarray:
-        """Aligned chips for the embedder, one per detection (each aligned by its own landmark scheme)."""
+        """Aligned chips for the embedder, one per detection (each aligned by its own landmark scheme), cut
+        from the image's ``pixels`` (detections, in the photo's frame, are divided by :attr:`Image.scale`)."""
         img = load_image(image)
+        if img.scale != 1:
+            inv = np.float32(1.0 / img.scale)
+            detections = [replace(d, landmarks=None if d.landmarks is None else d.landmarks * inv) for d in detections]
         schemes = {d.landmark_scheme for d in detections}
         if len(schemes) <= 1:
             template = self.template_for(schemes.pop()) if schemes else self.template

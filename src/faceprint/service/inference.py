@@ -16,12 +16,13 @@ import numpy as np
 from anyio import CapacityLimiter, to_thread
 
 from faceprint.errors import ImageTooLarge, NoFaceFound
-from faceprint.image import Image, load_image
+from faceprint.image import Image, header_pixels, load_image
 from faceprint.quality import assess
 from faceprint.service.admission import Admission
 from faceprint.service.batching import Arrivals, EmbedBatcher
 from faceprint.service.engines import Engine
 from faceprint.service.errors import ApiError
+from faceprint.service.memory import MemoryReleaser
 from faceprint.service.metrics import Metrics
 from faceprint.service.settings import QUEUE_PER_WORKER
 from faceprint.service.uploads import Upload
@@ -31,9 +32,20 @@ T = TypeVar("T")
 
 
 class Inference:
-    def __init__(self, metrics: Metrics, *, workers: int, max_pixels: int, max_queue: int | None = None) -> None:
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        workers: int,
+        max_pixels: int,
+        max_queue: int | None = None,
+        decode_max_pixels: int | None = None,
+    ) -> None:
         self.metrics = metrics
         self.max_pixels = max_pixels
+        # Larger photos are decoded reduced (their detections still refer to the photo's own pixels).
+        self.decode_max_pixels = decode_max_pixels
+        self.memory = MemoryReleaser()
         # Decoding, detection and enrolment are CPU-bound: more threads than cores only adds queueing inside
         # them. Short jobs (gallery reads and writes, search, audit) get their own threads, so they never wait
         # behind a queue of detections.
@@ -63,9 +75,14 @@ class Inference:
 
     def decode_sync(self, upload: Upload) -> Image:
         try:
-            return load_image(upload.data, name=upload.name, max_pixels=self.max_pixels)
+            return load_image(
+                upload.data, name=upload.name, max_pixels=self.max_pixels, decode_max_pixels=self.decode_max_pixels
+            )
         except ImageTooLarge as exc:
             raise ApiError(413, "too_many_pixels", str(exc), source=exc.source, reason=exc.reason) from None
+        finally:
+            # A large decode leaves freed buffers in glibc's arenas: hand them back once the request is done.
+            self.memory.note(header_pixels(upload.data) or 0)
 
     async def decode(self, upload: Upload) -> Image:
         return await self.compute("decode", self.decode_sync, upload)

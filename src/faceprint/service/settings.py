@@ -7,6 +7,7 @@ by a default.
 from __future__ import annotations
 
 import os
+import resource
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -21,6 +22,19 @@ SERVICE_DB_NAME = "service.sqlite3"
 # 75 % of saturation, 8 refused none; and 8 bound the wait of the last admitted request to ~0.5 s (dlib
 # profile) / ~0.2 s (ArcFace pack) on 2 cores.
 QUEUE_PER_WORKER = 8
+# Open files kept back from the connection cap's default: the gallery and service databases (up to 10 each),
+# model files, the event loop, logs, and the accepts that are refused at the cap.
+FD_RESERVE = 128
+MAX_CONNECTIONS_CEILING = 16_384  # the default when the open-files limit is unlimited or huge
+
+
+def default_max_connections() -> int:
+    """The process's open-files limit minus :data:`FD_RESERVE` (at least 16): beyond it, no descriptor would
+    be left for the databases, so ``/healthz`` and admitted requests would fail."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS_CEILING
+    return max(16, min(soft - FD_RESERVE, MAX_CONNECTIONS_CEILING))
 
 
 class SettingsError(FaceprintError):
@@ -52,6 +66,11 @@ class Settings:
     upsample: int | None = None  # detector upsampling; None: the detector's default (finds smaller faces, slower)
     max_upload_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 40_000_000
+    # Pixels of all images of one request together, from their headers, before any is decoded: two photos
+    # at max_pixels (verify) fit; 20 photos of 40 MP in a 100 KB body (1-bit PNGs) do not (docs/service.md).
+    max_request_pixels: int = 100_000_000
+    # Larger photos are decoded reduced by an integer factor to at most this (phone photos, <= 12.5 MP, are not).
+    decode_max_pixels: int = 16_000_000
     max_images_per_request: int = 20
     batch_max_faces: int = 32
     batch_max_wait_ms: float = 4.0
@@ -63,9 +82,19 @@ class Settings:
     default_collection: str = "default"
     trust_request_id: bool = True
     calibration: Path | None = None
+    header_timeout_s: float = 10.0  # a connection's request head must be complete this long after it starts
+    keepalive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this long
+    max_connections: int | None = None  # None: default_max_connections() (see `connection_limit`)
 
     def __post_init__(self) -> None:
-        for name in ("max_upload_bytes", "max_pixels", "max_images_per_request", "batch_max_faces"):
+        for name in (
+            "max_upload_bytes",
+            "max_pixels",
+            "max_request_pixels",
+            "decode_max_pixels",
+            "max_images_per_request",
+            "batch_max_faces",
+        ):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{_ENV[name]}: must be at least 1, got {getattr(self, name)}")
         if self.inference_workers < 1:
@@ -76,6 +105,12 @@ class Settings:
             raise SettingsError(f"FACEPRINT_UPSAMPLE: must be 0 to 3, got {self.upsample}")
         if self.batch_max_wait_ms < 0:
             raise SettingsError(f"FACEPRINT_BATCH_MAX_WAIT_MS: must be >= 0, got {self.batch_max_wait_ms}")
+        for name in ("header_timeout_s", "keepalive_timeout_s"):
+            value = getattr(self, name)
+            if not 0 < value <= 3600:  # also refuses NaN
+                raise SettingsError(f"{_ENV[name]}: must be above 0 and at most 3600 seconds, got {value}")
+        if self.max_connections is not None and self.max_connections < 1:
+            raise SettingsError(f"FACEPRINT_MAX_CONNECTIONS: must be at least 1, got {self.max_connections}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -123,6 +158,11 @@ class Settings:
         """``max_queue``, or its default: a few requests per worker (docs/deploy.md explains the sizing)."""
         return QUEUE_PER_WORKER * self.inference_workers if self.max_queue is None else self.max_queue
 
+    @property
+    def connection_limit(self) -> int:
+        """``max_connections``, or its default from the open-files limit (:func:`default_max_connections`)."""
+        return default_max_connections() if self.max_connections is None else self.max_connections
+
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
@@ -136,6 +176,8 @@ _ENV = {
     "upsample": "FACEPRINT_UPSAMPLE",
     "max_upload_bytes": "FACEPRINT_MAX_UPLOAD_BYTES",
     "max_pixels": "FACEPRINT_MAX_PIXELS",
+    "max_request_pixels": "FACEPRINT_MAX_REQUEST_PIXELS",
+    "decode_max_pixels": "FACEPRINT_DECODE_MAX_PIXELS",
     "max_images_per_request": "FACEPRINT_MAX_IMAGES_PER_REQUEST",
     "batch_max_faces": "FACEPRINT_BATCH_MAX_FACES",
     "batch_max_wait_ms": "FACEPRINT_BATCH_MAX_WAIT_MS",
@@ -144,6 +186,9 @@ _ENV = {
     "metrics_public": "FACEPRINT_METRICS_PUBLIC",
     "default_collection": "FACEPRINT_COLLECTION",
     "trust_request_id": "FACEPRINT_TRUST_REQUEST_ID",
+    "header_timeout_s": "FACEPRINT_HEADER_TIMEOUT_S",
+    "keepalive_timeout_s": "FACEPRINT_KEEPALIVE_TIMEOUT_S",
+    "max_connections": "FACEPRINT_MAX_CONNECTIONS",
 }
 
 

@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
+from faceprint.image import header_pixels
 from faceprint.service.errors import ApiError
 
 M = TypeVar("M", bound=BaseModel)
@@ -56,8 +57,18 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def read_images(request: Request, fields: tuple[str, ...], *, max_images: int, multi: bool = False) -> Parsed:
-    """Images under ``fields`` (several per field when ``multi``) and the remaining parameters."""
+async def read_images(
+    request: Request,
+    fields: tuple[str, ...],
+    *,
+    max_images: int,
+    multi: bool = False,
+    max_request_pixels: int | None = None,
+) -> Parsed:
+    """Images under ``fields`` (several per field when ``multi``) and the remaining parameters.
+
+    ``max_request_pixels`` (default: the app's ``settings.max_request_pixels``) bounds the pixels of all the
+    images together, read from their headers before any is decoded (413 ``too_many_pixels``)."""
     kind = media_type(request)
     if kind == "multipart/form-data":
         parsed = await _from_multipart(request, fields, max_images)
@@ -79,7 +90,27 @@ async def read_images(request: Request, fields: tuple[str, ...], *, max_images: 
     total = sum(len(v) for v in parsed.images.values())
     if total > max_images:
         raise ApiError(413, "too_many_images", f"{total} images in one request; the limit is {max_images}")
+    if max_request_pixels is None:
+        max_request_pixels = getattr(getattr(request.app.state, "settings", None), "max_request_pixels", None)
+    if max_request_pixels is not None:
+        check_request_pixels([u for ups in parsed.images.values() for u in ups], max_request_pixels)
     return parsed
+
+
+def check_request_pixels(uploads: list[Upload], limit: int) -> int:
+    """The pixels all ``uploads`` declare in their headers (one that cannot be read counts 0: decoding
+    rejects it); 413 ``too_many_pixels`` over ``limit``, before any image is decoded."""
+    total = sum(header_pixels(u.data) or 0 for u in uploads)
+    if total > limit:
+        raise ApiError(
+            413,
+            "too_many_pixels",
+            f"the {len(uploads)} images of this request hold {total:,} pixels together; the limit per request "
+            f"is {limit:,} (FACEPRINT_MAX_REQUEST_PIXELS)",
+            total_pixels=total,
+            limit=limit,
+        )
+    return total
 
 
 async def _from_multipart(request: Request, fields: tuple[str, ...], max_images: int) -> Parsed:
