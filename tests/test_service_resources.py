@@ -193,3 +193,39 @@ def test_starting_on_a_read_only_location_says_so(readonly_mount: Path, monkeypa
     )
     with pytest.raises(StorageReadOnly), TestClient(create_app(settings)):
         pass
+
+
+# -- a real full disk ------------------------------------------------------------------------------------------
+def test_a_really_full_disk_is_507_and_readyz_recovers(
+    readonly_mount: Path, hog_pipeline, probe_now, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service's home on a small tmpfs that a file then fills to the last byte: writes are 507, /readyz is
+    503 and both recover once space is freed, without a restart (the tmpfs is the real ENOSPC, not a PRAGMA)."""
+    monkeypatch.setenv("FACEPRINT_KEY", secrets.token_hex(32))
+    home = readonly_mount
+    settings = Settings(home=home, gallery=home / "gallery", service_db=home / "service.sqlite3", detector="hog")
+    app = create_app(settings, pipeline=hog_pipeline)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        _, text = app.state.keys.create(["admin"], "disk")
+        auth = {"Authorization": f"Bearer {text}"}
+        assert client.post("/v1/subjects", json={"name": "before"}, headers=auth).status_code == 201
+        filler = home / "filler"
+        with filler.open("wb") as out:  # until the file system itself says no space is left
+            block = b"\0" * (1 << 16)
+            try:
+                while True:
+                    out.write(block)
+                    out.flush()
+            except OSError as exc:
+                assert exc.errno == 28  # ENOSPC
+        try:
+            created = client.post("/v1/subjects", json={"name": "during"}, headers=auth)
+            assert_problem(created, 507, "insufficient_storage")
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["storage"] is False
+        finally:
+            filler.unlink()
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/v1/subjects", json={"name": "after"}, headers=auth).status_code == 201
+        names = {s["name"] for s in client.get("/v1/subjects", headers=auth).json()["items"]}
+        assert names == {"before", "after"}  # nothing half-written

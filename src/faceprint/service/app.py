@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import numpy as np
 from anyio import to_thread
@@ -26,7 +27,7 @@ from faceprint.service.auth import KeyStore
 from faceprint.service.backends import InferenceBackend, LocalBackend
 from faceprint.service.batching import EmbedBatcher
 from faceprint.service.engines import Engine, Engines
-from faceprint.service.errors import install_error_handlers
+from faceprint.service.errors import PROBLEM_RESPONSES, PROBLEM_SCHEMA, install_error_handlers
 from faceprint.service.inference import Inference
 from faceprint.service.metrics import Metrics
 from faceprint.service.middleware import ServiceMiddleware
@@ -71,6 +72,7 @@ def create_app(
             "in JSON under the same field names."
         ),
         openapi_tags=OPENAPI_TAGS,
+        responses=PROBLEM_RESPONSES,
         lifespan=lifespan,
         # Swagger UI and ReDoc load their scripts from a CDN: useless offline, so only /openapi.json is served.
         docs_url=None,
@@ -89,6 +91,14 @@ def create_app(
     for router in (health.router, detect.router, verify.router, identify.router, subjects.router, audit.router):
         app.include_router(router)
     app.mount("/static", health.UiStaticFiles(directory=STATIC_DIR), name="static")
+    generate_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:  # the error body every route's `default` response refers to
+        spec = generate_openapi()  # FastAPI's cached document: the component is added once
+        spec.setdefault("components", {}).setdefault("schemas", {}).setdefault("Problem", PROBLEM_SCHEMA)
+        return spec
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -117,7 +127,11 @@ def _start(
     if all(c.name != settings.default_collection for c in gallery.list_collections()):
         gallery.ensure_collection(settings.default_collection, default.model_id, default.dim)
     app.state.inference = Inference(
-        metrics, workers=settings.inference_workers, max_pixels=settings.max_pixels, max_queue=settings.queue_limit
+        metrics,
+        workers=settings.inference_workers,
+        max_pixels=settings.max_pixels,
+        max_queue=settings.queue_limit,
+        decode_max_pixels=settings.decode_max_pixels,
     )
     app.state.ready = True
     metrics.ready.set(1)

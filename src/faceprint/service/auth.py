@@ -132,6 +132,14 @@ class KeyStore:
             return None
         return ApiKey(row[0], row[1], tuple(row[2].split()), row[3], row[4], row[5])
 
+    def use(self, text: str) -> ApiKey | None:
+        """:meth:`authenticate`, then :meth:`touch` the key: what each request needs, in one call (the service
+        runs it in one worker-thread hop instead of two)."""
+        key = self.authenticate(text)
+        if key is not None:
+            self.touch(key.id)
+        return key
+
     def touch(self, key_id: str) -> None:
         """Record the last use (to the minute, so a busy key does not write on every request)."""
         minute = _now()[:16]
@@ -188,10 +196,9 @@ async def authenticate_request(request: Request) -> Principal:
         text = presented_key(request)
         if text is None:
             raise ApiError(401, "unauthenticated", "an API key is required: send 'Authorization: Bearer KEY'")
-        key = await to_thread.run_sync(state.keys.authenticate, text)
+        key = await to_thread.run_sync(state.keys.use, text)
         if key is None:
             raise ApiError(401, "invalid_key", "the API key is unknown, malformed or revoked")
-        await to_thread.run_sync(state.keys.touch, key.id)
         principal = Principal(key.id, frozenset(key.scopes))
     request.state.principal = principal
     return principal

@@ -30,6 +30,30 @@ from faceprint.gallery.errors import (
 )
 
 PROBLEM_JSON = "application/problem+json"
+#: An error body in the OpenAPI document (``#/components/schemas/Problem``, added by ``create_app``).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code", "request_id"],
+    "properties": {
+        "type": {"type": "string", "description": "urn:faceprint:problem:CODE"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "code": {"type": "string", "description": "stable, machine-readable"},
+        "request_id": {"type": "string", "description": "also the X-Request-ID header"},
+        "instance": {"type": "string", "description": "the request path"},
+    },
+    "additionalProperties": True,
+}
+#: Every route's error responses in the OpenAPI document (``default``: any status the route does not list). Also
+#: keeps FastAPI from documenting its own 422 ``HTTPValidationError`` JSON, which this service never sends.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "default": {
+        "description": "An error: RFC 7807 problem details (4xx: the request; 5xx: the service or its storage)",
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+}
 log = logging.getLogger("faceprint.service")
 
 _TITLES = {

@@ -62,10 +62,13 @@ class EnrolParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-async def _json_body(request: Request) -> Any:
+async def _json_body(request: Request) -> dict[str, Any]:
     if not request.headers.get("content-type", "").split(";")[0].strip().lower().endswith("json"):
         raise ApiError(415, "unsupported_media_type", "send application/json")
-    return parse_json(await request.body())
+    body = parse_json(await request.body())
+    if not isinstance(body, dict):  # an array or a scalar: was a 500 (AttributeError) in validate_params
+        raise ApiError(422, "malformed_json", "the JSON body must be an object")
+    return body
 
 
 def _subject_out(subject: Subject) -> dict[str, object]:
