@@ -91,7 +91,7 @@ def test_detector_options_are_checked_as_user_errors() -> None:
 LAYERS = [
     {"errors", "types", "image", "quality", "draw"},
     {"models"},
-    {"detect", "align", "embed"},
+    {"detect", "align", "embed", "liveness"},
     {"matching"},
     {"factory"},
     {"pipeline", "verify"},

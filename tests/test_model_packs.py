@@ -29,7 +29,7 @@ from faceprint.pipeline import Pipeline, PipelineConfig
 from tests.conftest import GROUPS, IDENTITIES, identity_photos
 
 KEY_HEX = "42" * 32
-PACK_FILES = {"fr_feature.onnx", "fr_landmark.onnx", "fr_detect.onnx"}
+PACK_FILES = {"fr_feature.onnx", "fr_landmark.onnx", "fr_detect.onnx", "fr_liveness.onnx"}
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def test_install_keeps_only_the_sha256_checked_onnx_files(installed: Installed) 
     files = {p.name for p in (installed.store / "files").rglob("*") if p.is_file()}
     assert files == PACK_FILES
     registry = ModelRegistry(ModelStore(installed.store))
-    for model_id in ("faceplugin-mbf", "faceplugin-landmark68", "faceplugin-ultraface"):
+    for model_id in ("faceplugin-mbf", "faceplugin-landmark68", "faceplugin-ultraface", "faceplugin-liveness"):
         assert registry.status(registry.get(model_id)).available
         registry.path(model_id)  # verifies the sha256 again
 

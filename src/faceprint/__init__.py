@@ -26,6 +26,7 @@ from faceprint.errors import (
     NoFaceFound,
 )
 from faceprint.image import Image, load_image
+from faceprint.liveness import LivenessResult, LivenessUnavailable
 from faceprint.matching import Calibration, Decision
 from faceprint.pipeline import Pipeline, PipelineConfig
 from faceprint.types import Detection, Faceprint
@@ -62,6 +63,13 @@ def embed(image: object, *, pipeline: Pipeline | None = None) -> list[Faceprint]
     return (pipeline or default_pipeline()).embed(image)  # type: ignore[arg-type]
 
 
+def liveness(image: object, *, pipeline: Pipeline | None = None) -> list[LivenessResult]:
+    """Is each face in ``image`` a live person (not a printed photo or a screen)? Per face: P(live), the
+    decision, and the APCER/BPCER its threshold was calibrated for. Needs a liveness model
+    (`faceprint models install faceplugin`); without one, :class:`LivenessUnavailable`, never "live"."""
+    return (pipeline or default_pipeline()).liveness(image)  # type: ignore[arg-type]
+
+
 def verify(
     a: VerifyInput,
     b: VerifyInput,
@@ -86,6 +94,8 @@ __all__ = [
     "Image",
     "IncompatibleFaceprints",
     "InvalidImage",
+    "LivenessResult",
+    "LivenessUnavailable",
     "ModelError",
     "ModelNotInstalled",
     "NoFaceFound",
@@ -96,6 +106,7 @@ __all__ = [
     "default_pipeline",
     "detect",
     "embed",
+    "liveness",
     "load_image",
     "verify",
 ]

@@ -31,8 +31,17 @@ from faceprint.embed.base import Embedder
 from faceprint.embed.dlib_resnet import DlibResNetEmbedder
 from faceprint.embed.onnx_arcface import OnnxEmbedder
 from faceprint.errors import CalibrationMissing, FaceprintError, ModelError
+from faceprint.liveness.base import LivenessUnavailable
+from faceprint.liveness.calibration import LivenessCalibration, shipped_liveness_calibration
+from faceprint.liveness.fasnet import FasNetLiveness
 from faceprint.matching import Calibration, shipped_calibration
-from faceprint.models.families import EMBEDDER_FAMILIES, LANDMARK_FAMILIES, check_task, landmark_scheme
+from faceprint.models.families import (
+    EMBEDDER_FAMILIES,
+    LANDMARK_FAMILIES,
+    LIVENESS_FAMILIES,
+    check_task,
+    landmark_scheme,
+)
 from faceprint.models.install import Installed, register_model
 from faceprint.models.registry import ModelRegistry
 from faceprint.models.spec import ModelSpec
@@ -190,6 +199,8 @@ def check_model(spec: ModelSpec, path: Path) -> None:
         Landmark68(spec, path, threads=1)
     elif spec.task == "detector" and spec.family == "ultraface":
         UltraFaceDetector(spec, path, threads=1)
+    elif spec.task == "anti-spoofing" and spec.family in LIVENESS_FAMILIES:
+        FasNetLiveness(spec, path, threads=1)
     else:
         raise ModelError(f"model {spec.id!r}: family {spec.family!r} ({spec.task}) cannot be added as a file")
 
@@ -218,3 +229,43 @@ def load_calibration(model_id: str, path: Path | None = None, *, required: bool 
         if required:
             raise
         return None
+
+
+def resolve_liveness(registry: ModelRegistry, model_id: str | None = None) -> str:
+    """The liveness model to use: ``model_id``, else the first installed anti-spoofing model; none installed →
+    :class:`LivenessUnavailable` naming the install command (nothing passes as live unchecked)."""
+    specs = registry.specs()
+    known = [i for i, s in specs.items() if s.task == "anti-spoofing"]
+    if model_id is not None:
+        if model_id not in known:
+            raise ModelError(f"unknown liveness model {model_id!r}; choose one of {', '.join(known) or 'none'}")
+        candidates = [model_id]
+    else:
+        candidates = known
+    for candidate in candidates:
+        if registry.status(specs[candidate]).available:
+            return candidate
+    first = candidates[0] if candidates else "faceplugin-liveness"
+    how = registry.status(specs[first]).how_to_get if first in specs else "faceprint models install faceplugin"
+    raise LivenessUnavailable(first, how)
+
+
+def load_liveness(
+    registry: ModelRegistry, model_id: str | None = None, *, device: str = "cpu", threads: int | None = None
+) -> FasNetLiveness:
+    """A new liveness model (see :func:`resolve_liveness`)."""
+    model_id = resolve_liveness(registry, model_id)
+    spec = registry.get(model_id)
+    check_task(spec, "anti-spoofing", LIVENESS_FAMILIES)
+    return FasNetLiveness(spec, registry.path(model_id), device=device, threads=threads)
+
+
+def load_liveness_calibration(model_id: str, path: Path | None = None) -> LivenessCalibration | None:
+    """The operator's liveness table when given (it must be for this model), else the shipped one, else
+    ``None`` (then the threshold is 0.5 and its APCER/BPCER are unknown)."""
+    if path is None:
+        return shipped_liveness_calibration(model_id)
+    table = LivenessCalibration.load(path)
+    if table.model_id != model_id:
+        raise CalibrationFileError(f"liveness table {path} is for {table.model_id}, not {model_id}")
+    return table

@@ -27,7 +27,7 @@ from faceprint.detect.base import Detector, RawDetection
 # Imported here, while `faceprint/__init__` runs, like `detect.base` above: the first import of the `embed`
 # subpackage sets the attribute `faceprint.embed`, which must happen before `faceprint.embed()` is defined.
 from faceprint.embed.base import Embedder
-from faceprint.errors import NoFaceFound
+from faceprint.errors import InvalidArgument, NoFaceFound
 from faceprint.factory import (
     DETECTORS,
     FALLBACK_DETECTOR,
@@ -38,9 +38,13 @@ from faceprint.factory import (
     load_detector,
     load_embedder,
     load_landmarker,
+    load_liveness,
+    load_liveness_calibration,
     resolve_profile,
 )
 from faceprint.image import Image, ImageSource, load_image
+from faceprint.liveness import DEFAULT_APCER, LivenessCalibration, LivenessModel, LivenessResult
+from faceprint.liveness.calibration import UNCALIBRATED_THRESHOLD
 from faceprint.matching import Calibration
 from faceprint.models.registry import BUILTIN_DEFAULT_EMBEDDER, ModelRegistry
 from faceprint.models.spec import ModelSpec
@@ -78,6 +82,8 @@ class PipelineConfig:
     landmarks: str | None = None  # None: the embedder spec's preferred landmark model when installed
     model_dir: Path | None = None  # model store; None: $FACEPRINT_MODEL_DIR / $FACEPRINT_HOME/models
     calibration: Path | None = None  # an operator's score → FMR table for the embedder; None: the shipped one
+    liveness: str | None = None  # liveness model id; None: the installed one (loaded on first liveness check)
+    liveness_calibration: Path | None = None  # an operator's liveness table; None: the shipped one
     profile: ModelProfile = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -122,6 +128,8 @@ class Pipeline:
         self._landmarker: Any = None
         self._embedder: Embedder | None = None
         self._calibration: tuple[Calibration | None] | None = None
+        self._liveness: LivenessModel | None = None
+        self._liveness_table: tuple[LivenessCalibration | None] | None = None
         self._templates: dict[str, ChipTemplate] = {}
 
     # -- components, loaded lazily so `faceprint detect` never loads the embedder -------------------------
@@ -162,6 +170,24 @@ class Pipeline:
             if self._calibration is None:
                 self._calibration = (load_calibration(self.profile.embedder, self.config.calibration),)
             return self._calibration[0]
+
+    @property
+    def liveness_model(self) -> LivenessModel:
+        """The liveness model (loaded on first use); :class:`LivenessUnavailable` names the install command."""
+        with self._lock:
+            if self._liveness is None:
+                self._liveness = load_liveness(
+                    self.registry, self.config.liveness, device=self.config.device, threads=self.config.threads
+                )
+            return self._liveness
+
+    @property
+    def liveness_calibration(self) -> LivenessCalibration | None:
+        model = self.liveness_model
+        with self._lock:
+            if self._liveness_table is None:
+                self._liveness_table = (load_liveness_calibration(model.model_id, self.config.liveness_calibration),)
+            return self._liveness_table[0]
 
     @property
     def model_id(self) -> str:
@@ -263,6 +289,41 @@ class Pipeline:
             start += len(dets)
             out.append(prints)
         return out
+
+    def liveness(
+        self,
+        image: ImageSource | Image,
+        detections: Sequence[Detection] | None = None,
+        *,
+        threshold: float | None = None,
+        apcer: float | None = None,
+    ) -> list[LivenessResult]:
+        """Liveness of every face (or of the given detections): P(live), the decision and the APCER/BPCER its
+        threshold was calibrated for. The threshold is ``threshold``, else the table's for ``apcer`` (default
+        :data:`~faceprint.liveness.DEFAULT_APCER`), else 0.5 when the model has no table."""
+        if threshold is not None and apcer is not None:
+            raise InvalidArgument("give either a liveness threshold or an apcer, not both")
+        img = load_image(image)
+        if detections is None:
+            detections = self.detect(img)
+        model = self.liveness_model
+        table = self.liveness_calibration
+        rates: tuple[float | None, float | None] = (None, None)
+        if threshold is None:
+            if table is None:
+                threshold = UNCALIBRATED_THRESHOLD
+            else:
+                threshold = table.threshold_for(DEFAULT_APCER if apcer is None else apcer)
+                rates = table.rates_at(threshold)
+        if not detections:
+            return []
+        # Models see the decoded pixels: boxes in the photo's frame are divided by the decode's scale.
+        boxes = np.array([d.box for d in detections], dtype=np.float64) / float(img.scale)
+        scores = model.scores(img.pixels, boxes)
+        return [
+            LivenessResult(d.box, float(s), bool(s >= threshold), float(threshold), model.model_id, *rates)
+            for d, s in zip(detections, scores, strict=True)
+        ]
 
     def largest_face(self, image: ImageSource | Image) -> tuple[Faceprint, int]:
         """The faceprint of the largest face and how many faces the image holds; NoFaceFound if none."""

@@ -13,6 +13,7 @@ from faceprint.models.spec import ModelSpec
 EMBEDDER_FAMILIES = ("dlib-resnet", "arcface")
 LANDMARK_FAMILIES = {"dlib-shape5": "dlib5", "landmark68": "arcface5"}  # family → landmark scheme it gives
 DETECTOR_FAMILIES = ("dlib-mmod", "dlib-hog", "ultraface")
+LIVENESS_FAMILIES = ("fasnet",)  # anti-spoofing: a crop around the face box → P(live)
 
 
 def check_task(spec: ModelSpec, task: str, families: tuple[str, ...] | dict[str, str]) -> None:

@@ -126,7 +126,7 @@ def register_model(registry: ModelRegistry, source: Path, *, check: Callable[[Mo
             spec = shipped
         else:
             spec = _as_user_spec(spec)
-        if spec.task not in ("embedder", "landmarks", "detector"):
+        if spec.task not in ("embedder", "landmarks", "detector", "anti-spoofing"):
             raise SpecError(f"{source}: task {spec.task!r} cannot be used by the pipeline yet")
         _check_file(spec, weights)
         check(spec, weights)
