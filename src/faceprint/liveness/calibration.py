@@ -53,7 +53,8 @@ class LivenessCalibration:
         if not (np.isfinite(live).all() and np.isfinite(attack).all()):
             raise InvalidArgument("liveness scores contain NaN or infinity")
         thresholds = np.unique(np.round(np.concatenate([live, attack, [1.000001]]), 6))
-        apcer = 1.0 - np.searchsorted(attack, thresholds, side="left") / attack.size
+        # counts over sizes (not 1 − a fraction), so a rate of k/n is exactly k/n and compares as such
+        apcer = (attack.size - np.searchsorted(attack, thresholds, side="left")) / attack.size
         bpcer = np.searchsorted(live, thresholds, side="left") / live.size
         return cls(
             model_id,
