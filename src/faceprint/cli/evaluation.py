@@ -1,4 +1,4 @@
-"""Evaluation commands: ``eval verify|identify|detect``, ``calibrate``, ``bench`` (registered on the app).
+"""Evaluation commands: ``eval verify|identify|detect|liveness``, ``calibrate [liveness]``, ``bench``.
 
 Thin: parse options, call :mod:`faceprint.evaluation`, print Markdown (or JSON with ``--json``).
 """
@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
 from faceprint.cli import app
@@ -258,10 +259,19 @@ def eval_detect(
         typer.echo(to_markdown(detection_blocks(result, str(annotations))), nl=False)
 
 
-@app.command()
+calibrate_app = typer.Typer(
+    name="calibrate",
+    help="Measure the score → error-rate tables on your own labelled photos: recognition (this command with "
+    "--dir/--pairs) or liveness (`calibrate liveness`).",
+)
+app.add_typer(calibrate_app, name="calibrate")
+
+
+@calibrate_app.callback(invoke_without_command=True)
 @handle_errors
 def calibrate(
-    out: Annotated[Path, typer.Option("--out", help="Calibration table to write (.json).")],
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option("--out", help="Calibration table to write (.json).")] = None,
     pairs_file: Annotated[Path | None, typer.Option("--pairs", help="LFW pairs.txt or CSV pair list.")] = None,
     root: Annotated[
         Path | None, typer.Option("--root", help="Folder the pair file's image paths are relative to.")
@@ -281,15 +291,18 @@ def calibrate(
     device: str = DeviceOpt,
     model: str | None = ModelOpt,
 ) -> None:
-    """Measure the score → false-match-rate table that `verify --fmr` uses, on your own labelled photos."""
-    import numpy as np
-
+    """Measure the score → false-match-rate table that `verify --fmr` uses, on your own labelled photos
+    (`faceprint calibrate liveness --help` for the liveness table)."""
     from faceprint.evaluation.calibration import calibrate_identities, calibrate_pairs
     from faceprint.evaluation.pairs import read_pairs
     from faceprint.evaluation.verification import score_pairs
 
+    if ctx.invoked_subcommand is not None:
+        return
     if (pairs_file is None) == (folder is None):
         raise fail("give either --pairs FILE (with --root DIR) or --dir ROOT")
+    if out is None:
+        raise fail("give --out TABLE.json")
     if out.suffix != ".json":
         raise fail(f"{out}: the calibration table must end in .json")
     pipeline = _pipeline(detector, device, model=model)
@@ -345,6 +358,185 @@ def calibrate(
     typer.echo("| FMR | threshold | FNMR on the same data |\n|---|---|---|")
     for row in summary["thresholds"]:
         typer.echo(f"| {row['fmr']:g} | {row['threshold']:.4f} | {100 * row['fnmr']:.2f}% |")
+
+
+# -- liveness -------------------------------------------------------------------------------------------
+LiveOpt = typer.Option("--live", help="Bona fide faces: images, or one subfolder per subject.")
+AttackOpt = typer.Option(
+    "--attack",
+    help="Attack faces, one type per folder named by it (nuaa/print → print), with one subfolder per subject; "
+    "or a parent of such type folders. Repeat for several types.",
+)
+LivenessModelOpt = typer.Option(
+    None, "--model", help="Liveness model id (default: the installed one, e.g. faceplugin-liveness)."
+)
+ThreadsOpt = typer.Option(None, "--threads", min=1, help="ONNX Runtime intra-op threads (1: one core).")
+
+
+def _liveness_scores(live: Path, attack: list[Path], pipeline: Pipeline):
+    from faceprint.evaluation.liveness import liveness_samples, score_liveness
+
+    samples = liveness_samples(live, attack)
+    pipeline.liveness_model  # noqa: B018 -- a missing model fails here, before any image is read
+    started = time.perf_counter()
+    scored = score_liveness(samples, pipeline, progress=lambda items: progress(items, "liveness"))
+    log.info("scored %d images in %.1f s", len(samples), time.perf_counter() - started)
+    return scored
+
+
+def _liveness_pipeline(
+    detector: str | None, device: str, threads: int | None, model: str | None, calibration: Path | None = None
+) -> Pipeline:
+    return Pipeline(
+        PipelineConfig(
+            detector=detector,
+            device=device,
+            threads=threads,
+            embedder=resolve_model(None),
+            liveness=model,
+            liveness_calibration=calibration,
+        )
+    )
+
+
+@eval_app.command("liveness")
+@handle_errors
+def eval_liveness(
+    live: Annotated[Path, LiveOpt],
+    attack: Annotated[list[Path], AttackOpt],
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", min=0.0, max=1.0, help="Decision threshold on P(live).")
+    ] = None,
+    apcer: Annotated[
+        float | None,
+        typer.Option(
+            "--apcer",
+            min=0.0,
+            max=1.0,
+            help="Target APCER: of the threshold taken from the liveness table, and of the leave-subjects-out "
+            "thresholds (default 0.01).",
+        ),
+    ] = None,
+    folds: Annotated[
+        int | None,
+        typer.Option("--folds", min=2, help="Leave-subjects-out folds (default: one per subject)."),
+    ] = None,
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="Liveness table (default: the model's shipped one).")
+    ] = None,
+    json_out: bool = JsonOpt,
+    report: Path | None = ReportOpt,
+    model: str | None = LivenessModelOpt,
+    threads: int | None = ThreadsOpt,
+    detector: str | None = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """APCER per attack type, BPCER, ACER, BPCER at APCER 1/5/10 %, EER and leave-subjects-out figures."""
+    from faceprint.evaluation.liveness import evaluate_liveness
+    from faceprint.evaluation.report import liveness_blocks, to_markdown, write_liveness_report
+    from faceprint.liveness.calibration import DEFAULT_APCER, UNCALIBRATED_THRESHOLD
+
+    if threshold is not None and apcer is not None:
+        raise fail("give --threshold or --apcer, not both")
+    target = DEFAULT_APCER if apcer is None else apcer
+    pipeline = _liveness_pipeline(detector, device, threads, model, calibration)
+    table = pipeline.liveness_calibration  # loads the model: a missing one fails here
+    rates = None
+    if threshold is not None:
+        chosen, chosen_from = threshold, "--threshold"
+    elif table is not None:
+        chosen = table.default_threshold() if apcer is None else table.threshold_for(target)
+        rates = table.rates_at(chosen)
+        rule = "the default (APCER 1 %, at least 0.5)" if apcer is None else f"APCER {target:g}"
+        chosen_from = f"liveness table, {rule}, calibrated on {table.source}"
+    else:
+        chosen = UNCALIBRATED_THRESHOLD
+        chosen_from = "no liveness table for this model: the uncalibrated default"
+    scored = _liveness_scores(live, attack, pipeline)
+    result = evaluate_liveness(
+        scored,
+        model_id=pipeline.liveness_model.model_id,
+        source=f"{live} vs {', '.join(map(str, attack))}",
+        threshold=chosen,
+        threshold_from=chosen_from,
+        target_apcer=target,
+        folds=folds,
+        table_rates=rates,
+    )
+    if report is not None:
+        _quiet_plotting()
+        written = write_liveness_report(result, report)
+        typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
+    if json_out:
+        emit_json(result.to_dict())
+    else:
+        typer.echo(to_markdown(liveness_blocks(result)), nl=False)
+
+
+@calibrate_app.command("liveness")
+@handle_errors
+def calibrate_liveness(
+    live: Annotated[Path, LiveOpt],
+    attack: Annotated[list[Path], AttackOpt],
+    out: Annotated[Path, typer.Option("--out", help="Liveness table to write (.json).")],
+    source: Annotated[
+        str | None, typer.Option("--source", help="Description of the data, stored in the table.")
+    ] = None,
+    json_out: bool = JsonOpt,
+    model: str | None = LivenessModelOpt,
+    threads: int | None = ThreadsOpt,
+    detector: str | None = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Measure the P(live) → APCER/BPCER table that liveness checks take their threshold from.
+
+    All attack types are pooled. Point `PipelineConfig(liveness_calibration=…)` or `eval liveness --calibration`
+    at the table, or ship it as the model's table."""
+    from faceprint.evaluation.liveness import APCER_LEVELS
+    from faceprint.liveness.calibration import LivenessCalibration
+
+    if out.suffix != ".json":
+        raise fail(f"{out}: the liveness table must end in .json")
+    pipeline = _liveness_pipeline(detector, device, threads, model)
+    scored = _liveness_scores(live, attack, pipeline)
+    attacks = scored.attacks()
+    pooled = np.concatenate(list(attacks.values())) if attacks else np.zeros(0)
+    subjects = sorted(set(scored.subjects.tolist()) - {""})
+    what = source or (
+        f"{live} vs {', '.join(map(str, attack))}: {scored.live.size} bona fide, "
+        + ", ".join(f"{a.size} {t}" for t, a in attacks.items())
+        + f" attack faces, {len(subjects)} subjects ({len(scored.skipped)} images without a face); "
+        f"detector {pipeline.detector_name}"
+    )
+    model_id = pipeline.liveness_model.model_id
+    table = LivenessCalibration.from_scores(model_id, scored.live, pooled, what)
+    table.save(out)
+    levels = [a for a in APCER_LEVELS if a * table.attacks >= 1]
+    summary = {
+        "out": str(out),
+        "model": model_id,
+        "source": table.source,
+        "bona_fide": table.bona_fide,
+        "attacks": table.attacks,
+        "images_skipped": len(scored.skipped),
+        "skipped": [{"path": str(p), "kind": k, "reason": r} for p, k, r in scored.skipped],
+        "thresholds": [
+            {"apcer": a, "threshold": round(t, 6), "measured_apcer": ra, "bpcer": rb}
+            for a in levels
+            for t in [table.threshold_for(a)]
+            for ra, rb in [table.rates_at(t)]
+        ],
+    }
+    if json_out:
+        emit_json(summary)
+        return
+    typer.echo(
+        f"{out}: {table.bona_fide:,} bona fide and {table.attacks:,} attack faces (resolves APCER down to "
+        f"{1 / table.attacks:.1e}); {len(scored.skipped)} image(s) skipped"
+    )
+    typer.echo("| APCER | threshold | BPCER on the same data |\n|---|---|---|")
+    for row in summary["thresholds"]:
+        typer.echo(f"| {row['apcer']:g} | {row['threshold']:.6f} | {100 * row['bpcer']:.2f}% |")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Know the error rates on your own data: verification, calibration, identification, detection, speed.
+"""Know the error rates on your own data: verification, calibration, identification, detection, liveness, speed.
 
 Typical use (the ``faceprint eval`` / ``calibrate`` / ``bench`` commands are thin layers over this)::
 
@@ -15,6 +15,14 @@ The metric functions themselves (:mod:`faceprint.evaluation.metrics`) are plain 
 
 from faceprint.evaluation.calibration import all_pair_scores, calibrate_identities, calibrate_pairs
 from faceprint.evaluation.embedding import Embeddings, embed_images
+from faceprint.evaluation.liveness import (
+    LeaveSubjectsOut,
+    LivenessEvaluation,
+    evaluate_liveness,
+    leave_subjects_out,
+    liveness_samples,
+    score_liveness,
+)
 from faceprint.evaluation.metrics import (
     KFoldResult,
     OpenSetPoint,
@@ -45,6 +53,8 @@ from faceprint.evaluation.verification import PairScores, VerificationResult, ev
 __all__ = [
     "Embeddings",
     "KFoldResult",
+    "LeaveSubjectsOut",
+    "LivenessEvaluation",
     "OpenSetPoint",
     "OperatingPoint",
     "Pair",
@@ -59,18 +69,22 @@ __all__ = [
     "cmc",
     "embed_images",
     "equal_error_rate",
+    "evaluate_liveness",
     "evaluate_scores",
     "fnir_at_fpir",
     "fnmr_at_fmr",
     "folder_pairs",
     "identity_folders",
     "kfold_accuracy",
+    "leave_subjects_out",
+    "liveness_samples",
     "read_csv_pairs",
     "read_lfw_pairs",
     "read_pairs",
     "read_people",
     "roc_auc",
     "roc_curve",
+    "score_liveness",
     "score_pairs",
     "tar_at_far",
 ]

@@ -87,7 +87,12 @@ def equal_error_rate(
 ) -> tuple[float, float]:
     """``(eer, threshold)``: where the FMR and FNMR curves cross, linearly interpolated between the two
     neighbouring ROC points (the threshold is interpolated the same way)."""
-    roc = roc_curve(genuine, impostor)
+    return curve_eer(roc_curve(genuine, impostor))
+
+
+def curve_eer(roc: RocCurve) -> tuple[float, float]:
+    """``(eer, threshold)`` of a curve (thresholds descending, ``fmr`` rising from 0, ``tar`` rising to 1):
+    :func:`equal_error_rate` for curves built otherwise, e.g. liveness's worst-attack-type APCER."""
     fmr, fnmr = roc.fmr, roc.fnmr
     diff = fnmr - fmr  # starts at 1 (threshold +inf) and falls to <= 0 at the lowest threshold
     i = int(np.nonzero(diff <= 0)[0][0])

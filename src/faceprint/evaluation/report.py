@@ -16,6 +16,7 @@ from faceprint.evaluation import metrics as m
 from faceprint.evaluation.bench import BenchResult
 from faceprint.evaluation.detection import DetectionResult
 from faceprint.evaluation.identification import IdentificationResult
+from faceprint.evaluation.liveness import BONA_FIDE, LivenessEvaluation, liveness_curve
 from faceprint.evaluation.verification import VerificationResult
 
 
@@ -405,3 +406,149 @@ def write_detection_report(r: DetectionResult, source: str, out_dir: Path) -> li
     png = plot_pr(r, out_dir / "pr.png")
     blocks = [*detection_blocks(r, source), Block("img", "pr.png")]
     return [*_write_docs(blocks, out_dir, f"Detection: {source}"), png]
+
+
+# -- liveness -------------------------------------------------------------------------------------------
+def _group_table(rows: tuple, first: str) -> Block:
+    out = [(first, "bona fide", "BPCER", "attacks", "APCER", "mean P(live) live / attack")]
+    out += [
+        (
+            r.name,
+            str(r.bona_fide),
+            pct(r.bpcer),
+            str(r.attacks),
+            pct(r.apcer),
+            f"{num(r.mean_live_score, 3)} / {num(r.mean_attack_score, 3)}",
+        )
+        for r in rows
+    ]
+    return Block("table", rows=tuple(out))
+
+
+def liveness_blocks(r: LivenessEvaluation, images: bool = False, max_skipped: int = 50) -> list[Block]:
+    s = r.scored
+    attacks = s.attacks()
+    counts = ", ".join(f"{a.size:,} {t}" for t, a in attacks.items())
+    skipped = len(s.skipped)
+    blocks = [
+        Block("h1", f"Liveness: {r.source}"),
+        Block(
+            "p",
+            f"Model {r.model_id}. {s.live.size:,} bona fide and {counts} attack faces scored (the largest face "
+            f"of each image); {skipped:,} image(s) skipped (no face or unreadable, listed below). Liveness check "
+            f"alone: {r.ms_per_face['median']:.2f} ms per face (median, one face per call).",
+        ),
+    ]
+    if r.lso is not None:
+        lso = r.lso
+        blocks.append(Block("h2", f"Leave-subjects-out ({len(lso.folds)} folds), target APCER {lso.target_apcer:g}"))
+        blocks.append(
+            Block(
+                "p",
+                "Each fold's threshold is chosen for the target APCER on the other subjects' frames and applied "
+                "to the held-out subjects; the counts are pooled. These are the figures to expect on new people.",
+            )
+        )
+        rows = [("metric", "value")]
+        rows += [(f"APCER ({t})", pct(v)) for t, v in lso.apcer_by_type.items()]
+        rows += [("APCER (worst type)", pct(lso.apcer)), ("BPCER", pct(lso.bpcer)), ("ACER", pct(lso.acer))]
+        blocks.append(Block("table", rows=tuple(rows)))
+        rows = [("fold", "held-out subjects", "threshold", "bona fide refused", "attacks passed")]
+        rows += [
+            (
+                str(i + 1),
+                ", ".join(f.subjects),
+                num(f.threshold, 6),
+                f"{f.refused}/{f.bona_fide}",
+                ", ".join(f"{k}/{n} {t}" for t, (n, k) in f.attacks.items()),
+            )
+            for i, f in enumerate(lso.folds)
+        ]
+        blocks.append(Block("table", rows=tuple(rows)))
+        if lso.notes:
+            blocks.append(Block("list", rows=tuple((n,) for n in lso.notes)))
+    blocks.append(Block("h2", f"At threshold {r.threshold:.6f} ({r.threshold_from})"))
+    rows = [("metric", "measured here", "stated by the table")]
+    table_apcer, table_bpcer = r.table_rates if r.table_rates is not None else (None, None)
+    rows += [(f"APCER ({t})", pct(v), "") for t, v in r.apcer_by_type.items()]
+    rows += [
+        ("APCER (worst type)", pct(r.apcer), pct(table_apcer)),
+        ("BPCER", pct(r.bpcer), pct(table_bpcer)),
+        ("ACER", pct(r.acer), ""),
+        ("EER", pct(r.eer), f"at threshold {r.eer_threshold:.6f}"),
+    ]
+    blocks.append(Block("table", rows=tuple(rows)))
+    blocks.append(Block("h2", "BPCER at APCER (thresholds chosen on this data)"))
+    rows = [("APCER", "BPCER", "threshold", "measured APCER")]
+    for p in r.points:
+        if p.supported:
+            rows.append((f"{p.target_apcer:g}", pct(p.bpcer), num(p.threshold, 6), pct(p.apcer)))
+        else:
+            rows.append((f"{p.target_apcer:g}", "not resolvable", "", p.reason))
+    blocks.append(Block("table", rows=tuple(rows)))
+    blocks.append(Block("h2", "Per attack type (at the threshold above)"))
+    blocks.append(_group_table(r.by_type, "attack type"))
+    if r.by_subject:
+        blocks.append(Block("h2", "Per subject (at the threshold above)"))
+        blocks.append(_group_table(r.by_subject, "subject"))
+    if images:
+        blocks.append(Block("h2", "Curves"))
+        blocks += [Block("img", name) for name in ("det.png", "histogram.png")]
+    if r.notes:
+        blocks.append(Block("h2", "Notes"))
+        blocks.append(Block("list", rows=tuple((n,) for n in r.notes)))
+    if s.skipped:
+        blocks.append(Block("h2", f"Skipped images ({skipped})"))
+        items = [(f"{p} ({k}): {why}",) for p, k, why in s.skipped]
+        if len(items) > max_skipped:
+            items = [*items[:max_skipped], (f"… and {len(items) - max_skipped} more (all are in the JSON output)",)]
+        blocks.append(Block("list", rows=tuple(items)))
+    return blocks
+
+
+def plot_liveness(r: LivenessEvaluation, out_dir: Path) -> list[Path]:
+    """det.png (BPCER against worst-type APCER, log-log) and histogram.png (P(live) of bona fide and attacks)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    live, attacks = r.scored.live, r.scored.attacks()
+    curve = liveness_curve(live, attacks)
+    a_floor = 1.0 / min(a.size for a in attacks.values())
+    b_floor = 1.0 / live.size
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.step(np.maximum(curve.fmr, a_floor / 2), np.maximum(curve.fnmr, b_floor / 2), where="post")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(a_floor / 2, 1)
+    ax.set_ylim(b_floor / 2, 1)
+    ax.plot([max(r.eer, a_floor / 2)], [max(r.eer, b_floor / 2)], "o", label=f"EER {100 * r.eer:.2f}%")
+    ax.plot([max(r.apcer, a_floor / 2)], [max(r.bpcer, b_floor / 2)], "s", label=f"threshold {r.threshold:.4f}")
+    ax.set_xlabel("APCER (worst attack type; values at 0 drawn at ½ / attacks)")
+    ax.set_ylabel("BPCER")
+    ax.set_title(f"DET — {r.model_id}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right")
+    paths = [_save(fig, out_dir / "det.png")]
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    bins = np.linspace(0.0, 1.0, 51)
+    for name, values in [(BONA_FIDE, live), *attacks.items()]:
+        ax.hist(values, bins=bins, alpha=0.6, label=f"{name} ({values.size:,})")
+    ax.axvline(r.threshold, color="k", ls="--", lw=1, label=f"threshold {r.threshold:.4f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("P(live)")
+    ax.set_ylabel("faces")
+    ax.set_title("Score distributions")
+    ax.legend(loc="upper center", fontsize="small")
+    paths.append(_save(fig, out_dir / "histogram.png"))
+    return paths
+
+
+def write_liveness_report(r: LivenessEvaluation, out_dir: Path) -> list[Path]:
+    """report.md, report.html, det.png and histogram.png in ``out_dir`` (created if needed)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = plot_liveness(r, out_dir)
+    return [*_write_docs(liveness_blocks(r, images=True), out_dir, f"Liveness: {r.source}"), *paths]

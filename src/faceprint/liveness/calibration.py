@@ -41,9 +41,7 @@ class LivenessCalibration:
     source: str
 
     @classmethod
-    def from_scores(
-        cls, model_id: str, live: np.ndarray, attack: np.ndarray, source: str
-    ) -> LivenessCalibration:
+    def from_scores(cls, model_id: str, live: np.ndarray, attack: np.ndarray, source: str) -> LivenessCalibration:
         """The table for these scores (P(live) of live and of attack faces): every distinct score is a
         threshold, plus one above all scores (APCER 0)."""
         live = np.sort(np.asarray(live, dtype=np.float64).ravel())
@@ -78,6 +76,14 @@ class LivenessCalibration:
             )
         ok = np.flatnonzero(np.asarray(self.apcer) <= apcer)
         return float(self.thresholds[int(ok[0])])
+
+    def default_threshold(self) -> float:
+        """The threshold used when none is asked for: the one for :data:`DEFAULT_APCER`, but never below
+        :data:`UNCALIBRATED_THRESHOLD`. Why the floor: a table made on one kind of attack (the shipped one:
+        printed photos, which score ~0) puts the 1 % point very low (0.05), where attacks it never saw (a screen,
+        a mask) would pass; a face is called live only when the model finds it more likely live than not. The
+        APCER/BPCER stated with each answer are those measured at the threshold actually used."""
+        return max(self.threshold_for(DEFAULT_APCER), UNCALIBRATED_THRESHOLD)
 
     def rates_at(self, threshold: float) -> tuple[float, float]:
         """(APCER, BPCER) measured at ``threshold`` (the table's nearest threshold at or above it)."""
