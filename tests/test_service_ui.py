@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import IDENTITIES
+from tests.conftest import DATA, IDENTITIES
 
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
 CHROMIUM_ARGS = [
@@ -36,6 +36,8 @@ CHROMIUM_ARGS = [
 INSTALL_HINT = "install it with: apt-get update && apt-get install -y chromium  (and pip install playwright)"
 ENROL = [IDENTITIES / "person01" / "img27.jpg", IDENTITIES / "person01" / "img28.jpg"]
 PROBE = IDENTITIES / "person01" / "img43.jpg"
+NUAA_LIVE = sorted((DATA / "spoof" / "nuaa" / "live" / "0001").iterdir())[0]
+NUAA_PRINT = sorted((DATA / "spoof" / "nuaa" / "print" / "0001").iterdir())[0]
 
 
 def chromium_path() -> str:
@@ -52,8 +54,11 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator[tuple[str, str]]:
-    """A real `faceprint serve` subprocess; yields its URL and an admin key made with `faceprint keys create`."""
+def server(
+    tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, faceplugin_store: Path
+) -> Iterator[tuple[str, str]]:
+    """A real `faceprint serve` subprocess (with the faceplugin pack's liveness model installed); yields its
+    URL and an admin key made with `faceprint keys create`."""
     home = tmp_path_factory.mktemp("ui-home")
     env = {
         **os.environ,
@@ -61,6 +66,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterato
         "FACEPRINT_KEY": secrets.token_hex(32),
         "FACEPRINT_DETECTOR": "hog",
         "FACEPRINT_CACHE_DIR": str(cache_dir),
+        "FACEPRINT_MODEL_DIR": str(faceplugin_store),
     }
     cli = [sys.executable, "-c", "from faceprint.cli import app; app()"]
     made = subprocess.run(
@@ -157,6 +163,28 @@ def test_enrol_then_identify_shows_the_name(server: tuple[str, str], browser, tm
     audit_text = page.inner_text("#audit-body")
     assert "identify" in audit_text and "enrol" in audit_text
     page.screenshot(path=str(shots / "audit.png"), full_page=True)
+    assert page.inner_text("#error") == ""
+    assert not errors, errors
+    page.close()
+
+
+def test_liveness_tab_labels_live_and_attack_faces(server: tuple[str, str], browser) -> None:
+    """The Liveness tab boxes each face of a real NUAA frame with its decision: live, or ATTACK."""
+    url, key = server
+    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/")
+    page.fill("#api-key", key)
+    page.click("#key-save")
+    page.locator("#status", has_text="key set").wait_for(timeout=30_000)
+    page.click("nav button[data-tab=liveness]")
+    for frame, css, word in ((NUAA_LIVE, "match", "live"), (NUAA_PRINT, "unknown", "ATTACK")):
+        page.set_input_files("#liveness-file", str(frame))
+        page.click("#liveness-run")
+        page.wait_for_selector(f"#liveness-results[data-done='1'] .{css}", timeout=60_000)
+        assert page.inner_text(f"#liveness-results .{css}").startswith(word + " ")
+        assert page.eval_on_selector("#liveness-canvas", "c => c.width") > 0
     assert page.inner_text("#error") == ""
     assert not errors, errors
     page.close()

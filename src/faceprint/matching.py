@@ -270,9 +270,7 @@ def decide(
         except CalibrationMissing:
             if threshold is None:
                 raise
-    rule = ThresholdRule.choose(
-        a.model_id, fmr=fmr, fpir=fpir, threshold=threshold, subjects=1, calibration=table
-    )
+    rule = ThresholdRule.choose(a.model_id, fmr=fmr, fpir=fpir, threshold=threshold, subjects=1, calibration=table)
     score = float(cosine_scores(a.vector, b.vector)[0, 0])
     return Decision(
         same_person=score >= rule.threshold,

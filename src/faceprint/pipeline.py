@@ -43,7 +43,7 @@ from faceprint.factory import (
     resolve_profile,
 )
 from faceprint.image import Image, ImageSource, load_image
-from faceprint.liveness import DEFAULT_APCER, LivenessCalibration, LivenessModel, LivenessResult
+from faceprint.liveness import LivenessCalibration, LivenessModel, LivenessResult
 from faceprint.liveness.calibration import UNCALIBRATED_THRESHOLD
 from faceprint.matching import Calibration
 from faceprint.models.registry import BUILTIN_DEFAULT_EMBEDDER, ModelRegistry
@@ -313,7 +313,7 @@ class Pipeline:
             if table is None:
                 threshold = UNCALIBRATED_THRESHOLD
             else:
-                threshold = table.threshold_for(DEFAULT_APCER if apcer is None else apcer)
+                threshold = table.default_threshold() if apcer is None else table.threshold_for(apcer)
                 rates = table.rates_at(threshold)
         if not detections:
             return []
@@ -333,4 +333,3 @@ class Pipeline:
             raise NoFaceFound(img.source)
         largest = max(detections, key=lambda d: d.area)
         return self.embed(img, [largest])[0], len(detections)
-

@@ -1,4 +1,4 @@
-"""Pipeline commands: detect, verify, embed, models list/add/install/use."""
+"""Pipeline commands: detect, liveness, verify, embed, models list/add/install/use."""
 
 from __future__ import annotations
 
@@ -18,10 +18,13 @@ from faceprint.cli.common import (
 )
 from faceprint.errors import InvalidImage
 from faceprint.factory import DETECTORS, add_model, resolve_profile
-from faceprint.image import load_image
+from faceprint.image import Image, load_image
+from faceprint.liveness import LIVENESS_MODES, LivenessPolicy, LivenessResult, attack_reason
+from faceprint.liveness.frames import frames_from, frames_liveness
 from faceprint.models.install import install_pack
 from faceprint.models.registry import ModelRegistry
 from faceprint.pipeline import Pipeline, PipelineConfig
+from faceprint.types import Detection
 from faceprint.verify import verify as run_verify
 
 DetectorOpt = typer.Option(
@@ -35,6 +38,45 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON instead of text.")
 ModelOpt = typer.Option(
     None, "--model", help="Embedder model id (default: the one `faceprint models use` chose, else dlib-resnet-v1)."
 )
+
+LivenessModeOpt = typer.Option(
+    "off",
+    "--liveness",
+    help="Liveness check of each face: off; flag (report it); require (refuse a face judged an attack). "
+    "Needs `faceprint models install faceplugin`.",
+)
+LivenessThresholdOpt = typer.Option(
+    None, "--liveness-threshold", min=0.0, max=1.0, help="P(live) threshold for --liveness instead of the APCER's."
+)
+
+
+def liveness_policy(mode: str, threshold: float | None = None, apcer: float | None = None) -> LivenessPolicy:
+    """``--liveness MODE`` as a policy (an unknown mode is bad input: exit 2)."""
+    if mode not in LIVENESS_MODES:
+        raise fail(f"--liveness must be one of {', '.join(LIVENESS_MODES)}, got {mode!r}")
+    return LivenessPolicy(mode, threshold, apcer)
+
+
+def describe_liveness(result: LivenessResult) -> str:
+    """One face's liveness in words: ``live 0.99 >= 0.62`` / ``ATTACK 0.01 < 0.62`` (with the APCER)."""
+    verdict = "live" if result.live else "ATTACK"
+    rate = "" if result.apcer is None else f", APCER {result.apcer:.3g}, BPCER {result.bpcer:.3g}"
+    return (
+        f"{verdict}: P(live) {result.score:.3f} {'>=' if result.live else '<'} threshold {result.threshold:.3f}"
+        f"{rate} ({result.model})"
+    )
+
+
+def check_largest(pipeline: Pipeline, image: Image, policy: LivenessPolicy) -> LivenessResult | None:
+    """The largest face's liveness under ``policy`` (``None`` when off or there is no face)."""
+    if not policy.checks:
+        return None
+    detections: list[Detection] = pipeline.detect(image)
+    if not detections:
+        return None
+    largest = max(detections, key=lambda d: d.area)
+    (result,) = pipeline.liveness(image, [largest], threshold=policy.threshold, apcer=policy.apcer)
+    return result
 
 
 def resolve_model(model: str | None, existing: str | None = None) -> str:
@@ -90,6 +132,66 @@ def detect(
 
 @app.command()
 @handle_errors
+def liveness(
+    images: list[Path] = typer.Argument(None, help="Image files or folders (recursed); every face is checked."),
+    frames: Path | None = typer.Option(
+        None,
+        "--frames",
+        help="One person over several frames instead: a folder of frames or a video (at most 30 frames, sampled "
+        "evenly); the largest face of each frame, decided on the median P(live).",
+    ),
+    threshold: float | None = typer.Option(None, "--threshold", min=0.0, max=1.0, help="P(live) threshold."),
+    apcer: float | None = typer.Option(
+        None, "--apcer", help="Attack acceptance rate the threshold is chosen for instead (default 0.01)."
+    ),
+    json_out: bool = JsonOpt,
+    detector: str | None = DetectorOpt,
+    device: str = DeviceOpt,
+) -> None:
+    """Is each face a live person, or a printed photo or screen held up to the camera? (docs/liveness.md)"""
+    policy = LivenessPolicy("flag", threshold, apcer)  # checks both before any photo is read
+    if (frames is None) == (not images):
+        raise fail("give either IMAGE... or --frames DIR|VIDEO")
+    pipeline = make_pipeline(detector, device)
+    if frames is not None:
+        result = frames_liveness(
+            pipeline, frames_from(frames), source=str(frames), threshold=policy.threshold, apcer=policy.apcer
+        )
+        if json_out:
+            emit_json(result.to_dict())
+            return
+        verdict = "live" if result.live else "ATTACK"
+        typer.echo(
+            f"{frames}: {verdict}: median P(live) {result.score:.3f} {'>=' if result.live else '<'} threshold "
+            f"{result.threshold:.3f} over {result.usable} frame(s) with a face ({result.no_face} without, "
+            f"{result.frames} read; {result.model})"
+        )
+        return
+    files = expand_images(images)
+    results, failed = [], 0
+    for path in progress(files, "checking", enabled=len(files) > 1):
+        try:
+            img = load_image(path)
+        except InvalidImage as exc:
+            typer.echo(f"error: {exc}", err=True)
+            failed += 1
+            continue
+        faces = pipeline.liveness(img, threshold=policy.threshold, apcer=policy.apcer)
+        results.append({"image": str(path), "faces": [f.to_dict() for f in faces]})
+        if not json_out:
+            if not faces:
+                typer.echo(f"{path}: no face found")
+            for i, face in enumerate(faces):
+                x1, y1, x2, y2 = face.box
+                typer.echo(f"{path}: #{i} box=({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}) {describe_liveness(face)}")
+    if json_out:
+        emit_json(results if len(results) != 1 or len(files) != 1 else results[0])
+    if failed:
+        raise typer.Exit(EXIT_BAD_INPUT)
+
+
+@app.command()
+@handle_errors
 def verify(
     image_a: Path = typer.Argument(..., help="First image (its largest face is used)."),
     image_b: Path = typer.Argument(..., help="Second image (its largest face is used)."),
@@ -100,13 +202,27 @@ def verify(
     detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
     model: str | None = ModelOpt,
+    liveness_mode: str = LivenessModeOpt,
+    liveness_threshold: float | None = LivenessThresholdOpt,
 ) -> None:
-    """Are the two faces the same person?"""
+    """Are the two faces the same person? With --liveness require, a face judged an attack makes the answer
+    "not live" (exit 0: a decision, like "different"), and no comparison is made."""
+    policy = liveness_policy(liveness_mode, liveness_threshold)
     pipeline = make_pipeline(detector, device, model)
-    result = run_verify(
-        load_image(image_a), load_image(image_b), fmr=fmr, fpir=fpir, threshold=threshold, pipeline=pipeline
-    )
+    img_a, img_b = load_image(image_a), load_image(image_b)
+    checked = {"image_a": check_largest(pipeline, img_a, policy), "image_b": check_largest(pipeline, img_b, policy)}
+    refused = [f"{name}: {attack_reason(r)}" for name, r in checked.items() if r is not None and policy.refuses(r)]
+    live_out = {name: None if r is None else r.to_dict() for name, r in checked.items()}
+    if refused:
+        if json_out:
+            emit_json({"same_person": False, "decision": "not_live", "reasons": refused, "liveness": live_out})
+            return
+        typer.echo(f"NOT LIVE: {'; '.join(refused)} (no comparison made)")
+        return
+    result = run_verify(img_a, img_b, fmr=fmr, fpir=fpir, threshold=threshold, pipeline=pipeline)
     data = result.to_dict()
+    if policy.checks:
+        data["liveness"] = live_out
     for note in data.get("notes", []):
         typer.echo(f"note: {note}", err=True)
     if json_out:
@@ -122,6 +238,9 @@ def verify(
         f"{verdict}: score {data['score']:.4f} {'>=' if data['same_person'] else '<'} threshold "
         f"{data['threshold']:.4f} ({rate}, distance {data['distance']:.4f}, {data['model']})"
     )
+    for name, r in checked.items():
+        if r is not None:
+            typer.echo(f"  {name}: {describe_liveness(r)}")
 
 
 @app.command()

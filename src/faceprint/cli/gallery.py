@@ -18,7 +18,18 @@ from faceprint.cli.common import (
     progress,
     progress_bar,
 )
-from faceprint.cli.core import DetectorOpt, DeviceOpt, JsonOpt, ModelOpt, make_pipeline, resolve_model
+from faceprint.cli.core import (
+    DetectorOpt,
+    DeviceOpt,
+    JsonOpt,
+    LivenessModeOpt,
+    LivenessThresholdOpt,
+    ModelOpt,
+    describe_liveness,
+    liveness_policy,
+    make_pipeline,
+    resolve_model,
+)
 from faceprint.errors import InvalidImage
 from faceprint.gallery import (
     DEFAULT_COLLECTION,
@@ -35,8 +46,11 @@ from faceprint.gallery.crypto import TemplateCipher, resolve_key
 from faceprint.gallery.enrol import EnrolReport, ImageOutcome, pick_face
 from faceprint.gallery.location import is_server_location
 from faceprint.gallery.model import Consent
-from faceprint.image import load_image
+from faceprint.image import Image, load_image
+from faceprint.liveness import LivenessPolicy, LivenessResult, refused_match
 from faceprint.matching import check_one_rule
+from faceprint.pipeline import Pipeline
+from faceprint.types import Faceprint
 
 GalleryOpt = typer.Option(
     None,
@@ -93,8 +107,12 @@ def enroll(
     use_ray: bool = typer.Option(False, "--ray", help="With --from-folders: analyse in Ray actors instead."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="With --ray: cluster to join ('auto')."),
     model: str | None = ModelOpt,
+    liveness_mode: str = LivenessModeOpt,
+    liveness_threshold: float | None = LivenessThresholdOpt,
 ) -> None:
-    """Enrol photos of a subject, or of everyone in a folder tree; rejected photos are listed with reasons."""
+    """Enrol photos of a subject, or of everyone in a folder tree; rejected photos are listed with reasons
+    (with --liveness require, a photo of a face judged an attack is rejected like a blurred one)."""
+    policy = liveness_policy(liveness_mode, liveness_threshold)
     if (subject is None) == (from_folders is None):
         raise fail("give either --subject NAME IMAGE... or --from-folders ROOT")
     bulk = workers is not None or use_ray
@@ -125,7 +143,7 @@ def enroll(
             assert from_folders is not None
             reports = _enrol_bulk(
                 store, gallery, from_folders, jobs, collection, consent, expires, keep_chips, detector, device,
-                workers or 1, use_ray, ray_address, model,
+                workers or 1, use_ray, ray_address, model, policy,
             )  # fmt: skip
             outcomes: dict[str, list[ImageOutcome]] = {
                 n: list(r.outcomes) for (n, _), r in zip(jobs, reports, strict=True)
@@ -146,6 +164,7 @@ def enroll(
                     consent=consent,
                     expires_at=expires,
                     keep_chips=keep_chips,
+                    liveness=policy,
                 )
                 outcomes[name] += report.outcomes
                 last[name] = report
@@ -158,6 +177,9 @@ def enroll(
         for r in reports:
             who = r.subject.name if r.subject else next(n for n, _ in jobs if outcomes[n] == list(r.outcomes))
             typer.echo(f"{who}: {len(r.accepted)} photo(s) enrolled, {len(r.rejected)} rejected")
+            for o in r.accepted:
+                if o.liveness is not None:
+                    typer.echo(f"  {o.source}: {describe_liveness(o.liveness)}")
         rejected = [o for r in reports for o in r.rejected]
         if rejected:
             typer.echo(f"rejected {len(rejected)} photo(s):", err=True)
@@ -182,6 +204,7 @@ def _enrol_bulk(
     use_ray: bool,
     ray_address: str | None,
     model: str,
+    liveness: LivenessPolicy | None = None,
 ) -> list[EnrolReport]:
     """--from-folders with --workers/--ray: parallel analysis, one writer, a checkpoint to resume from."""
     from faceprint.pipeline import PipelineConfig
@@ -199,6 +222,7 @@ def _enrol_bulk(
         expires_at=expires,
         keep_chips=keep_chips,
         checkpoint=default_checkpoint(where / "bulk-enrol", root, collection),
+        liveness=liveness,
     )
     return enrol_folders(store, root, jobs, PipelineConfig(detector=detector, device=device, embedder=model), options)
 
@@ -220,9 +244,13 @@ def identify(
     detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
     model: str | None = ModelOpt,
+    liveness_mode: str = LivenessModeOpt,
+    liveness_threshold: float | None = LivenessThresholdOpt,
 ) -> None:
-    """Who is in the photo? Each face gets a match (or none: nobody known) and ranked candidates."""
+    """Who is in the photo? Each face gets a match (or none: nobody known) and ranked candidates. With
+    --liveness require, a face judged an attack is not searched: its match is null, with the reason."""
     check_one_rule(fmr=fmr, fpir=fpir, threshold=threshold)  # before any photo is read
+    policy = liveness_policy(liveness_mode, liveness_threshold)
     files = expand_images(images)
     results = []
     failed = 0
@@ -239,25 +267,55 @@ def identify(
                 failed += 1
                 continue
             prints = pipeline.embed(img)
-            answers = store.identify(
-                prints, collection=collection, top_k=top_k, fmr=fmr, threshold=threshold, fpir=fpir
+            checks = _liveness_of(pipeline, img, prints, policy)
+            searched = [fp for fp, r in zip(prints, checks, strict=True) if not policy.refuses(r)]
+            answers = iter(
+                store.identify(searched, collection=collection, top_k=top_k, fmr=fmr, threshold=threshold, fpir=fpir)
+                if searched
+                else []
             )
-            faces = [a.to_dict() for a in answers]
+            faces, lines = [], []
+            for i, (fp, check) in enumerate(zip(prints, checks, strict=True)):
+                live = "" if check is None else f"; {describe_liveness(check)}"
+                if check is not None and policy.refuses(check):
+                    face = refused_match(None if fp.detection is None else fp.detection.box, check)
+                    lines.append(f"  #{i} {_box_text(face)}: not searched ({face['refused']})")
+                else:
+                    ans = next(answers)
+                    face = ans.to_dict()
+                    cands = ", ".join(f"{c['subject']} {c['score']:.3f}" for c in face["candidates"][:3]) or "-"
+                    who = face["match"] if face["match"] is not None else "unknown"
+                    lines.append(
+                        f"  #{i} {_box_text(face)}: {who} (threshold {ans.threshold:.3f}, {ans.rule.describe()}; "
+                        f"candidates: {cands}{live})"
+                    )
+                if check is not None:
+                    face["liveness"] = check.to_dict()
+                faces.append(face)
             results.append({"image": str(path), "faces": faces})
             if not json_out:
                 typer.echo(f"{path}: {len(faces)} face(s)")
-                for i, (face, ans) in enumerate(zip(faces, answers, strict=True)):
-                    x1, y1, x2, y2 = face["box"] or (0, 0, 0, 0)
-                    cands = ", ".join(f"{c['subject']} {c['score']:.3f}" for c in face["candidates"][:3]) or "-"
-                    who = face["match"] if face["match"] is not None else "unknown"
-                    typer.echo(
-                        f"  #{i} box=({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}): {who} "
-                        f"(threshold {ans.threshold:.3f}, {ans.rule.describe()}; candidates: {cands})"
-                    )
+                for line in lines:
+                    typer.echo(line)
     if json_out:
         emit_json(results[0] if len(results) == 1 and len(files) == 1 else results)
     if failed:
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _liveness_of(
+    pipeline: Pipeline, img: Image, prints: list[Faceprint], policy: LivenessPolicy
+) -> list[LivenessResult | None]:
+    """Each face's liveness under ``policy`` (``None`` for every face when it is off)."""
+    if not policy.checks or not prints:
+        return [None] * len(prints)
+    detections = [fp.detection for fp in prints if fp.detection is not None]
+    return list(pipeline.liveness(img, detections, threshold=policy.threshold, apcer=policy.apcer))
+
+
+def _box_text(face: dict[str, object]) -> str:
+    x1, y1, x2, y2 = face["box"] or (0, 0, 0, 0)  # type: ignore[misc]
+    return f"box=({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f})"
 
 
 # -- subjects -----------------------------------------------------------------------------------------------

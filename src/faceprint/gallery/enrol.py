@@ -1,4 +1,5 @@
-"""Enrolment from photos: image → faces → quality gate → templates, one transaction per accepted photo.
+"""Enrolment from photos: image → faces → liveness gate (optional) → quality gate → templates, one
+transaction per accepted photo.
 
 Every photo gets an outcome with readable reasons; accepted photos are stored even when others fail
 (partial success), and a photo that returned as accepted is on disk.
@@ -18,6 +19,7 @@ from faceprint.gallery.base import DEFAULT_COLLECTION, Gallery
 from faceprint.gallery.errors import ContractMismatch, SubjectNotFound
 from faceprint.gallery.model import Consent, Metadata, Subject
 from faceprint.image import Image, ImageSource, load_image
+from faceprint.liveness import LivenessPolicy, LivenessResult, attack_reason
 from faceprint.quality import Quality
 from faceprint.types import Detection, Faceprint
 
@@ -38,6 +40,15 @@ class FacePipeline(Protocol):
 
     def chips(self, image: Image, detections: Sequence[Detection]) -> np.ndarray: ...
 
+    def liveness(
+        self,
+        image: Image,
+        detections: Sequence[Detection] | None = None,
+        *,
+        threshold: float | None = None,
+        apcer: float | None = None,
+    ) -> list[LivenessResult]: ...
+
 
 @dataclass(frozen=True)
 class ImageOutcome:
@@ -47,9 +58,10 @@ class ImageOutcome:
     template_id: int | None = None
     quality: float | None = None
     faces: int = 0
+    liveness: LivenessResult | None = None  # the enrolled face's liveness, when the policy checked it
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "image": self.source,
             "accepted": self.accepted,
             "reasons": list(self.reasons),
@@ -57,6 +69,9 @@ class ImageOutcome:
             "quality": None if self.quality is None else round(self.quality, 3),
             "faces": self.faces,
         }
+        if self.liveness is not None:
+            out["liveness"] = self.liveness.to_dict()
+        return out
 
 
 @dataclass(frozen=True)
@@ -105,8 +120,11 @@ def enrol_images(
     expires_at: datetime | None = None,
     keep_chips: bool = False,
     on_image: Callable[[ImageOutcome], None] | None = None,
+    liveness: LivenessPolicy | None = None,
 ) -> EnrolReport:
-    """Enrol ``images`` for ``subject`` (id or name; created when missing and ``create``)."""
+    """Enrol ``images`` for ``subject`` (id or name; created when missing and ``create``). ``liveness``: check
+    the chosen face of each photo (``flag``: reported in its outcome; ``require``: a face judged an attack is
+    rejected like a blurred one, with the reason ``liveness: judged an attack (…)``)."""
     outcomes: list[ImageOutcome] = []
     subject_rec: Subject | None = None
     known_shas: set[str] = set()
@@ -124,13 +142,13 @@ def enrol_images(
 
     for source in images:
         label = str(source) if not isinstance(source, bytes | bytearray | memoryview | np.ndarray) else "<image>"
-        outcome = _one_image(source, label, pipeline, known_shas)
+        outcome = _one_image(source, label, pipeline, known_shas, liveness)
         if isinstance(outcome, ImageOutcome):
             outcomes.append(outcome)
             if on_image:
                 on_image(outcome)
             continue
-        img, fp, faces = outcome
+        img, fp, faces, checked = outcome
         gallery.ensure_collection(collection, fp.model_id, fp.dim)
         if subject_rec is None:
             subject_rec = gallery.find_subject(subject, collection=collection)
@@ -148,7 +166,7 @@ def enrol_images(
         )
         if img.sha256:
             known_shas.add(img.sha256)
-        done = ImageOutcome(label, True, (), template.id, fp.quality, faces)
+        done = ImageOutcome(label, True, (), template.id, fp.quality, faces, checked)
         outcomes.append(done)
         if on_image:
             on_image(done)
@@ -158,8 +176,15 @@ def enrol_images(
 
 
 def _one_image(
-    source: ImageSource, label: str, pipeline: FacePipeline, known_shas: set[str]
-) -> ImageOutcome | tuple[Image, Faceprint, int]:
+    source: ImageSource,
+    label: str,
+    pipeline: FacePipeline,
+    known_shas: set[str],
+    liveness: LivenessPolicy | None = None,
+) -> ImageOutcome | tuple[Image, Faceprint, int, LivenessResult | None]:
+    """One photo through the enrolment rules (the one place they are applied: ``enrol_images`` and bulk
+    enrolment both call it): a rejection with reasons, or the image, its faceprint, the number of faces and
+    the face's liveness (``None`` when the policy does not check it)."""
     try:
         img = load_image(source, name=label)
     except InvalidImage as exc:
@@ -170,8 +195,13 @@ def _one_image(
     face, reason = pick_face(detections)
     if face is None:
         return ImageOutcome(label, False, (reason or "no face found",), faces=len(detections))
+    checked: LivenessResult | None = None
+    if liveness is not None and liveness.checks:
+        (checked,) = pipeline.liveness(img, [face], threshold=liveness.threshold, apcer=liveness.apcer)
+        if liveness.refuses(checked):
+            return ImageOutcome(label, False, (attack_reason(checked),), faces=len(detections), liveness=checked)
     (fp,) = pipeline.embed(img, [face])
     quality = fp.extra.get("quality")
     if isinstance(quality, Quality) and not quality.acceptable:
-        return ImageOutcome(label, False, quality.reasons, quality=fp.quality, faces=len(detections))
-    return img, fp, len(detections)
+        return ImageOutcome(label, False, quality.reasons, quality=fp.quality, faces=len(detections), liveness=checked)
+    return img, fp, len(detections), checked

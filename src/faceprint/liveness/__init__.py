@@ -3,12 +3,18 @@ photo or a screen held up to it? See docs/liveness.md for what passive liveness 
 
 from faceprint.liveness.base import LivenessModel, LivenessResult, LivenessUnavailable
 from faceprint.liveness.calibration import DEFAULT_APCER, LivenessCalibration, shipped_liveness_calibration
+from faceprint.liveness.policy import LIVENESS_MODES, LivenessMode, LivenessPolicy, attack_reason, refused_match
 
 __all__ = [
     "DEFAULT_APCER",
+    "LIVENESS_MODES",
     "LivenessCalibration",
+    "LivenessMode",
     "LivenessModel",
+    "LivenessPolicy",
     "LivenessResult",
     "LivenessUnavailable",
+    "attack_reason",
+    "refused_match",
     "shipped_liveness_calibration",
 ]

@@ -28,6 +28,7 @@ from faceprint.gallery.base import Gallery
 from faceprint.gallery.enrol import EnrolReport, ImageOutcome, _one_image
 from faceprint.gallery.errors import CollectionNotFound, ContractMismatch
 from faceprint.gallery.model import Consent, Subject
+from faceprint.liveness import LivenessPolicy, LivenessResult
 from faceprint.pipeline import Pipeline, PipelineConfig
 from faceprint.scale.checkpoint import Checkpoint, FileKey, Pending
 from faceprint.types import Faceprint
@@ -46,20 +47,28 @@ class Analysed:
     faces: int
     sha256: str
     chip: np.ndarray | None = None
+    liveness: LivenessResult | None = None
 
 
 Analysis = ImageOutcome | Analysed
 Item = tuple[int, str, str]  # (index, path, label)
 
 
-def analyse(pipeline: Pipeline, source: str | bytes, label: str, keep_chip: bool = False) -> Analysis:
-    """One photo through the gallery's enrolment rules, without the gallery: a rejection or a faceprint."""
-    result = _one_image(source, label, pipeline, set())
+def analyse(
+    pipeline: Pipeline,
+    source: str | bytes,
+    label: str,
+    keep_chip: bool = False,
+    liveness: LivenessPolicy | None = None,
+) -> Analysis:
+    """One photo through the gallery's enrolment rules (liveness gate included), without the gallery: a
+    rejection or a faceprint."""
+    result = _one_image(source, label, pipeline, set(), liveness)
     if isinstance(result, ImageOutcome):
         return result
-    img, fp, faces = result
+    img, fp, faces, checked = result
     chip = pipeline.chips(img, [fp.detection])[0] if keep_chip and fp.detection is not None else None
-    return Analysed(fp, faces, img.sha256 or hashlib.sha256(img.pixels.tobytes()).hexdigest(), chip)
+    return Analysed(fp, faces, img.sha256 or hashlib.sha256(img.pixels.tobytes()).hexdigest(), chip, checked)
 
 
 # -- analysers: where the CPU work runs ------------------------------------------------------------------
@@ -73,30 +82,34 @@ class Analyser(Protocol):
 
 _WORKER_PIPELINE: Pipeline | None = None
 _WORKER_KEEP_CHIPS = False
+_WORKER_LIVENESS: LivenessPolicy | None = None
 
 
-def _init_worker(config: PipelineConfig, keep_chips: bool) -> None:
-    global _WORKER_PIPELINE, _WORKER_KEEP_CHIPS
+def _init_worker(config: PipelineConfig, keep_chips: bool, liveness: LivenessPolicy | None = None) -> None:
+    global _WORKER_PIPELINE, _WORKER_KEEP_CHIPS, _WORKER_LIVENESS
     _WORKER_PIPELINE = Pipeline(config)
     _WORKER_KEEP_CHIPS = keep_chips
+    _WORKER_LIVENESS = liveness
 
 
 def _analyse_in_worker(index: int, path: str, label: str) -> tuple[int, Analysis]:
     assert _WORKER_PIPELINE is not None, "worker not initialised"
-    return index, analyse(_WORKER_PIPELINE, path, label, _WORKER_KEEP_CHIPS)
+    return index, analyse(_WORKER_PIPELINE, path, label, _WORKER_KEEP_CHIPS, _WORKER_LIVENESS)
 
 
 class ProcessAnalyser:
     """``workers`` spawned processes, each with its own pipeline on one ONNX Runtime thread."""
 
-    def __init__(self, workers: int, config: PipelineConfig, keep_chips: bool) -> None:
+    def __init__(
+        self, workers: int, config: PipelineConfig, keep_chips: bool, liveness: LivenessPolicy | None = None
+    ) -> None:
         self.workers = workers
         # spawn, not fork: the parent holds an open gallery and ONNX Runtime thread pools are not fork-safe.
         self._pool = ProcessPoolExecutor(
             workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(replace(config, threads=1), keep_chips),
+            initargs=(replace(config, threads=1), keep_chips, liveness),
         )
 
     def run(self, items: Iterable[Item]) -> Iterator[tuple[int, Analysis]]:
@@ -125,19 +138,27 @@ class ProcessAnalyser:
 class RayWorker:
     """A Ray actor (wrapped with ``ray.remote`` at run time) holding one pipeline."""
 
-    def __init__(self, config: PipelineConfig, keep_chips: bool) -> None:
+    def __init__(self, config: PipelineConfig, keep_chips: bool, liveness: LivenessPolicy | None = None) -> None:
         self.pipeline = Pipeline(config)
         self.keep_chips = keep_chips
+        self.liveness = liveness
 
     def analyse(self, index: int, data: bytes, label: str) -> tuple[int, Analysis]:
-        return index, analyse(self.pipeline, data, label, self.keep_chips)
+        return index, analyse(self.pipeline, data, label, self.keep_chips, self.liveness)
 
 
 class RayAnalyser:
     """``workers`` Ray actors, one CPU each. The driver reads each file and sends its bytes, so the
     cluster's nodes need no shared filesystem; only the driver writes the gallery."""
 
-    def __init__(self, workers: int, config: PipelineConfig, keep_chips: bool, address: str | None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        config: PipelineConfig,
+        keep_chips: bool,
+        address: str | None,
+        liveness: LivenessPolicy | None = None,
+    ) -> None:
         import ray
 
         from faceprint.scale.server import faceprint_env
@@ -153,7 +174,7 @@ class RayAnalyser:
             log.warning("--workers %d but the Ray cluster has %d CPUs: using %d actors", workers, cpus, cpus)
             workers = cpus
         actor = ray.remote(num_cpus=1)(RayWorker)
-        self._actors = [actor.remote(replace(config, threads=1), keep_chips) for _ in range(max(1, workers))]
+        self._actors = [actor.remote(replace(config, threads=1), keep_chips, liveness) for _ in range(max(1, workers))]
 
     def run(self, items: Iterable[Item]) -> Iterator[tuple[int, Analysis]]:
         from ray.util import ActorPool
@@ -254,6 +275,7 @@ class BulkOptions:
     keep_chips: bool = False
     checkpoint: Path | None = None  # default: default_checkpoint(...)
     progress: bool = True
+    liveness: LivenessPolicy | None = None  # the enrolment liveness gate (faceprint.gallery.enrol_images)
 
 
 class _Writer:
@@ -306,7 +328,7 @@ class _Writer:
             subject.id, [fp], collection=self.options.collection, source_sha256=[result.sha256], chips=chips
         )
         known[result.sha256] = template.id
-        return ImageOutcome(label, True, (), template.id, fp.quality, result.faces)
+        return ImageOutcome(label, True, (), template.id, fp.quality, result.faces, result.liveness)
 
 
 def default_checkpoint(directory: Path, root: Path, collection: str) -> Path:
@@ -383,8 +405,8 @@ def enrol_folders(
 def _analyser(options: BulkOptions, config: PipelineConfig, n: int) -> Analyser:
     workers = max(1, min(options.workers, n))
     if options.use_ray:
-        return RayAnalyser(workers, config, options.keep_chips, options.ray_address)
-    return ProcessAnalyser(workers, config, options.keep_chips)
+        return RayAnalyser(workers, config, options.keep_chips, options.ray_address, options.liveness)
+    return ProcessAnalyser(workers, config, options.keep_chips, options.liveness)
 
 
 def _write(

@@ -73,6 +73,7 @@ CPU_ROUTES = (
     ("POST", "/v1/detect"),
     ("POST", "/v1/verify"),
     ("POST", "/v1/identify"),
+    ("POST", "/v1/liveness"),
     ("POST", "/v1/subjects/{subject_id}/faces"),
 )
 _CPU_PATHS = [(method, compile_path(template)[0]) for method, template in CPU_ROUTES]

@@ -32,7 +32,7 @@ from faceprint.service.inference import Inference
 from faceprint.service.metrics import Metrics
 from faceprint.service.middleware import ServiceMiddleware
 from faceprint.service.paths import STATIC_DIR
-from faceprint.service.routers import audit, detect, health, identify, subjects, verify
+from faceprint.service.routers import audit, detect, health, identify, liveness, subjects, verify
 from faceprint.service.settings import Settings, SettingsError
 from faceprint.service.store import ServiceStore
 
@@ -88,7 +88,15 @@ def create_app(
         max_body=settings.max_upload_bytes,
         trust_request_id=settings.trust_request_id,
     )
-    for router in (health.router, detect.router, verify.router, identify.router, subjects.router, audit.router):
+    for router in (
+        health.router,
+        detect.router,
+        liveness.router,
+        verify.router,
+        identify.router,
+        subjects.router,
+        audit.router,
+    ):
         app.include_router(router)
     app.mount("/static", health.UiStaticFiles(directory=STATIC_DIR), name="static")
     generate_openapi = app.openapi

@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from faceprint.image import Image
+from faceprint.liveness import LivenessResult
 from faceprint.pipeline import Pipeline
 from faceprint.service.batching import EmbedBatcher
 from faceprint.types import Detection, Faceprint
@@ -75,9 +76,10 @@ class BatchedPipeline:
     Used from a worker thread: ``embed`` blocks that thread, not the event loop.
     """
 
-    def __init__(self, pipeline: Pipeline, backend: InferenceBackend) -> None:
+    def __init__(self, pipeline: Pipeline, backend: InferenceBackend, *, liveness: Pipeline | None = None) -> None:
         self._pipeline = pipeline
         self._backend = backend
+        self._liveness = liveness or pipeline  # the pipeline whose liveness model checks faces
 
     @property
     def model_id(self) -> str:
@@ -93,3 +95,15 @@ class BatchedPipeline:
 
     def chips(self, image: Image, detections: Sequence[Detection]) -> np.ndarray:
         return self._pipeline.chips(image, detections)
+
+    def liveness(
+        self,
+        image: Image,
+        detections: Sequence[Detection] | None = None,
+        *,
+        threshold: float | None = None,
+        apcer: float | None = None,
+    ) -> list[LivenessResult]:
+        if detections is None:
+            detections = self._backend.detect(image)
+        return self._liveness.liveness(image, detections, threshold=threshold, apcer=apcer)

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request
 
 from faceprint.gallery import Gallery
+from faceprint.liveness import LivenessPolicy, LivenessResult
 from faceprint.matching import Calibration
 from faceprint.service.audit import AuditEntry, AuditLog
 from faceprint.service.auth import Principal
@@ -34,6 +35,15 @@ class Services:
         """The engine of the model ``collection`` is pinned to (503 ``model_unavailable`` when this service
         cannot serve it); the default engine for a collection that does not exist yet."""
         return await self.inference.run(None, self.engines.for_collection, self.gallery, collection)
+
+    def liveness_policy(self, mode: str | None) -> LivenessPolicy:
+        """The request's ``liveness`` mode, else the server's (``FACEPRINT_LIVENESS``)."""
+        return LivenessPolicy(mode or self.settings.liveness)
+
+    def count_liveness(self, action: str, results: list[LivenessResult | None]) -> None:
+        for r in results:
+            if r is not None:
+                self.metrics.liveness.labels(action, "live" if r.live else "attack").inc()
 
     def calibration_for(self, engine: Engine, threshold: float | None) -> Calibration | None:
         """The table to turn an fmr/fpir into a threshold; 503 when one is needed and the model has none."""
@@ -73,3 +83,11 @@ async def record(
         **fields,
     )
     await svc.inference.run(None, svc.audit.append, entry)
+
+
+def audit_liveness(results: list[LivenessResult | None], checked: bool = True) -> dict[str, object]:
+    """``{"liveness": [...]}``: each face's liveness decision and score for the audit log (never the image);
+    empty when liveness was not checked."""
+    if not checked:
+        return {}
+    return {"liveness": [None if r is None else {"live": r.live, "score": round(r.score, 6)} for r in results]}

@@ -28,6 +28,7 @@ from faceprint.gallery.errors import (
     SubjectNotFound,
     TemplateNotFound,
 )
+from faceprint.liveness import LivenessUnavailable
 
 PROBLEM_JSON = "application/problem+json"
 #: An error body in the OpenAPI document (``#/components/schemas/Problem``, added by ``create_app``).
@@ -116,6 +117,9 @@ def problem(
 
 def map_domain_error(exc: FaceprintError) -> ApiError:
     """Translate a library error into its HTTP meaning."""
+    if isinstance(exc, LivenessUnavailable):
+        # The operator's to fix (install the model): never answered as a pass, never as the client's fault.
+        return ApiError(503, "liveness_unavailable", str(exc), model=exc.model_id)
     if isinstance(exc, InvalidImage):
         return ApiError(422, "invalid_image", str(exc), source=exc.source, reason=exc.reason)
     if isinstance(exc, NoFaceFound):

@@ -17,6 +17,8 @@ from anyio import CapacityLimiter, to_thread
 
 from faceprint.errors import ImageTooLarge, NoFaceFound
 from faceprint.image import Image, header_pixels, load_image
+from faceprint.liveness import LivenessPolicy, LivenessResult
+from faceprint.pipeline import Pipeline
 from faceprint.quality import assess
 from faceprint.service.admission import Admission
 from faceprint.service.batching import Arrivals, EmbedBatcher
@@ -112,6 +114,31 @@ class Inference:
                 # Once this task next yields: after the caller has submitted the faces (it does so without an
                 # await in between), so the batcher always sees the job either on its way or in its queue.
                 asyncio.get_running_loop().call_soon(arrivals.done, job)
+
+    async def liveness(
+        self,
+        pipeline: Pipeline,
+        image: Image,
+        detections: Sequence[Detection],
+        *,
+        threshold: float | None = None,
+        apcer: float | None = None,
+    ) -> list[LivenessResult]:
+        """Liveness of each detection, in the worker pool like detection (no faces: nothing to check). Without
+        an installed model: :class:`~faceprint.liveness.LivenessUnavailable` (answered 503)."""
+        if not detections:
+            return []
+        return await self.compute(
+            "liveness", pipeline.liveness, image, list(detections), threshold=threshold, apcer=apcer
+        )
+
+    async def check(
+        self, pipeline: Pipeline, policy: LivenessPolicy, image: Image, detections: Sequence[Detection]
+    ) -> list[LivenessResult | None]:
+        """Each detection's liveness under ``policy`` (``None`` for each when it is off)."""
+        if not policy.checks:
+            return [None] * len(detections)
+        return list(await self.liveness(pipeline, image, detections, threshold=policy.threshold, apcer=policy.apcer))
 
     async def embed(self, engine: Engine, image: Image, detections: Sequence[Detection]) -> list[Faceprint]:
         return await engine.backend.embed(image, detections)

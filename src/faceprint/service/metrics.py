@@ -2,7 +2,7 @@
 
 Request counts and latency per route template (``/v1/subjects/{subject_id}``, never raw paths, so the label
 set stays bounded), time per pipeline stage, embedder batch sizes, admission (requests in the CPU pipeline,
-queue depth, 503 ``overloaded`` rejections), decisions, and gallery size (read from the gallery when
+queue depth, 503 ``overloaded`` rejections), decisions, liveness decisions, and gallery size (read from the gallery when
 ``/metrics`` is scraped).
 """
 
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-STAGES = ("decode", "detect", "embed", "search", "enrol")
+STAGES = ("decode", "detect", "liveness", "embed", "search", "enrol")
 
 
 class Metrics:
@@ -72,6 +72,12 @@ class Metrics:
         self.decisions = Counter(
             "faceprint_decisions",
             "Verification and identification decisions",
+            ["action", "decision"],
+            registry=r,
+        )
+        self.liveness = Counter(
+            "faceprint_liveness_decisions",
+            "Liveness decisions per checked face: live or attack, by the action that checked it",
             ["action", "decision"],
             registry=r,
         )

@@ -10,7 +10,7 @@ fall outside years 1900–9999 once converted to UTC (which would overflow or ma
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -50,6 +50,33 @@ StrictFloat = Annotated[float, BeforeValidator(_plain_number)]
 StrictInt = Annotated[int, BeforeValidator(_plain_number)]
 #: An aware UTC datetime in years 1900–9999 (naive input is taken as UTC).
 SaneDatetime = Annotated[datetime, AfterValidator(_utc_in_range)]
+
+
+#: The ``liveness`` parameter of verify, identify and enrolment: ``off``, ``flag`` (each checked face carries
+#: its ``liveness``) or ``require`` (a face judged an attack is refused); none: the server's FACEPRINT_LIVENESS.
+LivenessMode = Annotated[
+    Literal["off", "flag", "require"] | None,
+    Field(
+        description="Liveness check: off; flag (each checked face carries its liveness); require (a face judged "
+        "an attack is refused). Default: the server's FACEPRINT_LIVENESS (off unless set)"
+    ),
+]
+
+
+class LivenessParams(BaseModel):
+    """``POST /v1/liveness``: at most one of ``threshold`` and ``apcer``; none: the model's table at APCER 0.01."""
+
+    model_config = ConfigDict(extra="forbid")
+    threshold: StrictFloat | None = Field(None, ge=0, le=1, description="P(live) threshold")
+    apcer: StrictFloat | None = Field(
+        None, ge=0, lt=1, description="Attack acceptance rate the threshold is chosen for instead (default 0.01)"
+    )
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> LivenessParams:
+        if self.threshold is not None and self.apcer is not None:
+            raise ValueError("give at most one of threshold and apcer")
+        return self
 
 
 class ThresholdParams(BaseModel):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from faceprint.errors import FaceprintError, ModelError
+from faceprint.liveness import LIVENESS_MODES
 from faceprint.pipeline import PipelineConfig
 
 SERVICE_DB_NAME = "service.sqlite3"
@@ -85,6 +86,7 @@ class Settings:
     header_timeout_s: float = 10.0  # a connection's request head must be complete this long after it starts
     keepalive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this long
     max_connections: int | None = None  # None: default_max_connections() (see `connection_limit`)
+    liveness: str = "off"  # liveness policy of verify/identify/enrolment when a request names none
 
     def __post_init__(self) -> None:
         for name in (
@@ -109,6 +111,9 @@ class Settings:
             value = getattr(self, name)
             if not 0 < value <= 3600:  # also refuses NaN
                 raise SettingsError(f"{_ENV[name]}: must be above 0 and at most 3600 seconds, got {value}")
+        if self.liveness not in LIVENESS_MODES:
+            modes = ", ".join(LIVENESS_MODES)
+            raise SettingsError(f"FACEPRINT_LIVENESS: must be one of {modes}, got {self.liveness!r}")
         if self.max_connections is not None and self.max_connections < 1:
             raise SettingsError(f"FACEPRINT_MAX_CONNECTIONS: must be at least 1, got {self.max_connections}")
 
@@ -189,6 +194,7 @@ _ENV = {
     "header_timeout_s": "FACEPRINT_HEADER_TIMEOUT_S",
     "keepalive_timeout_s": "FACEPRINT_KEEPALIVE_TIMEOUT_S",
     "max_connections": "FACEPRINT_MAX_CONNECTIONS",
+    "liveness": "FACEPRINT_LIVENESS",
 }
 
 

@@ -1,13 +1,17 @@
-"""``POST /v1/identify``: who are the faces in this photo, or nobody we know? (the CLI's identify JSON)"""
+"""``POST /v1/identify``: who are the faces in this photo, or nobody we know? (the CLI's identify JSON)
+
+With ``liveness=require`` a face judged an attack is not searched: its ``match`` is ``null`` with the reason
+in ``refused``; ``flag`` (and ``require``) add each face's ``liveness``."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from pydantic import Field
 
+from faceprint.liveness import refused_match
 from faceprint.service.auth import Recognize
-from faceprint.service.deps import record, services
-from faceprint.service.params import StrictInt, ThresholdParams
+from faceprint.service.deps import audit_liveness, record, services
+from faceprint.service.params import LivenessMode, StrictInt, ThresholdParams
 from faceprint.service.uploads import openapi_body, read_images, validate_params
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
@@ -16,6 +20,7 @@ router = APIRouter(prefix="/v1", tags=["recognition"])
 class IdentifyParams(ThresholdParams):
     top_k: StrictInt = Field(5, ge=1, le=100, description="Candidates returned per face")
     collection: str | None = Field(None, min_length=1, max_length=100, description="Collection (default: default)")
+    liveness: LivenessMode = None
 
 
 @router.post(
@@ -30,21 +35,38 @@ async def identify(request: Request, principal: Recognize) -> dict[str, object]:
     collection = svc.collection(params.collection)
     engine = await svc.engine_for(collection)
     calibration = svc.calibration_for(engine, params.threshold)
+    policy = svc.liveness_policy(params.liveness)
     inf = svc.inference
-    image, detections = await inf.decode_and_detect(engine, parsed.images["image"][0], then_embed=True)
-    prints = await inf.embed(engine, image, detections)
-    answers = await inf.run(
-        "search",
-        svc.gallery.identify,
-        prints,
-        collection=collection,
-        top_k=params.top_k,
-        fmr=params.fmr,
-        fpir=params.fpir,
-        threshold=params.threshold,
-        calibration=calibration,
+    image, detections = await inf.decode_and_detect(engine, parsed.images["image"][0], then_embed=not policy.checks)
+    checks = await inf.check(svc.engines.default.pipeline, policy, image, detections)
+    svc.count_liveness("identify", checks)
+    searched = [d for d, c in zip(detections, checks, strict=True) if not policy.refuses(c)]
+    prints = await inf.embed(engine, image, searched) if searched else []
+    answers = (
+        await inf.run(
+            "search",
+            svc.gallery.identify,
+            prints,
+            collection=collection,
+            top_k=params.top_k,
+            fmr=params.fmr,
+            fpir=params.fpir,
+            threshold=params.threshold,
+            calibration=calibration,
+        )
+        if prints
+        else []
     )
-    faces = [a.to_dict() for a in answers]
+    faces: list[dict[str, object]] = []
+    pending = iter(answers)
+    for det, check in zip(detections, checks, strict=True):
+        if check is not None and policy.refuses(check):
+            faces.append(refused_match(det.box, check))
+            continue
+        face = next(pending).to_dict()
+        if check is not None:
+            face["liveness"] = check.to_dict()
+        faces.append(face)
     threshold = answers[0].threshold if answers else None
     rule = {
         "rule": params.rule,
@@ -54,6 +76,8 @@ async def identify(request: Request, principal: Recognize) -> dict[str, object]:
     matched = [a.match for a in answers if a.match is not None]
     for a in answers:
         svc.metrics.decisions.labels("identify", "match" if a.match else "no_match").inc()
+    for _ in range(len(faces) - len(answers)):
+        svc.metrics.decisions.labels("identify", "not_live").inc()
     await record(
         request,
         principal,
@@ -62,8 +86,8 @@ async def identify(request: Request, principal: Recognize) -> dict[str, object]:
         subject_ids=tuple(m.subject_id for m in matched),
         scores=tuple(m.score for m in matched),
         threshold=threshold,
-        decision=f"{len(matched)}/{len(answers)} matched",
-        detail={"faces": len(answers), "rule": rule["rule"]},
+        decision=f"{len(matched)}/{len(faces)} matched",
+        detail={"faces": len(faces), "rule": rule["rule"], **audit_liveness(checks, policy.checks)},
         model_id=engine.model_id,
     )
     return {

@@ -12,12 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from faceprint.errors import InvalidImage
 from faceprint.gallery import UNSET, Consent, EnrolReport, Gallery, ImageOutcome, Subject, enrol_images
 from faceprint.image import Image
+from faceprint.liveness import LivenessPolicy
 from faceprint.service.auth import Enroll, Read
 from faceprint.service.backends import BatchedPipeline
-from faceprint.service.deps import record, services
+from faceprint.service.deps import audit_liveness, record, services
 from faceprint.service.errors import ApiError
 from faceprint.service.inference import Inference
-from faceprint.service.params import SQL_INT_MAX, SaneDatetime, StrictFloat, StrictInt
+from faceprint.service.params import SQL_INT_MAX, LivenessMode, SaneDatetime, StrictFloat, StrictInt
 from faceprint.service.uploads import Upload, inline_schema, openapi_body, parse_json, read_images, validate_params
 
 router = APIRouter(prefix="/v1/subjects", tags=["subjects"])
@@ -60,6 +61,7 @@ class SubjectUpdate(BaseModel):
 
 class EnrolParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    liveness: LivenessMode = None
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -235,12 +237,14 @@ async def enrol_faces(
     coll = svc.collection(collection)
     subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
     parsed = await read_images(request, ("image",), max_images=svc.settings.max_images_per_request, multi=True)
-    validate_params(EnrolParams, parsed.params)
+    params = validate_params(EnrolParams, parsed.params)
+    policy = svc.liveness_policy(params.liveness)
     uploads = parsed.images["image"]
     inf = svc.inference
     engine = await svc.engine_for(coll)
-    pipeline = BatchedPipeline(engine.pipeline, engine.backend)
-    outcomes = await inf.compute("enrol", _enrol, inf, svc.gallery, pipeline, subject.id, uploads, coll)
+    pipeline = BatchedPipeline(engine.pipeline, engine.backend, liveness=svc.engines.default.pipeline)
+    outcomes = await inf.compute("enrol", _enrol, inf, svc.gallery, pipeline, subject.id, uploads, coll, policy)
+    svc.count_liveness("enrol", [o.liveness for o in outcomes])
     report = EnrolReport(subject, tuple(outcomes))
     out = report.to_dict()
     accepted = [o.template_id for o in report.accepted]
@@ -255,6 +259,7 @@ async def enrol_faces(
         detail={
             "template_ids": accepted,
             "rejected": [_audit_reasons(o, u) for o, u in zip(report.outcomes, uploads, strict=True) if not o.accepted],
+            **audit_liveness([o.liveness for o in report.outcomes], policy.checks),
         },
         model_id=engine.model_id,
     )
@@ -279,6 +284,7 @@ def _enrol(
     subject_id: str,
     uploads: list[Upload],
     collection: str,
+    liveness: LivenessPolicy | None = None,
 ) -> list[ImageOutcome]:
     """Decode each upload (an undecodable one is a rejected photo, not a failed request), enrol the rest
     with the gallery's own enrolment, and give the outcomes back in upload order, named as uploaded."""
@@ -293,7 +299,13 @@ def _enrol(
             outcomes[i] = ImageOutcome(upload.name, False, (reason,))
     if decoded:
         report = enrol_images(
-            gallery, pipeline, subject_id, list(decoded.values()), collection=collection, create=False
+            gallery,
+            pipeline,
+            subject_id,
+            list(decoded.values()),
+            collection=collection,
+            create=False,
+            liveness=liveness,
         )
         for i, outcome in zip(decoded, report.outcomes, strict=True):
             outcomes[i] = replace(outcome, source=uploads[i].name)

@@ -72,11 +72,27 @@ async function refreshStatus() {
 }
 
 // -- identify -------------------------------------------------------------------------------------------
-function drawFaces(file, faces) {
+// A face's liveness as a short label ("live 0.99" / "ATTACK 0.01") and whether it passed.
+function livenessLabel(liveness) {
+  return `${liveness.live ? "live" : "ATTACK"} ${Number(liveness.score).toFixed(2)}`;
+}
+
+function livenessText(liveness) {
+  const rates = liveness.apcer === null ? "uncalibrated" : `APCER ${liveness.apcer}, BPCER ${liveness.bpcer}`;
+  return `${livenessLabel(liveness)} (P(live) ${liveness.live ? ">=" : "<"} ${Number(liveness.threshold).toFixed(2)}; ${rates}; ${liveness.model})`;
+}
+
+function identifyLabel(face) {
+  const who = face.refused ? "not searched" : face.match || "unknown";
+  return face.liveness ? `${who} · ${livenessLabel(face.liveness)}` : who;
+}
+
+// Boxes with a label on a canvas: label(face) → text, ok(face) → green or red. Text only, never HTML.
+function drawFaces(file, faces, canvasId = "identify-canvas", label = identifyLabel, ok = (f) => Boolean(f.match)) {
   return new Promise((resolve) => {
     const img = new Image();
     img.onload = () => {
-      const canvas = $("identify-canvas");
+      const canvas = $(canvasId);
       const scale = Math.min(1, 720 / img.naturalWidth);
       canvas.width = Math.round(img.naturalWidth * scale);
       canvas.height = Math.round(img.naturalHeight * scale);
@@ -86,14 +102,14 @@ function drawFaces(file, faces) {
       ctx.font = "bold 16px system-ui, sans-serif";
       for (const face of faces) {
         const [x1, y1, x2, y2] = face.box.map((v) => v * scale);
-        const label = face.match || "unknown";
-        ctx.strokeStyle = face.match ? "#1a7f37" : "#b42318";
+        const text = label(face);
+        ctx.strokeStyle = ok(face) ? "#1a7f37" : "#b42318";
         ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
-        const width = ctx.measureText(label).width + 8;
+        const width = ctx.measureText(text).width + 8;
         ctx.fillStyle = ctx.strokeStyle;
         ctx.fillRect(x1, Math.max(0, y1 - 22), width, 22);
         ctx.fillStyle = "#fff";
-        ctx.fillText(label, x1 + 4, Math.max(16, y1 - 6));
+        ctx.fillText(text, x1 + 4, Math.max(16, y1 - 6));
       }
       URL.revokeObjectURL(img.src);
       resolve();
@@ -111,6 +127,7 @@ $("identify-form").addEventListener("submit", async (event) => {
   form.append("image", file);
   addNumber(form, "threshold", $("identify-threshold"));
   addNumber(form, "fmr", $("identify-fmr"));
+  if ($("identify-liveness").checked) form.append("liveness", "flag");
   const list = $("identify-results");
   list.replaceChildren(el("li", "identifying…", "muted"));
   try {
@@ -123,6 +140,10 @@ $("identify-form").addEventListener("submit", async (event) => {
       item.append(el("span", `face ${i + 1}: `));
       item.append(el("span", face.match || "unknown", face.match ? "match" : "unknown"));
       if (face.score !== null) item.append(el("span", ` score ${face.score.toFixed(3)}`, "muted"));
+      if (face.refused) item.append(el("span", ` · ${face.refused}`, "unknown"));
+      if (face.liveness) {
+        item.append(el("span", ` · ${livenessText(face.liveness)}`, face.liveness.live ? "match" : "unknown"));
+      }
       const others = face.candidates.filter((c) => c.subject !== face.match).slice(0, 3);
       if (others.length) {
         item.append(el("span", ` · also: ${others.map((c) => `${c.subject} ${c.score.toFixed(3)}`).join(", ")}`, "muted"));
@@ -214,16 +235,57 @@ $("verify-form").addEventListener("submit", async (event) => {
   form.append("image_a", $("verify-a").files[0]);
   form.append("image_b", $("verify-b").files[0]);
   addNumber(form, "threshold", $("verify-threshold"));
+  if ($("verify-liveness").checked) form.append("liveness", "flag");
   const out = $("verify-result");
+  const live = $("verify-liveness-result");
+  live.replaceChildren();
   out.textContent = "comparing…";
   out.className = "verdict muted";
   try {
     const r = await api("/v1/verify", { method: "POST", body: form });
+    for (const [name, liveness] of Object.entries(r.liveness || {})) {
+      if (liveness) live.append(el("li", `${name}: ${livenessText(liveness)}`, liveness.live ? "match" : "unknown"));
+    }
+    if (r.decision === "not_live") {
+      out.textContent = `Not live — ${r.reasons.join("; ")}`;
+      out.className = "verdict unknown";
+      return;
+    }
     const fmr = r.fmr === null ? "FMR unknown" : `FMR ${Number(r.fmr).toExponential(1)}`;
     out.textContent = `${r.same_person ? "Same person" : "Different people"} — score ${r.score.toFixed(3)}, threshold ${r.threshold.toFixed(3)} (${fmr})`;
     out.className = `verdict ${r.same_person ? "match" : "unknown"}`;
   } catch (error) {
     out.textContent = "";
+    showError(error);
+  }
+});
+
+// -- liveness -----------------------------------------------------------------------------------------------
+$("liveness-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError(null);
+  const file = $("liveness-file").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("image", file);
+  addNumber(form, "threshold", $("liveness-threshold"));
+  const list = $("liveness-results");
+  delete list.dataset.done;
+  list.replaceChildren(el("li", "checking…", "muted"));
+  try {
+    const result = await api("/v1/liveness", { method: "POST", body: form });
+    await drawFaces(file, result.faces, "liveness-canvas", livenessLabel, (f) => f.live);
+    list.replaceChildren();
+    if (!result.faces.length) list.append(el("li", "no face found", "muted"));
+    result.faces.forEach((face, i) => {
+      const item = el("li");
+      item.append(el("span", `face ${i + 1}: `));
+      item.append(el("span", livenessText(face), face.live ? "match" : "unknown"));
+      list.append(item);
+    });
+    list.dataset.done = "1";
+  } catch (error) {
+    list.replaceChildren();
     showError(error);
   }
 });
