@@ -222,7 +222,6 @@ def test_gallery_and_service_store_are_private_whatever_the_umask(tmp_path: Path
     names = {p.name for p in created_files}
     assert {"gallery.sqlite3", "service.sqlite3"} <= names and any(n.endswith(".fpidx") for n in names), names
     modes = {str(p.relative_to(tmp_path)): oct(_mode(p)) for p in created_dirs + created_files}
-    print(modes)
     assert all(_mode(d) == 0o700 for d in created_dirs), modes
     assert all(_mode(f) == 0o600 for f in created_files), modes
 
@@ -247,6 +246,26 @@ def test_wal_and_shm_files_are_private_while_open(tmp_path: Path) -> None:
             store.close()
     finally:
         os.umask(old)
+
+
+def test_an_old_shared_gallery_is_named_in_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Galleries made before the private-modes rule keep their 0755/0644 modes (they are the user's): opening
+    one warns with the command that fixes it."""
+    key = secrets.token_bytes(32)
+    EmbeddedGallery(tmp_path / "old", key=key).close()
+    (tmp_path / "old").chmod(0o755)
+    (tmp_path / "old" / "gallery.sqlite3").chmod(0o644)
+    with caplog.at_level("WARNING", logger="faceprint.gallery"):
+        EmbeddedGallery(tmp_path / "old", key=key).close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("readable by other users" in m and "chmod 700" in m for m in messages), messages
+    assert any("gallery.sqlite3" in m and "chmod 600" in m for m in messages), messages
+    caplog.clear()
+    (tmp_path / "old").chmod(0o700)
+    (tmp_path / "old" / "gallery.sqlite3").chmod(0o600)
+    with caplog.at_level("WARNING", logger="faceprint.gallery"):
+        EmbeddedGallery(tmp_path / "old", key=key).close()
+    assert not [r for r in caplog.records if "readable by other users" in r.getMessage()]
 
 
 @pytest.mark.parametrize("kind", ["wrong", "malformed"])

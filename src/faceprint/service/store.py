@@ -22,7 +22,7 @@ from faceprint.errors import FaceprintError
 from faceprint.gallery.embedded.database import PROBE_EVERY_S, probe_writable
 from faceprint.gallery.embedded.pool import DEFAULT_READERS, ConnectionPool
 from faceprint.gallery.errors import StorageError, storage_fault
-from faceprint.gallery.private import create_private_file, make_private_dir
+from faceprint.gallery.private import create_private_file, make_private_dir, warn_if_shared
 
 log = logging.getLogger("faceprint.service")
 
@@ -79,6 +79,7 @@ class ServiceStore:
         self._write_lock = threading.Lock()
         self._probe: tuple[float, StorageError | None] = (-PROBE_EVERY_S, None)
         self._writer = self._connect()
+        warn_if_shared(self.path)
         self._pool = ConnectionPool(self._connect, readers)
         try:
             with self.write() as conn:

@@ -31,7 +31,7 @@ from faceprint.gallery.embedded.migration import SqliteMigration
 from faceprint.gallery.errors import GalleryError, StorageError, SubjectExists
 from faceprint.gallery.index import ANN_MIN_SIZE
 from faceprint.gallery.model import Collection, Subject, Template, from_iso, to_iso, utcnow
-from faceprint.gallery.private import make_private_dir
+from faceprint.gallery.private import make_private_dir, warn_if_shared
 from faceprint.gallery.schema import BUSY_TIMEOUT_MS
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
         self.db_path = self.path / DB_NAME
         self.ann_min_size = ann_min_size
         self._db = Database(self.db_path, busy_ms=int(lock_timeout * 1000), label=str(self.path))
+        warn_if_shared(self.path, self.db_path)
         self._init_cipher(key)
         self._index = IndexCache(self._db, self.path, self.cipher, ann_min_size=ann_min_size)
 
