@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 
+# Imported before the `cluster` function below is defined, so that the function (not the subpackage) is the
+# attribute `faceprint.cluster` (as `embed` in pipeline.py and `verify` below).
+from faceprint.cluster import Clustering, Constraints
+from faceprint.cluster import cluster as _cluster
 from faceprint.errors import (
     CalibrationMissing,
     FaceprintError,
@@ -84,9 +89,27 @@ def verify(
     return _verify(a, b, fmr=fmr, fpir=fpir, threshold=threshold, pipeline=pipeline or default_pipeline())
 
 
+def cluster(
+    faceprints: Sequence[Faceprint],
+    *,
+    images: Sequence[str] | None = None,
+    fmr: float | None = None,
+    threshold: float | None = None,
+    min_faces: int = 2,
+    constraints: Constraints | None = None,
+) -> Clustering:
+    """Group faceprints into people: clusters (members, representative, cohesion) and outliers. ``images``
+    names each face's photo (faces of one photo are never one person); the threshold follows ``fmr``
+    (default 1e-3 on the model's calibration) or an explicit ``threshold``. See :mod:`faceprint.cluster`."""
+    return _cluster(faceprints, images=images, fmr=fmr, threshold=threshold, min_faces=min_faces,
+                    constraints=constraints)  # fmt: skip
+
+
 __all__ = [
     "Calibration",
     "CalibrationMissing",
+    "Clustering",
+    "Constraints",
     "Decision",
     "Detection",
     "Faceprint",
@@ -103,6 +126,7 @@ __all__ = [
     "PipelineConfig",
     "Verification",
     "__version__",
+    "cluster",
     "default_pipeline",
     "detect",
     "embed",

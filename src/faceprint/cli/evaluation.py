@@ -5,6 +5,7 @@ Thin: parse options, call :mod:`faceprint.evaluation`, print Markdown (or JSON w
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -569,3 +570,75 @@ def bench(
         emit_json(result.to_dict())
     else:
         typer.echo(to_markdown(bench_blocks(result)), nl=False)
+
+
+@eval_app.command("cluster")
+@handle_errors
+def eval_cluster(
+    folder: Annotated[Path, typer.Option("--dir", help="One subfolder per identity (e.g. LFW).")],
+    people: Path | None = PeopleOpt,
+    min_photos: Annotated[
+        int, typer.Option("--min-photos", min=1, help="Only identities with at least this many photos.")
+    ] = 1,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="Only the first N such identities (sorted by name).")
+    ] = None,
+    fmr: Annotated[float | None, typer.Option("--fmr", help="Target FMR of the threshold (default 1e-3).")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="Explicit cosine threshold.")] = None,
+    method: Annotated[str, typer.Option("--method", help="average (default), complete or hdbscan.")] = "average",
+    min_faces: Annotated[int, typer.Option("--min-faces", min=1, help="Smallest cluster.")] = 2,
+    json_out: bool = JsonOpt,
+    report: Path | None = ReportOpt,
+    face: str = FaceOpt,
+    cache: Path | None = CacheOpt,
+    batch: int = BatchOpt,
+    detector: str | None = DetectorOpt,
+    device: str = DeviceOpt,
+    model: str | None = ModelOpt,
+) -> None:
+    """Cluster one face per photo and score the clusters against the folders: pairwise and BCubed
+    precision/recall/F1, clusters vs identities, singleton rate."""
+    from faceprint.cluster import Face, cluster
+    from faceprint.evaluation.clustering import clustering_scores, clustering_table
+    from faceprint.matching import check_one_rule
+
+    check_one_rule(fmr=fmr, fpir=None, threshold=threshold)
+    identities = {k: v for k, v in _identities(folder, people).items() if len(v) >= min_photos}
+    names = sorted(identities)[:limit] if limit else sorted(identities)
+    if len(names) < 2:
+        raise fail(f"{folder}: {len(names)} identities with at least {min_photos} photos; clustering needs two")
+    pipeline = _pipeline(detector, device, model=model)
+    paths = [p for n in names for p in identities[n]]
+    owner = {str(p.resolve()): n for n in names for p in identities[n]}
+    embeddings = _embed(paths, pipeline, face, cache, batch)
+    faces = [Face(k, k, v, path=k) for k, v in zip(embeddings.keys, embeddings.vectors, strict=True) if k in owner]
+    started = time.perf_counter()
+    result = cluster(faces, model_id=pipeline.model_id, fmr=fmr, threshold=threshold, min_faces=min_faces,
+                     method=method)  # fmt: skip
+    seconds = time.perf_counter() - started
+    scores = clustering_scores(np.array([owner[f.id] for f in faces]), result.labels, outlier_label=0)
+    title = f"Clustering {folder} ({len(names)} identities), {pipeline.model_id}, {method} linkage"
+    text = (
+        clustering_table(scores, title=title)
+        + f"\nthreshold {result.threshold:.4f} ({result.rule}); clustering took {seconds:.2f} s; "
+        f"{len(embeddings.failures)} photos without a face\n"
+    )
+    data = {
+        **scores.to_dict(),
+        "model": pipeline.model_id,
+        "method": method,
+        "threshold": round(result.threshold, 6),
+        "rule": result.rule,
+        "seconds": round(seconds, 3),
+        "photos": len(paths),
+        "photos_without_face": len(embeddings.failures),
+    }
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        (report / "report.md").write_text(text)
+        (report / "report.json").write_text(json.dumps(data, indent=2))
+        typer.echo(f"report: {report / 'report.md'}, {report / 'report.json'}", err=True)
+    if json_out:
+        emit_json(data)
+    else:
+        typer.echo(text, nl=False)
