@@ -95,7 +95,7 @@ LAYERS = [
     {"matching"},
     {"factory"},
     {"pipeline", "verify"},
-    {"gallery", "evaluation"},
+    {"gallery", "evaluation", "cluster", "video"},
     {"service", "scale", "cli", "__init__"},
 ]
 

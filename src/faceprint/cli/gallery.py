@@ -109,10 +109,18 @@ def enroll(
     model: str | None = ModelOpt,
     liveness_mode: str = LivenessModeOpt,
     liveness_threshold: float | None = LivenessThresholdOpt,
+    from_video: Path | None = typer.Option(
+        None, "--from-video", help="With --subject: enrol the best frames of the clip's largest face track."
+    ),
 ) -> None:
     """Enrol photos of a subject, or of everyone in a folder tree; rejected photos are listed with reasons
     (with --liveness require, a photo of a face judged an attack is rejected like a blurred one)."""
     policy = liveness_policy(liveness_mode, liveness_threshold)
+    if from_video is not None:
+        if subject is None or images or from_folders is not None:
+            raise fail("--from-video goes with --subject NAME and no photos")
+        _enrol_from_video(from_video, subject, gallery, collection, detector, device, model, json_out)
+        return
     if (subject is None) == (from_folders is None):
         raise fail("give either --subject NAME IMAGE... or --from-folders ROOT")
     bulk = workers is not None or use_ray
@@ -187,6 +195,47 @@ def enroll(
                 typer.echo(f"  {o.source}: {'; '.join(o.reasons)}", err=True)
     if not any(r.accepted for r in reports):
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _enrol_from_video(
+    clip: Path,
+    subject: str,
+    gallery: Path | None,
+    collection: str,
+    detector: str | None,
+    device: str,
+    model: str | None,
+    json_out: bool,
+    *,
+    every: int = 3,
+    max_frames: int = 5,
+) -> None:
+    """``faceprint enroll --from-video CLIP --subject NAME``: the best frames (quality gate applied) of the
+    clip's largest face track become the subject's templates."""
+    from faceprint.video import best_track_faceprints, open_source  # the tracker loads only when used
+
+    with _open(gallery, create=True) as store:
+        pipeline = make_pipeline(detector, device, resolve_model(model, _collection_model(store, collection)))
+        with open_source(str(clip)) as src:
+            prints, track_id = best_track_faceprints(src, pipeline, every=every, max_frames=max_frames)
+        if not prints:
+            raise fail(f"{clip}: no face track with a frame that passes the quality gate")
+        store.ensure_collection(collection, pipeline.model_id, pipeline.dim)
+        found = store.find_subject(subject, collection=collection)
+        record = found or store.add_subject(subject, collection=collection)
+        templates = store.add_templates(record.id, prints, collection=collection)
+    result = {
+        "subject": subject,
+        "subject_id": record.id,
+        "video": str(clip),
+        "track_id": track_id,
+        "accepted": len(templates),
+        "qualities": [round(float(fp.quality or 0.0), 3) for fp in prints],
+    }
+    if json_out:
+        emit_json(result)
+    else:
+        typer.echo(f"{subject}: {len(templates)} frame(s) of track #{track_id} in {clip} enrolled")
 
 
 def _enrol_bulk(

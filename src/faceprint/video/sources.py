@@ -1,0 +1,250 @@
+"""Frames from video files, network streams and local cameras, through OpenCV's FFmpeg backend.
+
+``open_source(spec)`` picks the kind from the spec: an integer (or a string of digits) is a local camera
+index; ``scheme://…`` (``rtsp``, ``rtsps``, ``rtmp``, ``http``, ``https`` — MJPEG and HLS as far as FFmpeg
+reads them —, ``udp``, ``tcp``) is a network stream; anything else is a file (mp4, webm, mkv, avi, animated
+GIF, …). Frames come out as :class:`Frame`: RGB uint8 pixels, the frame index and a timestamp (files: index
+/ fps; live sources: seconds since the first frame).
+
+Failures are :class:`VideoSourceError` (a :class:`~faceprint.errors.FaceprintError`, exit 2 in the CLI) that
+name the source: a file that does not exist or cannot be decoded (:class:`VideoDecodeError`, also when it
+ends far before the frame count its header states: a truncated file), a stream that delivers no frame within
+the open timeout (:class:`StreamTimeout`), a stream that dropped and could not be reopened after the
+reconnect attempts (:class:`StreamLost`). A live source that drops is reopened with exponential back-off;
+each attempt is reported as a :class:`SourceEvent` (``on_event`` callback and the ``faceprint.video`` log).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import cv2
+import numpy as np
+
+from faceprint.errors import FaceprintError
+
+log = logging.getLogger("faceprint.video")
+
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt")
+#: A file that yields fewer than this fraction of the frames its header states is reported as truncated.
+TRUNCATED_FRACTION = 0.9
+
+
+class VideoSourceError(FaceprintError):
+    """A video source cannot be used; the message names it."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class VideoDecodeError(VideoSourceError):
+    """A video file is missing, not a video, or cannot be decoded (to its end)."""
+
+
+class StreamTimeout(VideoSourceError):
+    """A stream or camera delivered no frame within the open timeout."""
+
+
+class StreamLost(VideoSourceError):
+    """A live source dropped and could not be reopened within the reconnect attempts."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    time_s: float
+    pixels: np.ndarray  # H×W×3 RGB uint8
+
+
+@dataclass(frozen=True)
+class SourceEvent:
+    """Something that happened to a live source: ``dropped``, ``reconnecting``, ``reconnected``."""
+
+    kind: str
+    source: str
+    attempt: int = 0
+    delay_s: float = 0.0
+    message: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "type": f"source_{self.kind}",
+            "source": self.source,
+            "attempt": self.attempt,
+            "delay_s": round(self.delay_s, 3),
+            "message": self.message,
+        }
+
+
+def source_kind(spec: str | int | Path) -> str:
+    """``"camera"``, ``"stream"`` or ``"file"`` for a source spec (see the module docstring)."""
+    if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
+        return "camera"
+    text = str(spec)
+    scheme, sep, _ = text.partition("://")
+    if sep and scheme.lower() in STREAM_SCHEMES:
+        return "stream"
+    return "file"
+
+
+def _redact(text: str) -> str:
+    """A stream URL without its password (``rtsp://user:secret@host`` → ``rtsp://user:***@host``)."""
+    scheme, sep, rest = text.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return text
+    creds, host = rest.split("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+class VideoSource:
+    """An open video source; iterate it for :class:`Frame` objects. Use :func:`open_source` to make one."""
+
+    def __init__(
+        self,
+        spec: str | int | Path,
+        *,
+        open_timeout_s: float = 10.0,
+        read_timeout_s: float = 10.0,
+        max_reconnects: int = 5,
+        backoff_s: tuple[float, float] = (0.5, 8.0),
+        on_event: Callable[[SourceEvent], None] | None = None,
+    ) -> None:
+        self.kind = source_kind(spec)
+        self.spec = int(spec) if self.kind == "camera" else str(spec)
+        self.name = f"camera {self.spec}" if self.kind == "camera" else _redact(str(spec))
+        self.open_timeout_s = open_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.max_reconnects = max_reconnects
+        self.backoff_s = backoff_s
+        self.on_event = on_event
+        if self.kind == "file":
+            path = Path(self.spec)
+            if not path.is_file():
+                raise VideoDecodeError(self.name, "file not found")
+        self._capture = self._open()
+        self.fps = float(self._capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        if not np.isfinite(self.fps) or self.fps <= 0 or self.fps > 1000:
+            self.fps = 30.0 if self.kind != "file" else 25.0
+        count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        self.frame_count: int | None = count if self.kind == "file" and count > 0 else None
+        self.width = int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+        self.height = int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+
+    @property
+    def live(self) -> bool:
+        return self.kind != "file"
+
+    def _open(self) -> cv2.VideoCapture:
+        if self.kind == "camera":
+            capture = cv2.VideoCapture(int(self.spec))
+        else:
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                int(self.open_timeout_s * 1000),
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                int(self.read_timeout_s * 1000),
+            ]
+            capture = cv2.VideoCapture(str(self.spec), cv2.CAP_FFMPEG, params)
+        if not capture.isOpened():
+            capture.release()
+            if self.kind == "file":
+                raise VideoDecodeError(self.name, "not a video OpenCV/FFmpeg can decode (or a damaged file)")
+            raise StreamTimeout(self.name, f"no stream could be opened within {self.open_timeout_s:g} s")
+        return capture
+
+    def _emit(self, event: SourceEvent) -> None:
+        log.warning("%s: %s %s", event.source, event.kind, event.message)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def _reconnect(self) -> bool:
+        """Reopen a live source with exponential back-off; ``False`` when every attempt failed."""
+        self._capture.release()
+        base, cap = self.backoff_s
+        for attempt in range(1, self.max_reconnects + 1):
+            delay = min(cap, base * 2 ** (attempt - 1))
+            self._emit(SourceEvent("reconnecting", self.name, attempt, delay, f"retry in {delay:g} s"))
+            time.sleep(delay)
+            try:
+                self._capture = self._open()
+            except VideoSourceError as exc:
+                log.info("%s: reconnect attempt %d failed: %s", self.name, attempt, exc.reason)
+                continue
+            self._emit(SourceEvent("reconnected", self.name, attempt, delay))
+            return True
+        return False
+
+    def __iter__(self) -> Iterator[Frame]:
+        index = 0
+        start = time.monotonic()
+        first_deadline = start + self.open_timeout_s
+        while True:
+            ok, bgr = self._capture.read()
+            if ok and bgr is not None and bgr.size:
+                if bgr.ndim == 2:
+                    rgb = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
+                elif bgr.shape[2] == 4:
+                    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB)
+                else:
+                    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                t = index / self.fps if self.kind == "file" else time.monotonic() - start
+                yield Frame(index, float(t), rgb)
+                index += 1
+                continue
+            if self.kind == "file":
+                self._check_complete(index)
+                return
+            if index == 0 and time.monotonic() < first_deadline:
+                continue
+            if index == 0:
+                raise StreamTimeout(self.name, f"no frame received within {self.open_timeout_s:g} s")
+            self._emit(SourceEvent("dropped", self.name, message=f"no frame after frame {index - 1}"))
+            if not self._reconnect():
+                raise StreamLost(self.name, f"stream dropped and {self.max_reconnects} reconnect attempts failed")
+
+    def _check_complete(self, read: int) -> None:
+        if read == 0:
+            raise VideoDecodeError(self.name, "no frame could be decoded (not a video, or a damaged file)")
+        if self.frame_count is not None and read < TRUNCATED_FRACTION * self.frame_count:
+            raise VideoDecodeError(
+                self.name, f"decoding stopped at frame {read} of {self.frame_count}: the file is truncated or damaged"
+            )
+
+    def close(self) -> None:
+        self._capture.release()
+
+    def __enter__(self) -> VideoSource:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def open_source(
+    spec: str | int | Path,
+    *,
+    open_timeout_s: float = 10.0,
+    read_timeout_s: float = 10.0,
+    max_reconnects: int = 5,
+    backoff_s: tuple[float, float] = (0.5, 8.0),
+    on_event: Callable[[SourceEvent], None] | None = None,
+) -> VideoSource:
+    """Open a file, stream URL or camera index (see the module docstring); errors name the source."""
+    return VideoSource(
+        spec,
+        open_timeout_s=open_timeout_s,
+        read_timeout_s=read_timeout_s,
+        max_reconnects=max_reconnects,
+        backoff_s=backoff_s,
+        on_event=on_event,
+    )
