@@ -146,7 +146,7 @@ def send(client: TestClient, case, headers: dict[str, str]):
 
 # -- schemathesis: every operation of /openapi.json ------------------------------------------------------------
 IMAGE_ROUTES = {("POST", "/v1/detect"), ("POST", "/v1/verify"), ("POST", "/v1/identify")}
-IMAGE_ROUTES |= {("POST", "/v1/subjects/{subject_id}/faces"), ("POST", "/v1/liveness")}
+IMAGE_ROUTES |= {("POST", "/v1/subjects/{subject_id}/faces"), ("POST", "/v1/liveness"), ("POST", "/v1/clusters")}
 OPERATIONS = [
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -163,6 +163,13 @@ OPERATIONS = [
     ("DELETE", "/v1/subjects/{subject_id}"),
     ("POST", "/v1/subjects/{subject_id}/faces"),
     ("DELETE", "/v1/subjects/{subject_id}/faces/{template_id}"),
+    ("POST", "/v1/clusters"),
+    ("GET", "/v1/clusters/{clustering_id}"),
+    ("POST", "/v1/clusters/{clustering_id}/merge"),
+    ("POST", "/v1/clusters/{clustering_id}/split"),
+    ("POST", "/v1/clusters/{clustering_id}/move"),
+    ("POST", "/v1/clusters/{clustering_id}/not-this-person"),
+    ("POST", "/v1/clusters/{clustering_id}/name"),
     ("GET", "/v1/audit"),
 ]
 #: Operations without parameters or a body: nothing to generate a negative example from.
@@ -485,7 +492,7 @@ PART_BODIES = st.sampled_from([REAL_PNG, b"", b"0.5", b"\x89PNG\r\n\x1a\n"]) | s
 PARTS = st.lists(
     st.tuples(FIELD_NAMES, st.one_of(st.none(), st.text(max_size=12)), PART_TYPES, PART_BODIES), max_size=8
 )
-IMAGE_URLS = ["/v1/detect", "/v1/verify", "/v1/identify", "/v1/subjects/{sid}/faces", "/v1/liveness"]
+IMAGE_URLS = ["/v1/detect", "/v1/verify", "/v1/identify", "/v1/subjects/{sid}/faces", "/v1/liveness", "/v1/clusters"]
 
 
 def _header_safe(text: str) -> str:

@@ -190,6 +190,36 @@ def test_liveness_tab_labels_live_and_attack_faces(server: tuple[str, str], brow
     page.close()
 
 
+def test_clusters_tab_groups_faces_and_merges(server: tuple[str, str], browser, tmp_path: Path) -> None:
+    """The Clusters tab: photos of two people become two thumbnail grids; merging them leaves one."""
+    url, key = server
+    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(url + "/")
+    page.fill("#api-key", key)
+    page.click("#key-save")
+    page.locator("#status", has_text="key set").wait_for(timeout=30_000)
+    page.click("nav button[data-tab=clusters]")
+    photos = [IDENTITIES / "person01" / n for n in ("img27.jpg", "img28.jpg", "img43.jpg")]
+    photos += [IDENTITIES / "person02" / n for n in ("img47.jpg", "img48.jpg")]
+    page.set_input_files("#clusters-files", [str(p) for p in photos])
+    page.click("#clusters-run")
+    page.locator("#clusters-summary", has_text="2 cluster(s)").wait_for(timeout=120_000)
+    clusters = page.locator("#clusters-list .cluster h3", has_text="Cluster")
+    assert clusters.count() == 2
+    assert page.locator("#clusters-list .cluster").first.locator("img").count() == 3  # largest first
+    page.screenshot(path=str(tmp_path / "clusters.png"))
+    clusters.nth(0).click()
+    clusters.nth(1).click()
+    page.click("#clusters-merge")
+    page.locator("#clusters-summary", has_text="1 cluster(s)").wait_for(timeout=60_000)
+    assert page.locator("#clusters-list .cluster").first.locator("img").count() == 5
+    assert page.inner_text("#error") == ""
+    assert not errors, errors
+    page.close()
+
+
 def test_missing_chromium_fails_with_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     """The guard itself: without Chromium the UI test must fail loudly, naming the apt command."""
     monkeypatch.setenv("FACEPRINT_CHROMIUM", "")

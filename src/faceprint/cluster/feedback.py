@@ -13,7 +13,7 @@ with the constraints added, so the correction and everything it implies show at 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from faceprint.cluster.core import Clustering, Constraints, Face, _finish, clust
 from faceprint.errors import InvalidArgument
 from faceprint.gallery.base import DEFAULT_COLLECTION, Gallery
 from faceprint.gallery.enrol import DOMINANT_FACE_RATIO, EnrolReport, FacePipeline, ImageOutcome, enrol_images
+from faceprint.image import Image, ImageSource
 from faceprint.matching import ThresholdRule, normalise
 
 FORMAT_VERSION = 1
@@ -103,10 +104,13 @@ def name(
     pipeline: FacePipeline,
     *,
     collection: str = DEFAULT_COLLECTION,
+    photos: Mapping[str, ImageSource | Image] | None = None,
 ) -> EnrolReport:
     """Enrol the photos of cluster ``cluster_id`` as ``subject`` through :func:`enrol_images` (its quality
     gate and its one-face-per-photo rule apply). A photo where another face is the dominant one is rejected
-    here, before enrolment would pick that other person's face."""
+    here, before enrolment would pick that other person's face. ``photos`` maps a face's ``path`` to what
+    enrolment reads instead of the file (the HTTP service passes decoded-image stand-ins it keeps no pixels
+    of, with a pipeline that replays the detections and faceprints made when clustering)."""
     faces = [clustering.faces[i] for i in clustering.cluster(cluster_id).members]
     if not any(f.path for f in faces):
         raise InvalidArgument(f"cluster {cluster_id} has no faces with a photo path to enrol from")
@@ -128,7 +132,8 @@ def name(
             refused.append(ImageOutcome(f.path, False, (reason,), faces=len(others) + 1))
         else:
             paths.append(f.path)
-    report = enrol_images(gallery, pipeline, subject, paths, collection=collection) if paths else None
+    sources: list[ImageSource | Image] = [photos[p] for p in paths] if photos is not None else list(paths)
+    report = enrol_images(gallery, pipeline, subject, sources, collection=collection) if sources else None
     if report is None:
         return EnrolReport(None, tuple(refused))
     return EnrolReport(report.subject, report.outcomes + tuple(refused))

@@ -111,7 +111,7 @@ def enrol_images(
     gallery: Gallery,
     pipeline: FacePipeline,
     subject: str,
-    images: Sequence[ImageSource],
+    images: Sequence[ImageSource | Image],
     *,
     collection: str = DEFAULT_COLLECTION,
     create: bool = True,
@@ -141,7 +141,12 @@ def enrol_images(
             }
 
     for source in images:
-        label = str(source) if not isinstance(source, bytes | bytearray | memoryview | np.ndarray) else "<image>"
+        if isinstance(source, Image):
+            label = source.source
+        elif isinstance(source, bytes | bytearray | memoryview | np.ndarray):
+            label = "<image>"
+        else:
+            label = str(source)
         outcome = _one_image(source, label, pipeline, known_shas, liveness)
         if isinstance(outcome, ImageOutcome):
             outcomes.append(outcome)
@@ -176,7 +181,7 @@ def enrol_images(
 
 
 def _one_image(
-    source: ImageSource,
+    source: ImageSource | Image,
     label: str,
     pipeline: FacePipeline,
     known_shas: set[str],

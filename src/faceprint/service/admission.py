@@ -75,6 +75,12 @@ CPU_ROUTES = (
     ("POST", "/v1/identify"),
     ("POST", "/v1/liveness"),
     ("POST", "/v1/subjects/{subject_id}/faces"),
+    ("POST", "/v1/clusters"),
+    ("POST", "/v1/clusters/{clustering_id}/merge"),
+    ("POST", "/v1/clusters/{clustering_id}/split"),
+    ("POST", "/v1/clusters/{clustering_id}/move"),
+    ("POST", "/v1/clusters/{clustering_id}/not-this-person"),
+    ("POST", "/v1/clusters/{clustering_id}/name"),
 )
 _CPU_PATHS = [(method, compile_path(template)[0]) for method, template in CPU_ROUTES]
 

@@ -26,13 +26,14 @@ from faceprint.service.audit import AuditLog
 from faceprint.service.auth import KeyStore
 from faceprint.service.backends import InferenceBackend, LocalBackend
 from faceprint.service.batching import EmbedBatcher
+from faceprint.service.clusters import ClusterStore
 from faceprint.service.engines import Engine, Engines
 from faceprint.service.errors import PROBLEM_RESPONSES, PROBLEM_SCHEMA, install_error_handlers
 from faceprint.service.inference import Inference
 from faceprint.service.metrics import Metrics
 from faceprint.service.middleware import ServiceMiddleware
 from faceprint.service.paths import STATIC_DIR
-from faceprint.service.routers import audit, detect, health, identify, liveness, subjects, verify
+from faceprint.service.routers import audit, clusters, detect, health, identify, liveness, subjects, verify
 from faceprint.service.settings import Settings, SettingsError
 from faceprint.service.store import ServiceStore
 
@@ -41,6 +42,11 @@ log = logging.getLogger("faceprint.service")
 OPENAPI_TAGS = [
     {"name": "recognition", "description": "Detect, verify (1:1) and identify (1:N). Scope `recognize`."},
     {"name": "subjects", "description": "The gallery: subjects and their enrolled faces. Scopes `read`/`enroll`."},
+    {
+        "name": "clusters",
+        "description": "Group the faces of uploaded photos into people; correct and name clusters. Scopes "
+        "`recognize`/`enroll`.",
+    },
     {"name": "audit", "description": "The append-only audit log. Scope `admin`."},
     {"name": "operations", "description": "Health, readiness, metrics and service information."},
 ]
@@ -81,6 +87,7 @@ def create_app(
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.ready = False
+    app.state.clusters = ClusterStore()  # clusterings made over HTTP: in memory, bounded, expiring
     install_error_handlers(app)
     app.add_middleware(
         ServiceMiddleware,
@@ -95,6 +102,7 @@ def create_app(
         verify.router,
         identify.router,
         subjects.router,
+        clusters.router,
         audit.router,
     ):
         app.include_router(router)

@@ -336,6 +336,152 @@ $("subjects-refresh").addEventListener("click", () => loadSubjects(true));
 $("subjects-more").addEventListener("click", () => loadSubjects(false));
 $("subjects-filter").addEventListener("change", () => loadSubjects(true));
 
+// -- clusters ------------------------------------------------------------------------------------------------
+// The server keeps the clustering; every correction answers the new one, which is re-rendered as it comes.
+const clusterState = { data: null, selected: [], face: null };
+const THUMB_PREFIX = "data:image/jpeg;base64,";
+
+function faceImage(face) {
+  const img = document.createElement("img");
+  // Only the server's own JPEG data URIs are shown (the CSP allows data: images); anything else is skipped.
+  if (typeof face.thumbnail === "string" && face.thumbnail.startsWith(THUMB_PREFIX)) img.src = face.thumbnail;
+  img.alt = String(face.photo || "face");
+  img.title = `${face.photo || ""} · ${face.id}`;
+  img.dataset.face = face.id;
+  img.classList.toggle("selected", clusterState.face === face.id);
+  img.addEventListener("click", (event) => {
+    event.stopPropagation();
+    clusterState.face = clusterState.face === face.id ? null : face.id;
+    renderClusters();
+  });
+  return img;
+}
+
+function clusterOf(faceId) {
+  for (const c of clusterState.data.clusters) if (c.faces.some((f) => f.id === faceId)) return c.id;
+  return null;
+}
+
+function renderClusters() {
+  const data = clusterState.data;
+  const list = $("clusters-list");
+  list.replaceChildren();
+  $("clusters-actions").hidden = !data;
+  if (!data) return;
+  const ids = new Set(data.clusters.map((c) => c.id));
+  clusterState.selected = clusterState.selected.filter((id) => ids.has(id));
+  const allFaces = [...data.clusters.flatMap((c) => c.faces), ...data.outliers].map((f) => f.id);
+  if (!allFaces.includes(clusterState.face)) clusterState.face = null;
+  $("clusters-summary").textContent =
+    `${data.photos} photo(s), ${data.faces} face(s): ${data.clusters.length} cluster(s), ` +
+    `${data.outliers.length} unclustered · threshold ${data.threshold} (${data.rule}) · ${data.model}`;
+  for (const c of data.clusters) {  // largest first, as the server orders them
+    const box = el("div", null, "cluster");
+    box.classList.toggle("selected", clusterState.selected.includes(c.id));
+    const title = el("h3", `Cluster ${c.id} · ${c.size} face(s) · cohesion ${Number(c.cohesion).toFixed(3)}`);
+    title.addEventListener("click", () => {
+      const at = clusterState.selected.indexOf(c.id);
+      if (at >= 0) clusterState.selected.splice(at, 1);
+      else clusterState.selected = [...clusterState.selected, c.id].slice(-2);
+      renderClusters();
+    });
+    const grid = el("div", null, "faces");
+    for (const f of c.faces) grid.append(faceImage(f));
+    box.append(title, grid);
+    list.append(box);
+  }
+  if (data.outliers.length) {
+    const box = el("div", null, "cluster");
+    const grid = el("div", null, "faces");
+    for (const f of data.outliers) grid.append(faceImage(f));
+    box.append(el("h3", `Unclustered · ${data.outliers.length} face(s)`), grid);
+    list.append(box);
+  }
+  const sel = clusterState.selected;
+  const faceCluster = clusterState.face ? clusterOf(clusterState.face) : null;
+  $("clusters-selection").textContent =
+    `selected: ${sel.length ? sel.map((id) => `cluster ${id}`).join(" + ") : "no cluster (click a title)"}` +
+    `${clusterState.face ? " · 1 face" : " · no face (click a thumbnail)"}`;
+  $("clusters-merge").disabled = sel.length !== 2;
+  $("clusters-move").disabled = !(clusterState.face && sel.length === 1 && sel[0] !== faceCluster);
+  $("clusters-not").disabled = !(clusterState.face && faceCluster !== null);
+  $("clusters-name-run").disabled = sel.length !== 1;
+}
+
+async function clusterAction(action, body) {
+  showError(null);
+  try {
+    clusterState.data = await api(`/v1/clusters/${encodeURIComponent(clusterState.data.id)}/${action}`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    clusterState.face = null;
+    clusterState.selected = [];
+    renderClusters();
+  } catch (error) {
+    showError(error);
+  }
+}
+
+$("clusters-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError(null);
+  const form = new FormData();
+  for (const file of $("clusters-files").files) form.append("image", file, file.name);
+  addNumber(form, "threshold", $("clusters-threshold"));
+  addNumber(form, "fmr", $("clusters-fmr"));
+  addNumber(form, "min_faces", $("clusters-min"));
+  $("clusters-run").disabled = true;
+  $("clusters-summary").textContent = "clustering…";
+  try {
+    clusterState.data = await api("/v1/clusters", { method: "POST", body: form });
+    clusterState.selected = [];
+    clusterState.face = null;
+    $("clusters-named").replaceChildren();
+  } catch (error) {
+    clusterState.data = null;
+    $("clusters-summary").textContent = "";
+    showError(error);
+  } finally {
+    $("clusters-run").disabled = false;
+    renderClusters();
+  }
+});
+
+$("clusters-merge").addEventListener("click", () => {
+  const [a, b] = clusterState.selected;
+  clusterAction("merge", { a, b });
+});
+$("clusters-move").addEventListener("click", () => {
+  clusterAction("move", { face: clusterState.face, cluster: clusterState.selected[0] });
+});
+$("clusters-not").addEventListener("click", () => {
+  clusterAction("not-this-person", { face: clusterState.face, cluster: clusterOf(clusterState.face) });
+});
+$("clusters-name-run").addEventListener("click", async () => {
+  const subject = $("clusters-name").value.trim();
+  if (!subject) {
+    showError("enter the subject's name first");
+    return;
+  }
+  showError(null);
+  const cluster = clusterState.selected[0];
+  const list = $("clusters-named");
+  try {
+    const report = await api(`/v1/clusters/${encodeURIComponent(clusterState.data.id)}/name`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ cluster, subject }),
+    });
+    list.append(el("li", `cluster ${cluster} → ${report.subject}: ${report.accepted} photo(s) enrolled, ${report.rejected} rejected`, "match"));
+    for (const o of report.images.filter((i) => !i.accepted)) list.append(el("li", `${o.image}: ${o.reasons.join("; ")}`, "muted"));
+  } catch (error) {
+    showError(error);
+    for (const o of (error.body && error.body.images) || []) list.append(el("li", `${o.image}: ${o.reasons.join("; ")}`, "muted"));
+  }
+});
+
 // -- audit ---------------------------------------------------------------------------------------------------
 async function loadAudit() {
   showError(null);
