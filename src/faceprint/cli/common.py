@@ -15,6 +15,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from faceprint.errors import FaceprintError, IncompatibleFaceprints, InvalidImage, NoFaceFound
+from faceprint.image import Image, load_image
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".pgm", ".ppm"}
@@ -94,3 +95,23 @@ def progress_bar(description: str) -> Iterator[Callable[[int, int], None]]:
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+class ReadableImages:
+    """Iterate ``(path, image)`` over ``files`` with a progress bar (for more than one file); a file that is
+    not a readable image is reported on stderr, counted in :attr:`failed`, and skipped."""
+
+    def __init__(self, files: list[Path], description: str) -> None:
+        self.files = files
+        self.description = description
+        self.failed = 0
+
+    def __iter__(self) -> Iterator[tuple[Path, Image]]:
+        for path in progress(self.files, self.description, enabled=len(self.files) > 1):
+            try:
+                image = load_image(path)
+            except InvalidImage as exc:
+                typer.echo(f"error: {exc}", err=True)
+                self.failed += 1
+                continue
+            yield path, image

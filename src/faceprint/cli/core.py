@@ -10,6 +10,7 @@ import typer
 from faceprint.cli import app
 from faceprint.cli.common import (
     EXIT_BAD_INPUT,
+    ReadableImages,
     emit_json,
     expand_images,
     fail,
@@ -105,14 +106,9 @@ def detect(
     """Find faces: boxes, scores and 5 landmarks per face."""
     pipeline = make_pipeline(detector, device)
     files = expand_images(images)
-    results, failed = [], 0
-    for path in progress(files, "detecting", enabled=len(files) > 1):
-        try:
-            img = load_image(path)
-        except InvalidImage as exc:
-            typer.echo(f"error: {exc}", err=True)
-            failed += 1
-            continue
+    results: list[dict] = []
+    readable = ReadableImages(files, "detecting")
+    for path, img in readable:
         faces = pipeline.detect(img)
         results.append({"image": str(path), "faces": [f.to_dict() for f in faces]})
         if annotate is not None:
@@ -126,7 +122,7 @@ def detect(
                 typer.echo(f"  #{i}: box=({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}) score={face.score:.3f}")
     if json_out:
         emit_json(results if len(results) != 1 or len(files) != 1 else results[0])
-    if failed:
+    if readable.failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
@@ -168,14 +164,9 @@ def liveness(
         )
         return
     files = expand_images(images)
-    results, failed = [], 0
-    for path in progress(files, "checking", enabled=len(files) > 1):
-        try:
-            img = load_image(path)
-        except InvalidImage as exc:
-            typer.echo(f"error: {exc}", err=True)
-            failed += 1
-            continue
+    results: list[dict] = []
+    readable = ReadableImages(files, "checking")
+    for path, img in readable:
         faces = pipeline.liveness(img, threshold=policy.threshold, apcer=policy.apcer)
         results.append({"image": str(path), "faces": [f.to_dict() for f in faces]})
         if not json_out:
@@ -186,7 +177,7 @@ def liveness(
                 typer.echo(f"{path}: #{i} box=({x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}) {describe_liveness(face)}")
     if json_out:
         emit_json(results if len(results) != 1 or len(files) != 1 else results[0])
-    if failed:
+    if readable.failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 

@@ -11,6 +11,7 @@ import typer
 from faceprint.cli import app
 from faceprint.cli.common import (
     EXIT_BAD_INPUT,
+    ReadableImages,
     emit_json,
     expand_images,
     fail,
@@ -30,7 +31,6 @@ from faceprint.cli.core import (
     make_pipeline,
     resolve_model,
 )
-from faceprint.errors import InvalidImage
 from faceprint.gallery import (
     DEFAULT_COLLECTION,
     CollectionNotFound,
@@ -302,19 +302,13 @@ def identify(
     policy = liveness_policy(liveness_mode, liveness_threshold)
     files = expand_images(images)
     results = []
-    failed = 0
+    readable = ReadableImages(files, "identifying")
     with _open(gallery, create=False) as store:
         existing = _collection_model(store, collection)
         if existing is None:
             raise fail(f"the gallery has no collection {collection!r}: enroll someone into it first")
         pipeline = make_pipeline(detector, device, resolve_model(model, existing))
-        for path in progress(files, "identifying", enabled=len(files) > 1):
-            try:
-                img = load_image(path)
-            except InvalidImage as exc:
-                typer.echo(f"error: {exc}", err=True)
-                failed += 1
-                continue
+        for path, img in readable:
             prints = pipeline.embed(img)
             checks = _liveness_of(pipeline, img, prints, policy)
             searched = [fp for fp, r in zip(prints, checks, strict=True) if not policy.refuses(r)]
@@ -348,7 +342,7 @@ def identify(
                     typer.echo(line)
     if json_out:
         emit_json(results[0] if len(results) == 1 and len(files) == 1 else results)
-    if failed:
+    if readable.failed:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
