@@ -28,7 +28,7 @@ from faceprint.gallery.embedded.gallery import EmbeddedGallery
 from faceprint.service.settings import FD_RESERVE, Settings, SettingsError, default_max_connections
 from faceprint.service.store import ServiceStore
 from faceprint.types import Faceprint
-from tests.test_service_ui import free_port
+from tests.test_service_ui import free_port, stop_server, wait_until_ready
 
 CLI = [sys.executable, "-c", "from faceprint.cli import app; app()"]
 # The same server on uvicorn's h11 protocol, which it uses when httptools is not installed.
@@ -73,26 +73,10 @@ def running_server(home: Path, env: dict[str, str], cli: list[str] = CLI) -> Ite
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 90
-            while True:
-                if proc.poll() is not None:
-                    pytest.fail(f"faceprint serve exited early:\n{log_path.read_text()}")
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    pytest.fail(f"server not ready in 90 s:\n{log_path.read_text()}")
-                time.sleep(0.2)
+            wait_until_ready(proc, url, log_path, 90)
             yield url, log_path
         finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_server(proc)
 
 
 def _connect(port: int, payload: bytes) -> socket.socket:

@@ -84,26 +84,36 @@ def server(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"faceprint serve exited early:\n{(home / 'server.log').read_text()}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready in 120 s:\n{(home / 'server.log').read_text()}")
-            time.sleep(0.3)
+        wait_until_ready(proc, url, home / "server.log", 120)
         yield url, key
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
         log.close()
+
+
+def wait_until_ready(proc: subprocess.Popen, url: str, log_path: Path, seconds: float) -> None:
+    """Poll ``/readyz`` of a `faceprint serve` subprocess; fail with its log if it exits or is not ready."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"faceprint serve exited early:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"server not ready in {seconds:.0f} s:\n{log_path.read_text()}")
+        time.sleep(0.25)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 @pytest.fixture(scope="module")
