@@ -88,6 +88,74 @@ class Metrics:
             "faceprint_gallery_templates", "Templates in the collection", ["collection"], registry=r
         )
         self.ready = Gauge("faceprint_ready", "1 when models are loaded and the gallery is open", registry=r)
+        # Drift (issue 17): rolling distributions per collection and source against a baseline window.
+        drift_labels = ["collection", "source", "feature"]
+        self.drift_psi = Gauge(
+            "faceprint_drift_psi",
+            "Population stability index of a feature (face size, quality, liveness, best score) against its baseline",
+            drift_labels,
+            registry=r,
+        )
+        self.drift_ks_statistic = Gauge(
+            "faceprint_drift_ks_statistic",
+            "Two-sample Kolmogorov-Smirnov statistic against the baseline",
+            drift_labels,
+            registry=r,
+        )
+        self.drift_ks_pvalue = Gauge(
+            "faceprint_drift_ks_pvalue",
+            "Two-sample Kolmogorov-Smirnov p-value against the baseline",
+            drift_labels,
+            registry=r,
+        )
+        # Shadow and canary models (issue 17): a second embedder on a fraction of requests, never answering.
+        shadow_labels = ["collection", "model", "shadow_model"]
+        self.shadow_requests = Counter(
+            "faceprint_shadow_requests", "Requests also run through the shadow model", shadow_labels, registry=r
+        )
+        self.shadow_decisions = Counter(
+            "faceprint_shadow_decisions",
+            "Shadow decisions by agreement with the serving model's decision (agree|disagree)",
+            [*shadow_labels, "agreement"],
+            registry=r,
+        )
+        self.shadow_score_shift = Histogram(
+            "faceprint_shadow_score_shift",
+            "Shadow best-match score minus serving best-match score",
+            shadow_labels,
+            buckets=(-0.5, -0.2, -0.1, -0.05, -0.02, 0.0, 0.02, 0.05, 0.1, 0.2, 0.5),
+            registry=r,
+        )
+        self.shadow_latency = Histogram(
+            "faceprint_shadow_duration_seconds",
+            "Time the shadow model took per request",
+            shadow_labels,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "faceprint_model_info",
+            "1 for each model serving (role=serving) or shadowing (role=shadow) a collection, with its sha256",
+            ["collection", "model", "sha256", "role"],
+            registry=r,
+        )
+        # Video files and camera streams (issue 16).
+        self.video_frames = Counter(
+            "faceprint_video_frames", "Frames read from video jobs and streams", ["kind"], registry=r
+        )
+        self.video_events = Counter(
+            "faceprint_video_events",
+            "Track events emitted (track_start, identity, track_end)",
+            ["kind", "type"],
+            registry=r,
+        )
+        self.video_tracks = Gauge("faceprint_video_tracks", "Tracks open now", ["kind"], registry=r)
+        self.stream_lag = Gauge(
+            "faceprint_stream_lag_seconds",
+            "How far a camera stream's processing is behind live",
+            ["stream"],
+            registry=r,
+        )
 
     @contextmanager
     def time_stage(self, stage: str) -> Iterator[None]:
