@@ -89,7 +89,7 @@ def test_detector_options_are_checked_as_user_errors() -> None:
 
 # Each package may import only from the layers below it (and itself).
 LAYERS = [
-    {"errors", "types", "image", "quality", "draw"},
+    {"errors", "types", "tracing", "image", "quality", "draw"},
     {"models"},
     {"detect", "align", "embed", "liveness"},
     {"matching"},

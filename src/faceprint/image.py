@@ -22,6 +22,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
 from faceprint.errors import ImageTooLarge, InvalidImage
+from faceprint.tracing import set_attributes, span
 
 #: Default upper bound on decoded pixels (a 12 MP photo is 12e6; 64 MP allows large camera files).
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -129,7 +130,9 @@ def load_image(
             name or repr(type(source).__name__),
             "unsupported input type: give a path, bytes, a binary file object or a NumPy array",
         )
-    pixels, scale, size = decode(data, label, limit, decode_max_pixels)
+    with span("decode", bytes=len(data)):
+        pixels, scale, size = decode(data, label, limit, decode_max_pixels)
+        set_attributes(width=int(pixels.shape[1]), height=int(pixels.shape[0]), scale=scale)
     return Image(pixels, label, hashlib.sha256(data).hexdigest(), scale, size if scale != 1 else None)
 
 

@@ -50,6 +50,7 @@ from faceprint.models.registry import BUILTIN_DEFAULT_EMBEDDER, ModelRegistry
 from faceprint.models.spec import ModelSpec
 from faceprint.models.store import ModelStore
 from faceprint.quality import QualityPolicy, assess
+from faceprint.tracing import set_attributes, span
 from faceprint.types import Detection, Faceprint
 
 __all__ = ["DEFAULT_DETECTOR", "DEFAULT_EMBEDDER", "DETECTORS", "Pipeline", "PipelineConfig"]
@@ -217,7 +218,10 @@ class Pipeline:
     def detect(self, image: ImageSource | Image) -> list[Detection]:
         """All faces in ``image`` with boxes, scores and 5 landmarks, highest score first."""
         img = load_image(image)
-        return self.landmark(img, self.detector.detect(img.pixels))
+        with span("detect", detector=self.detector_name):
+            raw = self.detector.detect(img.pixels)
+            set_attributes(faces=len(raw))
+        return self.landmark(img, raw)
 
     def landmark(self, image: ImageSource | Image, raw: Sequence[RawDetection]) -> list[Detection]:
         """Detections with this pipeline's 5 landmarks for ``((x1, y1, x2, y2), score)`` boxes in the
@@ -226,7 +230,8 @@ class Pipeline:
             return []
         img = load_image(image)
         boxes = np.array([box for box, _ in raw], dtype=np.float64)
-        landmarks = self.landmarker.predict(img.pixels, boxes)
+        with span("landmarks", model=self.landmarker_id, faces=len(raw)):
+            landmarks = self.landmarker.predict(img.pixels, boxes)
         s = float(img.scale)
         return [
             Detection(
@@ -242,6 +247,10 @@ class Pipeline:
         """Aligned chips for the embedder, one per detection (each aligned by its own landmark scheme), cut
         from the image's ``pixels`` (detections, in the photo's frame, are divided by :attr:`Image.scale`)."""
         img = load_image(image)
+        with span("align", faces=len(detections)):
+            return self._chips(img, detections)
+
+    def _chips(self, img: Image, detections: Sequence[Detection]) -> np.ndarray:
         if img.scale != 1:
             inv = np.float32(1.0 / img.scale)
             detections = [replace(d, landmarks=None if d.landmarks is None else d.landmarks * inv) for d in detections]
@@ -270,7 +279,8 @@ class Pipeline:
         if sum(counts) == 0:
             return [[] for _ in items]
         all_chips = np.concatenate([c for c in chip_sets if len(c)], axis=0)
-        vectors = self.embedder.embed_chips(all_chips)
+        with span("embed", model=self.model_id, faces=len(all_chips), images=len(items)):
+            vectors = self.embedder.embed_chips(all_chips)
         out: list[list[Faceprint]] = []
         start = 0
         for (_, dets), chips in zip(items, chip_sets, strict=True):
@@ -319,7 +329,8 @@ class Pipeline:
             return []
         # Models see the decoded pixels: boxes in the photo's frame are divided by the decode's scale.
         boxes = np.array([d.box for d in detections], dtype=np.float64) / float(img.scale)
-        scores = model.scores(img.pixels, boxes)
+        with span("liveness", model=model.model_id, faces=len(detections)):
+            scores = model.scores(img.pixels, boxes)
         return [
             LivenessResult(d.box, float(s), bool(s >= threshold), float(threshold), model.model_id, *rates)
             for d, s in zip(detections, scores, strict=True)

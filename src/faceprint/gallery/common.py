@@ -54,6 +54,7 @@ from faceprint.gallery.model import (
 )
 from faceprint.gallery.scoring import Hit, aggregate, apply_negatives, choose_matches
 from faceprint.matching import Calibration, ThresholdRule, check_one_rule, normalise
+from faceprint.tracing import set_attributes, span
 from faceprint.types import Box, Faceprint
 
 H = TypeVar("H")
@@ -367,7 +368,8 @@ class GalleryBase(ABC, Generic[H]):
             NewTemplate.of(fp, vectors[i], shas[i], None if chips is None else chips[i])  # type: ignore[index]
             for i, fp in enumerate(faceprints)
         ]
-        stored = self._insert_templates(handle, ref, items)
+        with span("gallery.write", backend=self.backend_name, templates=len(items)):
+            stored = self._insert_templates(handle, ref, items)
         if stored is None:
             raise SubjectNotFound(ref, collection)
         return stored
@@ -465,14 +467,16 @@ class GalleryBase(ABC, Generic[H]):
         rule = ThresholdRule.choose(
             coll.model_id, fmr=fmr, fpir=fpir, threshold=threshold, subjects=subjects, calibration=calibration
         )
-        probes = normalise(np.stack([fp.vector for fp in faceprints]))
-        found = self._nearest(handle, coll, probes, neighbours_wanted(top_k))
-        ranked = [
-            apply_negatives(probe, aggregate(hits), found.negatives)
-            for probe, hits in zip(probes, found.hits, strict=True)
-        ]
-        matches = choose_matches(ranked, rule.threshold, one_to_one=one_to_one)
-        ranked, matches = self._named(handle, ranked, matches, top_k)
+        with span("search", backend=self.backend_name, probes=len(faceprints), top_k=top_k):
+            probes = normalise(np.stack([fp.vector for fp in faceprints]))
+            found = self._nearest(handle, coll, probes, neighbours_wanted(top_k))
+            ranked = [
+                apply_negatives(probe, aggregate(hits), found.negatives)
+                for probe, hits in zip(probes, found.hits, strict=True)
+            ]
+            matches = choose_matches(ranked, rule.threshold, one_to_one=one_to_one)
+            ranked, matches = self._named(handle, ranked, matches, top_k)
+            set_attributes(matches=sum(m is not None for m in matches))
         return [
             Identification(
                 tuple(cands[:top_k]),

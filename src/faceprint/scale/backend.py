@@ -17,6 +17,7 @@ import numpy as np
 from faceprint.image import Image
 from faceprint.pipeline import Pipeline
 from faceprint.quality import assess
+from faceprint.tracing import inject, span
 from faceprint.types import Detection, Faceprint
 
 
@@ -48,20 +49,24 @@ class RayBackend:
         """Nothing to release here: the deployments belong to the Serve application."""
 
     def detect(self, image: Image) -> list[Detection]:
-        return list(self._detector.detect.remote(image).result())
+        # The W3C trace context travels with the call: the replica's spans join this request's trace.
+        return list(self._detector.detect.remote(image, inject()).result())
 
     async def embed(self, image: Image, detections: Sequence[Detection]) -> list[Faceprint]:
         if not detections:
             return []
         chips = await asyncio.to_thread(self._pipeline.chips, image, detections)
-        vectors = await self._embedder.embed.remote(chips)
+        with span("embed", faces=len(detections), remote=True):  # batched across requests by the replica
+            vectors = await self._embedder.embed.remote(chips)
         return await asyncio.to_thread(self._assemble, detections, chips, vectors)
 
     def embed_sync(self, image: Image, detections: Sequence[Detection]) -> list[Faceprint]:
         if not detections:
             return []
         chips = self._pipeline.chips(image, detections)
-        return self._assemble(detections, chips, self._embedder.embed.remote(chips).result())
+        with span("embed", faces=len(detections), remote=True):
+            vectors = self._embedder.embed.remote(chips).result()
+        return self._assemble(detections, chips, vectors)
 
     def _assemble(self, detections: Sequence[Detection], chips: np.ndarray, vectors: np.ndarray) -> list[Faceprint]:
         """Faceprints as :meth:`Pipeline.embed_batch` makes them: vector, detection, quality."""

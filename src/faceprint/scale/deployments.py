@@ -15,6 +15,7 @@ from ray import serve
 
 from faceprint.image import Image
 from faceprint.pipeline import Pipeline, PipelineConfig
+from faceprint.tracing import configure_from_env, enabled, extract, resume
 from faceprint.types import Detection
 
 DETECTOR_NAME = "FaceDetector"
@@ -23,17 +24,22 @@ EMBEDDER_NAME = "FaceEmbedder"
 
 @serve.deployment(name=DETECTOR_NAME)
 class FaceDetector:
-    """``detect(image) -> [Detection]`` (boxes, scores, 5 landmarks), the detector of ``Pipeline.detect``."""
+    """``detect(image, trace) -> [Detection]`` (boxes, scores, 5 landmarks), the detector of
+    ``Pipeline.detect``; its detect and landmarks spans join the caller's trace."""
 
     def __init__(self, config: PipelineConfig) -> None:
+        if not enabled():  # a replica exports its own spans where the service's environment asks for it
+            configure_from_env("faceprint-ray")
         # The whole profile, not just the detector: the embedder decides which landmarks the chips need.
         self.pipeline = Pipeline(config)
         # Load now: a replica counts as started (and autoscaling as done) only once it can answer.
         self.pipeline.detect(np.full((160, 160, 3), 128, dtype=np.uint8))
         _ = self.pipeline.landmarker
 
-    def detect(self, image: Image) -> list[Detection]:
-        return self.pipeline.detect(image)
+    def detect(self, image: Image, trace: dict[str, str] | None = None) -> list[Detection]:
+        """``trace``: the caller's W3C trace context (:func:`faceprint.tracing.inject`), continued here."""
+        with resume(extract(trace)):
+            return self.pipeline.detect(image)
 
     def info(self) -> dict[str, object]:
         return {"detector": self.pipeline.detector_name, "landmarks": self.pipeline.landmarker_id}

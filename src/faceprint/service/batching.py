@@ -33,10 +33,12 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 from faceprint.image import Image
 from faceprint.pipeline import Pipeline
 from faceprint.service.metrics import Metrics
+from faceprint.tracing import current, resume
 from faceprint.types import Detection, Faceprint
 
 log = logging.getLogger("faceprint.service")
@@ -48,6 +50,7 @@ class _Job:
     detections: list[Detection]
     future: Future[list[Faceprint]]
     submitted: float = field(default_factory=time.monotonic)
+    trace: Any = field(default_factory=current)  # the submitting request's trace context (None: tracing off)
 
 
 _STOP = object()
@@ -214,7 +217,9 @@ class EmbedBatcher:
             return
         start = time.perf_counter()
         try:
-            results = self.pipeline.embed_batch([(job.image, job.detections) for job in live])
+            # The batch's spans (align, embed) join the trace of its first request.
+            with resume(live[0].trace):
+                results = self.pipeline.embed_batch([(job.image, job.detections) for job in live])
         except BaseException as exc:  # hand the error to every waiting request; the thread lives on
             log.warning("embedding batch of %d image(s) failed: %s", len(live), exc)
             for job in live:

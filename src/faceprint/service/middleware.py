@@ -1,5 +1,6 @@
-"""One pure-ASGI middleware for what every request needs: a request id, the upload limit, metrics, an
-access-log line, a problem+json 500 (with the request id) if a bug escapes a route, and the scope of the
+"""One pure-ASGI middleware for what every request needs: a request id, the upload limit, metrics, a trace
+span (continuing the caller's W3C ``traceparent``; see :mod:`faceprint.tracing`), an access-log line, a
+problem+json 500 (with the request id) if a bug escapes a route, and the scope of the
 request's admission to the CPU workers (released when the request ends, however it ends)."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from faceprint.service.admission import early_refusal, request_scope
 from faceprint.service.errors import _TITLES, PROBLEM_JSON, ApiError
 from faceprint.service.metrics import Metrics
+from faceprint.tracing import mark_error, server_span
 
 log = logging.getLogger("faceprint.service")
 access_log = logging.getLogger("faceprint.service.access")
@@ -65,6 +67,14 @@ class ServiceMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         incoming = headers.get("x-request-id", "")
         request_id = incoming if self.trust_request_id and _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        method = scope.get("method", "")
+        # Named by the route template once routed (never the raw path: it can hold a subject's name).
+        with server_span(method, headers, **{"http.request.method": method, "faceprint.request_id": request_id}) as sp:
+            await self._serve(scope, receive, send, headers, request_id, sp)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str], request_id: str, sp: Any
+    ) -> None:
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
         start = time.perf_counter()
@@ -131,6 +141,10 @@ class ServiceMiddleware:
                 or ("/static" if scope["path"].startswith("/static") else "unmatched")
             )
             method = scope.get("method", "")
+            if sp is not None:
+                sp.update_name(f"{method} {template}")
+                sp.set_attribute("http.route", template)
+                mark_error(sp, status["code"])
             self.metrics.requests.labels(template, method, str(status["code"])).inc()
             self.metrics.latency.labels(template, method).observe(elapsed)
             # A matched route is logged by its template: the raw path can hold a subject's name (GDPR).
