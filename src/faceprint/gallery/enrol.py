@@ -97,10 +97,13 @@ class EnrolReport:
         }
 
 
+NO_FACE = "no face found"  # the reason of a photo without a face
+
+
 def pick_face(detections: Sequence[Detection]) -> tuple[Detection | None, str | None]:
     """The one face to enrol from a photo, or the reason there is none."""
     if not detections:
-        return None, "no face found"
+        return None, NO_FACE
     ranked = sorted(detections, key=lambda d: d.area, reverse=True)
     if len(ranked) > 1 and ranked[0].area < DOMINANT_FACE_RATIO * ranked[1].area:
         return None, f"{len(ranked)} faces of similar size: use a photo where the person is alone or dominant"
@@ -199,7 +202,7 @@ def _one_image(
     detections = pipeline.detect(img)
     face, reason = pick_face(detections)
     if face is None:
-        return ImageOutcome(label, False, (reason or "no face found",), faces=len(detections))
+        return ImageOutcome(label, False, (reason or NO_FACE,), faces=len(detections))
     checked: LivenessResult | None = None
     if liveness is not None and liveness.checks:
         (checked,) = pipeline.liveness(img, [face], threshold=liveness.threshold, apcer=liveness.apcer)

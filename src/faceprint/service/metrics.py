@@ -71,8 +71,8 @@ class Metrics:
         )
         self.decisions = Counter(
             "faceprint_decisions",
-            "Verification and identification decisions",
-            ["action", "decision"],
+            "Verification and identification decisions, per collection (the SLIs' match and no-match rates)",
+            ["action", "decision", "collection"],
             registry=r,
         )
         self.liveness = Counter(
@@ -138,6 +138,22 @@ class Metrics:
             "1 for each model serving (role=serving) or shadowing (role=shadow) a collection, with its sha256",
             ["collection", "model", "sha256", "role"],
             registry=r,
+        )
+        # SLIs (issue 17): no-face and enrolment rejection rates per collection, and whether the gallery answers.
+        self.photos = Counter(
+            "faceprint_photos",
+            "Photos searched for faces by identify, verify and enrolment, by whether a face was found (face|no_face)",
+            ["action", "collection", "outcome"],
+            registry=r,
+        )
+        self.enrolment_photos = Counter(
+            "faceprint_enrolment_photos",
+            "Enrolment photos by outcome (accepted|rejected: no face, quality, liveness, unreadable)",
+            ["collection", "outcome"],
+            registry=r,
+        )
+        self.gallery_up = Gauge(
+            "faceprint_gallery_up", "1 when the gallery answered the last /metrics scrape, 0 when it failed", registry=r
         )
         # Video files and camera streams (issue 16).
         self.video_frames = Counter(

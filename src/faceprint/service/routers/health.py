@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from anyio import to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -14,6 +16,7 @@ from faceprint.service.errors import ApiError
 from faceprint.service.paths import STATIC_DIR
 
 router = APIRouter()
+log = logging.getLogger("faceprint.service")
 
 
 @router.get("/healthz", tags=["operations"], summary="The process is up")
@@ -56,10 +59,16 @@ async def metrics(request: Request) -> Response:
         if not principal.allows("read"):
             raise ApiError(403, "forbidden", "metrics need a key with the 'read' scope", required_scope="read")
     if getattr(state, "ready", False):
-        for coll in await to_thread.run_sync(state.gallery.list_collections):
-            stats = await to_thread.run_sync(state.gallery.stats, coll.name)
-            state.metrics.gallery_subjects.labels(coll.name).set(stats.subjects)
-            state.metrics.gallery_templates.labels(coll.name).set(stats.templates)
+        try:
+            for coll in await to_thread.run_sync(state.gallery.list_collections):
+                stats = await to_thread.run_sync(state.gallery.stats, coll.name)
+                state.metrics.gallery_subjects.labels(coll.name).set(stats.subjects)
+                state.metrics.gallery_templates.labels(coll.name).set(stats.templates)
+        except Exception:  # the scrape still answers: faceprint_gallery_up 0 is what alerts
+            log.exception("reading the gallery for /metrics failed")
+            state.metrics.gallery_up.set(0)
+        else:
+            state.metrics.gallery_up.set(1)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -74,10 +74,11 @@ async def identify(request: Request, principal: Recognize) -> dict[str, object]:
         "fpir": answers[0].fpir if answers else params.fpir,
     }
     matched = [a.match for a in answers if a.match is not None]
+    svc.metrics.photos.labels("identify", collection, "face" if detections else "no_face").inc()
     for a in answers:
-        svc.metrics.decisions.labels("identify", "match" if a.match else "no_match").inc()
+        svc.metrics.decisions.labels("identify", "match" if a.match else "no_match", collection).inc()
     for _ in range(len(faces) - len(answers)):
-        svc.metrics.decisions.labels("identify", "not_live").inc()
+        svc.metrics.decisions.labels("identify", "not_live", collection).inc()
     await record(
         request,
         principal,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from faceprint.errors import InvalidImage
 from faceprint.gallery import UNSET, Consent, EnrolReport, Gallery, ImageOutcome, Subject, enrol_images
+from faceprint.gallery.enrol import NO_FACE
 from faceprint.image import Image
 from faceprint.liveness import LivenessPolicy
 from faceprint.service.auth import Enroll, Read
@@ -245,6 +246,10 @@ async def enrol_faces(
     pipeline = BatchedPipeline(engine.pipeline, engine.backend, liveness=svc.engines.default.pipeline)
     outcomes = await inf.compute("enrol", _enrol, inf, svc.gallery, pipeline, subject.id, uploads, coll, policy)
     svc.count_liveness("enrol", [o.liveness for o in outcomes])
+    for o in outcomes:
+        svc.metrics.enrolment_photos.labels(coll, "accepted" if o.accepted else "rejected").inc()
+        if o.accepted or o.faces or NO_FACE in o.reasons:  # a decoded photo (not an unreadable one)
+            svc.metrics.photos.labels("enrol", coll, "face" if o.faces else "no_face").inc()
     report = EnrolReport(subject, tuple(outcomes))
     out = report.to_dict()
     accepted = [o.template_id for o in report.accepted]

@@ -73,6 +73,12 @@ async def verify(request: Request, principal: Recognize) -> dict[str, object]:
         *(_largest_checked(inf, engine, parsed.images[f][0], live_pipeline, policy) for f in fields),
         return_exceptions=True,
     )
+    collection = svc.collection(params.collection)
+    for result in results:
+        if isinstance(result, NoFaceFound):
+            svc.metrics.photos.labels("verify", collection, "no_face").inc()
+        elif not isinstance(result, BaseException):
+            svc.metrics.photos.labels("verify", collection, "face").inc()
     for field, result in zip(fields, results, strict=True):
         if isinstance(result, NoFaceFound):
             raise ApiError(422, "no_face", f"{field}: no face found", field=field)
@@ -85,7 +91,7 @@ async def verify(request: Request, principal: Recognize) -> dict[str, object]:
     audit_liveness = {f: None if r is None else {"live": r.live, "score": round(r.score, 6)} for f, r in checks.items()}
     if fa is None or fb is None:  # require: an attack is refused, nothing is compared
         reasons = [f"{f}: {attack_reason(r)}" for f, r in checks.items() if r is not None and policy.refuses(r)]
-        svc.metrics.decisions.labels("verify", "not_live").inc()
+        svc.metrics.decisions.labels("verify", "not_live", collection).inc()
         await record(
             request,
             principal,
@@ -99,7 +105,7 @@ async def verify(request: Request, principal: Recognize) -> dict[str, object]:
     out = Verification(decision, fa, fb, na, nb).to_dict()
     if policy.checks:
         out["liveness"] = liveness
-    svc.metrics.decisions.labels("verify", "same" if decision.same_person else "different").inc()
+    svc.metrics.decisions.labels("verify", "same" if decision.same_person else "different", collection).inc()
     detail: dict[str, object] = {"rule": decision.rule, "fmr": decision.fmr, "fpir": decision.fpir}
     if policy.checks:
         detail["liveness"] = audit_liveness
