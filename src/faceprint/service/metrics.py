@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STAGES = ("decode", "detect", "liveness", "embed", "search", "enrol")
@@ -155,6 +155,8 @@ class Metrics:
         self.gallery_up = Gauge(
             "faceprint_gallery_up", "1 when the gallery answered the last /metrics scrape, 0 when it failed", registry=r
         )
+        # CPU seconds and memory of this process (process_cpu_seconds_total: the cost per 1,000 requests).
+        ProcessCollector(registry=r)
         # Video files and camera streams (issue 16).
         self.video_frames = Counter(
             "faceprint_video_frames", "Frames read from video jobs and streams", ["kind"], registry=r
