@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import socket
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pytest
 from faceprint.scale.settings import DeploymentScaling, RaySettings
 from faceprint.service.settings import Settings, SettingsError
 from tests.conftest import GROUPS, IDENTITIES
+from tests.test_tracing import TRACE_ID, TRACEPARENT, OtlpReceiver
 
 ray = pytest.importorskip("ray", reason="Ray Serve tests need the [ray] extra: pip install 'ray[serve]'")
 
@@ -38,6 +40,7 @@ class Served:
     url: str
     headers: dict[str, str]
     ray_settings: RaySettings
+    traces: OtlpReceiver
 
 
 def _free_port() -> int:
@@ -55,6 +58,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterato
     home = tmp_path_factory.mktemp("ray-home")
     mp = pytest.MonkeyPatch()
     mp.setenv("FACEPRINT_KEY", secrets.token_hex(32))  # before ray.init: the replicas inherit it
+    traces = OtlpReceiver()  # every replica (HTTP ingress, detector) exports its spans here
+    mp.setenv("FACEPRINT_OTEL_ENDPOINT", traces.url)
+    mp.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
     settings = Settings(home=home, gallery=home / "gallery", service_db=home / "service.sqlite3", detector="hog")
     _, key = KeyStore(ServiceStore(settings.service_db)).create(["admin"], "ray-test")
     # Fixed replica counts that fit 2 CPUs: detector 1, embedder 0.5, HTTP ingress 0.5.
@@ -69,9 +75,10 @@ def served(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterato
     port = _free_port()
     try:
         deploy(settings, rs, host="127.0.0.1", port=port)
-        yield Served(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}, rs)
+        yield Served(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}, rs, traces)
     finally:
         undeploy(rs, shutdown_ray=True)
+        traces.close()
         mp.undo()
 
 
@@ -98,6 +105,25 @@ def test_detect_round_trip_matches_the_in_process_pipeline(served: Served, hog_p
     for remote, mine in zip(faces, local, strict=True):
         np.testing.assert_allclose(remote["box"], mine.box, atol=0.01)
         assert remote["quality"]["score"] is not None
+
+
+def test_the_trace_crosses_the_deployment_handles(served: Served) -> None:
+    """The caller's traceparent reaches the HTTP ingress replica, which hands it to the detector replica: both
+    export spans of the same trace (service names faceprint and faceprint-ray) to the OTLP endpoint."""
+    r = httpx.post(
+        served.url + "/v1/detect",
+        files={"image": ("ada.jpg", ADA_PROBE.read_bytes(), "image/jpeg")},
+        headers={**served.headers, "traceparent": TRACEPARENT},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 30
+    names: set[str] = set()
+    while time.monotonic() < deadline and not names >= {"POST /v1/detect", "detect", "landmarks"}:
+        names = {name for trace_id, name, _ in served.traces.spans if trace_id == TRACE_ID}
+        time.sleep(0.2)
+    assert names >= {"POST /v1/detect", "detect", "landmarks"}, names
+    assert served.traces.services >= {"faceprint", "faceprint-ray"}
 
 
 def test_enrol_identify_and_verify_round_trips(served: Served, hog_pipeline, tmp_path: Path) -> None:
