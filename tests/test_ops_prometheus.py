@@ -30,8 +30,11 @@ import numpy as np
 import promql_parser
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 
+from faceprint.service.app import create_app
+from faceprint.service.settings import Settings
 from tests.conftest import IDENTITIES
 from tests.test_service_ui import free_port, stop_server, wait_until_ready
 
@@ -149,6 +152,25 @@ def test_every_alert_has_a_runbook_section() -> None:
             assert part in section, f"the runbook of {name} lacks {part}"
 
 
+# -- the signals the failure-mode alerts use --------------------------------------------------------------------
+def test_a_gallery_that_cannot_be_read_is_reported_not_a_failed_scrape(
+    tmp_path: Path, hog_pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FaceprintGalleryUnavailable fires on faceprint_gallery_up 0: /metrics must still answer when the gallery
+    fails (here: closed under the running service), or the alert would be FaceprintDown instead."""
+    monkeypatch.setenv("FACEPRINT_KEY", secrets.token_hex(32))
+    settings = Settings(
+        home=tmp_path, gallery=tmp_path / "g", service_db=tmp_path / "s.sqlite3", detector="hog", metrics_public=True
+    )
+    app = create_app(settings, pipeline=hog_pipeline)
+    with TestClient(app) as client:
+        assert "faceprint_gallery_up 1.0" in client.get("/metrics").text.splitlines()
+        app.state.gallery.close()
+        scrape = client.get("/metrics")
+        assert scrape.status_code == 200 and "faceprint_gallery_up 0.0" in scrape.text.splitlines()
+        assert "faceprint_ready 1.0" in scrape.text.splitlines()  # so GalleryUnavailable, not ModelNotReady
+
+
 # -- a real Prometheus scraping a real faceprint serve ------------------------------------------------------------
 def _no_face_jpeg() -> bytes:
     y, x = np.mgrid[0:240, 0:320]
@@ -163,8 +185,9 @@ def _photo(path: Path) -> tuple[str, bytes, str]:
 
 
 class Stack:
-    def __init__(self, server: str, key: str, prometheus: str, metrics_text: str) -> None:
+    def __init__(self, server: str, key: str, prometheus: str, metrics_text: str, subject: str) -> None:
         self.server = server
+        self.subject = subject
         self.auth = {"Authorization": f"Bearer {key}"}
         self.prometheus = prometheus
         self.metrics_text = metrics_text
@@ -194,6 +217,12 @@ class Stack:
             timeout=60,
         )
         assert same.status_code == 200 and same.json()["same_person"] is True
+        refused = httpx.post(
+            f"{self.server}/v1/subjects/{self.subject}/faces",
+            files={"image": ("scene.jpg", _no_face_jpeg(), "image/jpeg")},
+            headers=self.auth,
+        )
+        assert refused.status_code == 422 and refused.json()["code"] == "no_usable_face"
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +299,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Iterator
         )
         assert enrolled.status_code == 201, enrolled.text
         metrics_text = httpx.get(f"{server}/metrics", headers=auth).text
-        yield Stack(server, key, prometheus, metrics_text)
+        yield Stack(server, key, prometheus, metrics_text, subject["id"])
     finally:
         prom.terminate()
         stop_server(proc)
@@ -303,6 +332,9 @@ def test_prometheus_evaluates_the_recording_rules_on_a_real_server(stack: Stack)
         'collection:faceprint_verify_same:ratio_rate5m{collection="default"}': lambda v: v == 1,
         'collection:faceprint_no_face:ratio_rate5m{collection="default",action="identify"}': lambda v: 0 < v < 1,
         'collection:faceprint_decisions:rate5m{decision="match"}': lambda v: v > 0,
+        'collection:faceprint_enrolment_rejected:ratio_rate5m{collection="default"}': lambda v: v == 1,
+        'collection:faceprint_no_face:ratio_rate5m{collection="default",action="enrol"}': lambda v: v == 1,
+        'collection:faceprint_no_face:ratio_rate5m{collection="default",action="verify"}': lambda v: v == 0,
         "faceprint:cpu_seconds_per_request:ratio_rate1h": lambda v: v > 0,
         "faceprint:cost_per_1k_requests:ratio_rate1h": lambda v: v > 0,
         "faceprint:embed_batch_faces:mean_5m": lambda v: v >= 1,
