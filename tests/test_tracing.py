@@ -28,7 +28,7 @@ from opentelemetry.trace import SpanKind
 
 from faceprint import tracing
 from faceprint.image import load_image
-from faceprint.pipeline import PipelineConfig
+from faceprint.pipeline import Pipeline, PipelineConfig
 from faceprint.scale.deployments import FaceDetector
 from faceprint.service.app import create_app
 from faceprint.service.settings import Settings
@@ -116,6 +116,35 @@ def test_identify_request_has_a_span_for_every_stage(
     assert next(s for s in ours if s.name == "search").attributes["matches"] == 1
     for s in spans:
         _assert_no_payloads(dict(s.attributes or {}))
+
+
+def test_liveness_check_has_its_span(
+    memory_spans: InMemorySpanExporter, tmp_path: Path, faceplugin_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the faceplugin pack's liveness model, identify ?liveness=flag adds a liveness span to the request."""
+    monkeypatch.setenv("FACEPRINT_KEY", secrets.token_hex(32))
+    monkeypatch.setenv("FACEPRINT_MODEL_DIR", str(faceplugin_store))
+    settings = Settings(
+        home=tmp_path,
+        gallery=tmp_path / "g",
+        service_db=tmp_path / "s.sqlite3",
+        detector="hog",
+        auth=False,
+    )
+    app = create_app(settings, pipeline=Pipeline(detector="hog", model_dir=faceplugin_store))
+    with TestClient(app) as client:
+        memory_spans.clear()
+        answer = client.post(
+            "/v1/identify",
+            files={"image": _photo(PROBE)},
+            data={"liveness": "flag"},
+            headers={"traceparent": TRACEPARENT},
+        )
+        assert answer.status_code == 200 and "liveness" in answer.json()["faces"][0], answer.text
+    ours = [s for s in memory_spans.get_finished_spans() if format(s.context.trace_id, "032x") == TRACE_ID]
+    assert {s.name for s in ours} >= STAGES | {"liveness"}
+    liveness = next(s for s in ours if s.name == "liveness")
+    assert liveness.attributes["faces"] == 1 and liveness.attributes["model"] == "faceplugin-liveness"
 
 
 def test_enrolment_traces_the_gallery_write(
