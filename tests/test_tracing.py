@@ -74,6 +74,8 @@ def test_off_by_default_a_shared_no_op() -> None:
     assert tracing.endpoint_from_env({"FACEPRINT_OTEL_ENDPOINT": "http://c:4318"}) == "http://c:4318/v1/traces"
     assert tracing.endpoint_from_env({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}) == "http://c:4318/v1/traces"
     assert tracing.endpoint_from_env({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c/t"}) == "http://c/t"
+    with pytest.raises(ValueError, match="FACEPRINT_OTEL_ENDPOINT: expected"):
+        tracing.endpoint_from_env({"FACEPRINT_OTEL_ENDPOINT": "collector:4318"})
 
 
 def test_identify_request_has_a_span_for_every_stage(

@@ -61,20 +61,21 @@ def set_attributes(**attributes: str | int | float | bool) -> None:
 
 def endpoint_from_env(env: Mapping[str, str] | None = None) -> str | None:
     """The OTLP/HTTP traces URL the environment asks for, or ``None`` (tracing off). A base URL (from
-    ``FACEPRINT_OTEL_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``) gets ``/v1/traces`` appended."""
+    ``FACEPRINT_OTEL_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT``) gets ``/v1/traces`` appended.
+    :class:`ValueError` for a value that is not an http(s) URL."""
     env = os.environ if env is None else env
     for var in ENDPOINT_VARS:
         value = env.get(var, "").strip()
         if value:
+            if not value.startswith(("http://", "https://")):
+                raise ValueError(f"{var}: expected the collector's http:// or https:// URL, got {value!r}")
             if var == "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" or value.rstrip("/").endswith("/v1/traces"):
                 return value
             return value.rstrip("/") + "/v1/traces"
     return None
 
 
-def configure(
-    processor: Any = None, *, endpoint: str | None = None, service_name: str = "faceprint"
-) -> None:  # fmt: skip
+def configure(processor: Any = None, *, endpoint: str | None = None, service_name: str = "faceprint") -> None:
     """Turn tracing on: spans go to ``processor`` (an OpenTelemetry ``SpanProcessor``), else to an OTLP/HTTP
     exporter at ``endpoint`` (batched). Replaces an earlier configuration (its spans are flushed first)."""
     global _tracer, _provider, _otel

@@ -36,7 +36,7 @@ from faceprint.service.paths import STATIC_DIR
 from faceprint.service.routers import audit, clusters, detect, health, identify, liveness, subjects, verify
 from faceprint.service.settings import Settings, SettingsError
 from faceprint.service.store import ServiceStore
-from faceprint.tracing import configure_from_env, enabled
+from faceprint.tracing import TracingUnavailable, configure_from_env, enabled
 from faceprint.tracing import shutdown as shutdown_tracing
 
 log = logging.getLogger("faceprint.service")
@@ -124,7 +124,10 @@ def _start(
     app: FastAPI, settings: Settings, pipeline: Pipeline | None, backend: InferenceBackend | None, metrics: Metrics
 ) -> None:
     # Traces over OTLP when FACEPRINT_OTEL_ENDPOINT (or OTEL_EXPORTER_OTLP_*) is set; a caller's own set-up wins.
-    app.state.owns_tracing = not enabled() and configure_from_env() is not None
+    try:
+        app.state.owns_tracing = not enabled() and configure_from_env() is not None
+    except (TracingUnavailable, ValueError) as exc:
+        raise SettingsError(str(exc)) from None
     store = ServiceStore(settings.service_db)
     app.state.store = store
     app.state.keys = KeyStore(store)
