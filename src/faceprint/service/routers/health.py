@@ -11,6 +11,7 @@ from starlette.types import Scope
 from faceprint import __version__
 from faceprint.service.auth import authenticate_request
 from faceprint.service.errors import ApiError
+from faceprint.service.monitoring import export_model_info
 from faceprint.service.paths import STATIC_DIR
 
 router = APIRouter()
@@ -56,10 +57,14 @@ async def metrics(request: Request) -> Response:
         if not principal.allows("read"):
             raise ApiError(403, "forbidden", "metrics need a key with the 'read' scope", required_scope="read")
     if getattr(state, "ready", False):
-        for coll in await to_thread.run_sync(state.gallery.list_collections):
+        collections = await to_thread.run_sync(state.gallery.list_collections)
+        for coll in collections:
             stats = await to_thread.run_sync(state.gallery.stats, coll.name)
             state.metrics.gallery_subjects.labels(coll.name).set(stats.subjects)
             state.metrics.gallery_templates.labels(coll.name).set(stats.templates)
+        shadow = state.settings.shadow
+        await to_thread.run_sync(export_model_info, state.metrics, collections, state.engines, state.serving, shadow)
+        await to_thread.run_sync(state.drift.export, state.metrics)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
