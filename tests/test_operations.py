@@ -159,6 +159,8 @@ def test_drift_shadow_and_canary(ops: dict) -> None:
     assert row["agreement"] == pytest.approx(decisions.get("agree", 0) / requests, abs=1e-3)
     assert row["shadow_seconds_p50"] > 0
     print(f"shadow: {json.dumps(row)}")
+    text_report = cli(ops["env"], "canary", "report").stdout
+    assert f"| default | dlib-resnet-v1 | {SHADOW} | {requests} |" in text_report
 
     # Every decision is traced to its model version.
     audit = json.loads(cli(ops["env"], "audit", "--action", "identify", "--limit", "1", "--json").stdout)
@@ -190,7 +192,8 @@ def test_drift_shadow_and_canary(ops: dict) -> None:
     assert "smaller" in out and "sharpness down" in out and "a camera moved or lost focus" in out
     assert "base #" in out and "now =" in out  # the histograms
     print(out)
-    data = json.loads(cli(ops["env"], "drift", "--json").stdout)
+    assert "not enough data to compare" in cli(ops["env"], "drift", "--source", "cam1", "--since", "0s").stdout
+    data = json.loads(cli(ops["env"], "drift", "--json", "--since", "1h").stdout)
     cam1 = next(d for d in data if d["source"] == "cam1")
     size = next(f for f in cam1["features"] if f["feature"] == "face_size")
     assert size["change"] == pytest.approx(-0.5, abs=0.1) and size["drifted"]

@@ -3,9 +3,10 @@
 A collection ``people`` served by model A gets a *shadow copy* ``people@B`` (:func:`shadow_collection`):
 the same subjects enrolled again with model B (``faceprint enroll --collection people@B --model B``).
 ``faceprint serve --shadow B`` then runs a fraction of identify requests (``--shadow-fraction``) through B
-on that copy, after the answer is sent and never changing it, and records whether B's decision agrees with
-A's, the shift of the best score and B's time: in Prometheus (``faceprint_shadow_*``) and, as numbers only,
-in the service database's ``shadow_log`` table that ``faceprint canary report`` summarises.
+on that copy, in a background task started once A's answer is made (never waited for, never changing it),
+and records whether B's decision agrees with A's, the shift of the best score (over each model's own
+threshold) and B's time: in Prometheus (``faceprint_shadow_*``) and, as numbers only, in the service
+database's ``shadow_log`` table that ``faceprint canary report`` summarises.
 
 ``faceprint canary promote people --model B`` makes ``people@B`` answer for ``people`` (one row of the
 ``serving`` table, written in the same transaction as its audit row, which names both model versions by the
@@ -197,9 +198,12 @@ def matched_names(answers: Sequence[Identification]) -> list[str]:
     return sorted(a.match.subject for a in answers if a.match is not None)
 
 
-def best_score(answers: Sequence[Identification]) -> float | None:
-    scores = [a.candidates[0].score for a in answers if a.candidates]
-    return max(scores) if scores else None
+def best_margin(answers: Sequence[Identification]) -> float | None:
+    """The best candidate's score above its answer's threshold (negative: below). Two models' raw cosine
+    scores live on different scales (dlib's genuine pairs score about 0.95, faceplugin-mbf's about 0.5); their
+    margins over each model's own threshold for the same FMR compare."""
+    margins = [a.candidates[0].score - a.threshold for a in answers if a.candidates]
+    return max(margins) if margins else None
 
 
 class Shadow:
@@ -317,7 +321,7 @@ class Shadow:
             else []
         )
         seconds = time.perf_counter() - started
-        before, after = best_score(answers), best_score(shadow_answers)
+        before, after = best_margin(answers), best_margin(shadow_answers)
         shift = None if before is None or after is None else float(np.float64(after) - before)
         agree = matched_names(answers) == matched_names(shadow_answers)
         return ShadowOutcome(collection, model, shadow_model, agree, shift, seconds)
