@@ -132,6 +132,9 @@ def test_drift_shadow_and_canary(ops: dict) -> None:
     assert psi["face_size"] > 1.0 and pvalue["face_size"] < 0.01  # faces half the size
     assert psi["sharpness"] > 1.0 and pvalue["sharpness"] < 0.01  # and blurred
     print(f"\ndrift PSI cam1: { {k: round(v, 2) for k, v in psi.items()} }")
+    live = httpx.get(f"{ops['url']}/v1/drift", params={"source": "cam1"}, headers=ops["auth"], timeout=60).json()
+    (cam1,) = live["items"]
+    assert live["window"] == 20 and cam1["summary"].endswith("a camera moved or lost focus")
 
     # -- the shadow: every identify request (fraction 1), off the answer's path ------------------------------
     requests = 2 * len(PHOTOS)

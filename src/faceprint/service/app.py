@@ -36,7 +36,7 @@ from faceprint.service.metrics import Metrics
 from faceprint.service.middleware import ServiceMiddleware
 from faceprint.service.monitoring import DriftRecorder
 from faceprint.service.paths import STATIC_DIR
-from faceprint.service.routers import audit, clusters, detect, health, identify, liveness, subjects, verify
+from faceprint.service.routers import audit, clusters, detect, drift, health, identify, liveness, subjects, verify
 from faceprint.service.settings import Settings, SettingsError
 from faceprint.service.store import ServiceStore
 
@@ -109,6 +109,7 @@ def create_app(
         subjects.router,
         clusters.router,
         audit.router,
+        drift.router,
     ):
         app.include_router(router)
     app.mount("/static", health.UiStaticFiles(directory=STATIC_DIR), name="static")
