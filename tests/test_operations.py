@@ -168,6 +168,8 @@ def test_drift_shadow_and_canary(ops: dict) -> None:
     # Every decision is traced to its model version.
     audit = json.loads(cli(ops["env"], "audit", "--action", "identify", "--limit", "1", "--json").stdout)
     assert audit[0]["model_id"] == "dlib-resnet-v1" and audit[0]["model_sha256"] == sha["dlib-resnet-v1"]
+    shown = cli(ops["env"], "audit", "--action", "identify", "--limit", "1").stdout
+    assert f"model=dlib-resnet-v1@{sha['dlib-resnet-v1'][:12]}" in shown
 
     # -- promote, then roll back: one step each, audited with both versions ----------------------------------
     promoted = json.loads(cli(ops["env"], "canary", "promote", "default", "--model", SHADOW, "--json").stdout)

@@ -216,5 +216,13 @@ def audit(
         typer.echo(
             f"{e.at}  {e.action:<15} {e.status}  key={e.key_id or '-'}  subjects={','.join(e.subject_ids) or '-'}"
             f"  scores={scores or '-'}  threshold={e.threshold if e.threshold is not None else '-'}"
-            f"  decision={e.decision or '-'}  request={e.request_id}"
+            f"  decision={e.decision or '-'}  model={_model_version(e.model_id, e.model_sha256)}"
+            f"  request={e.request_id}"
         )
+
+
+def _model_version(model_id: str | None, sha256: str | None) -> str:
+    """``dlib-resnet-v1@55533b28a958``: the model and the start of its weights' sha256."""
+    if not model_id:
+        return "-"
+    return f"{model_id}@{sha256[:12]}" if sha256 else model_id

@@ -175,6 +175,7 @@ class DriftMonitor:
         self.window = window
         self._series: dict[tuple[str, str, str], _Series] = {}
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()  # one writer of the file at a time
         self._unsaved = 0
         if path is not None and path.is_file():
             self._load(path)
@@ -269,10 +270,11 @@ class DriftMonitor:
                 ],
             }
             self._unsaved = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(data, separators=(",", ":")))
-        os.replace(tmp, self.path)
+        with self._save_lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(json.dumps(data, separators=(",", ":")))
+            os.replace(tmp, self.path)
 
     def _load(self, path: Path) -> None:
         try:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 
 from faceprint.errors import FaceprintError
 from faceprint.gallery import CollectionNotFound, Gallery, Identification
@@ -219,7 +219,7 @@ class Shadow:
         serving: ServingTable,
         metrics: Metrics,
         store: ServiceStore,
-        limiter: object,
+        limiter: CapacityLimiter,
         seed: int | None = None,
     ) -> None:
         self.model_id = model_id
@@ -232,6 +232,7 @@ class Shadow:
         self.limiter = limiter  # the CPU workers' limiter: the shadow queues behind nothing it would delay long
         self._rng = random.Random(seed)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._without_copy: set[str] = set()  # collections already reported as having no copy to shadow
 
     def other_copy(self, collection: str) -> str:
         """The copy that does not answer for ``collection`` now: its shadow."""
@@ -306,8 +307,16 @@ class Shadow:
         copy = self.other_copy(collection)
         try:
             shadow_model = self.gallery.get_collection(copy).model_id
-        except CollectionNotFound:
-            return None  # no copy to compare with: nothing to shadow for this collection
+        except CollectionNotFound:  # no copy to compare with: nothing to shadow for this collection
+            if copy not in self._without_copy:
+                self._without_copy.add(copy)
+                log.warning(
+                    "shadow %s: collection %r has no copy %r; its requests are not shadowed",
+                    self.model_id,
+                    collection,
+                    copy,
+                )
+            return None
         try:
             engine = self.engines.for_model(shadow_model)
         except ApiError:

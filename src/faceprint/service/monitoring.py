@@ -9,6 +9,7 @@ so requests pay only for appending a few numbers.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
@@ -68,14 +69,19 @@ class DriftRecorder:
     def __init__(self, monitor: DriftMonitor) -> None:
         self.monitor = monitor
         self._saved_at = time.monotonic()
+        self._lock = threading.Lock()
 
     def record(self, collection: str, source: str, observations: Sequence[Observation]) -> bool:
-        """Add the observations; True when the windows are due to be saved (call :meth:`save` off the loop)."""
+        """Add the observations; True (for one caller at a time) when the windows are due to be saved: that
+        caller then calls :meth:`save` off the event loop."""
         self.monitor.observe(collection, source, observations)
-        return time.monotonic() - self._saved_at >= SAVE_EVERY_S
+        with self._lock:
+            if time.monotonic() - self._saved_at < SAVE_EVERY_S:
+                return False
+            self._saved_at = time.monotonic()  # claimed: other requests do not save too
+            return True
 
     def save(self) -> None:
-        self._saved_at = time.monotonic()
         try:
             self.monitor.save(force=False)
         except OSError as exc:  # a full disk must not fail requests; the next save tries again
