@@ -117,6 +117,14 @@ def test_drift_shadow_and_canary(ops: dict) -> None:
     for photo in PHOTOS:
         answer = identify(ops, new_camera(photo), **{"X-Faceprint-Source": "cam1"})
         assert answer["model"] == "dlib-resnet-v1"  # the shadow never answers
+    r = httpx.post(
+        f"{ops['url']}/v1/identify",
+        files={"image": ("p.jpg", PHOTOS[0].read_bytes(), "image/jpeg")},
+        data={"source": "door", "liveness": "flag"},
+        headers=ops["auth"],
+        timeout=120,
+    )
+    assert r.status_code == 200 and r.json()["faces"][0]["liveness"]["score"] > 0
     # A source name that cannot be a metric label is refused, naming the header.
     bad = httpx.post(
         f"{ops['url']}/v1/identify",
@@ -137,7 +145,7 @@ def test_drift_shadow_and_canary(ops: dict) -> None:
     assert live["window"] == 20 and cam1["summary"].endswith("a camera moved or lost focus")
 
     # -- the shadow: every identify request (fraction 1), off the answer's path ------------------------------
-    requests = 2 * len(PHOTOS)
+    requests = 2 * len(PHOTOS) + 1  # and the door request
     deadline = time.monotonic() + 120
     while True:
         text = metrics(ops)
@@ -199,6 +207,10 @@ def test_drift_shadow_and_canary(ops: dict) -> None:
     print(out)
     assert "not enough data to compare" in cli(ops["env"], "drift", "--source", "cam1", "--since", "0s").stdout
     data = json.loads(cli(ops["env"], "drift", "--json", "--since", "1h").stdout)
+    # The `source` form field names a source too; a checked face's P(live) is one of the features kept.
+    kept = json.loads((ops["home"] / "drift.json").read_text())["series"]
+    door = {r["feature"]: len(r["baseline"]) for r in kept if r["source"] == "door"}
+    assert door["liveness"] == 1 and door["face_size"] == 1
     cam1 = next(d for d in data if d["source"] == "cam1")
     size = next(f for f in cam1["features"] if f["feature"] == "face_size")
     assert size["change"] == pytest.approx(-0.5, abs=0.1) and size["drifted"]
