@@ -1,7 +1,8 @@
 """Drift, shadow and canary models against a real `faceprint serve` (issue 17).
 
 One server process with the real default model (dlib-resnet-v1) and the faceplugin pack: collection
-``default`` enrolled with dlib, its copy ``default@faceplugin-mbf`` enrolled with faceplugin-mbf, served with
+``default`` enrolled with dlib (chips kept), its copy ``default@faceplugin-mbf`` made by `faceprint canary
+copy` (copied, then re-embedded with faceplugin-mbf by the migration code), served with
 ``--shadow faceplugin-mbf --shadow-fraction 1`` and drift windows of 20 faces. Camera ``cam1`` first sends
 real photos as they are (the baseline), then "a new camera": the same photos downscaled and blurred. The
 drift figures must show in /metrics and in `faceprint drift`; the shadow's agreement, score shifts and
@@ -32,7 +33,7 @@ from faceprint.models.store import ModelStore
 from tests.conftest import IDENTITIES
 from tests.test_service_ui import free_port, stop_server, wait_until_ready
 
-ENROLLED = ("person01", "person02", "person04", "person08")
+ENROLLED = ("person01", "person02", "person05", "person08")  # each one's first photo passes enrolment
 PHOTOS = sorted(IDENTITIES.glob("person0[1-8]/*.jpg"))[:24]
 SHADOW = "faceplugin-mbf"
 CLI = [sys.executable, "-c", "from faceprint.cli import app; app()"]
@@ -73,8 +74,11 @@ def ops(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, faceplugin_st
         "FACEPRINT_MODEL_DIR": str(faceplugin_store),
         "FACEPRINT_DRIFT_WINDOW": "20",
     }
-    cli(env, "enroll", "--from-folders", str(people))
-    cli(env, "enroll", "--from-folders", str(people), "--collection", f"default@{SHADOW}", "--model", SHADOW)
+    cli(env, "enroll", "--from-folders", str(people), "--keep-chips")
+    # The shadow copy: the collection copied and re-embedded from its kept chips (`faceprint migrate`).
+    made = json.loads(cli(env, "canary", "copy", "default", "--model", SHADOW, "--json").stdout)
+    assert made["copy"]["target"] == f"default@{SHADOW}" and made["copy"]["subjects"] == len(ENROLLED)
+    assert made["migration"]["to"] == SHADOW and made["migration"]["templates"] == len(ENROLLED)
     key = cli(env, "keys", "create", "--scope", "admin", "--name", "ops-test").stdout.strip()
     port = free_port()
     log = (home / "server.log").open("w")

@@ -95,8 +95,9 @@ def _window(path: Path) -> int:
 
 canary_app = typer.Typer(
     name="canary",
-    help="Shadow and canary models: how a shadow model compares (report), and switching a collection's serving "
-    "model in one audited step (promote, rollback). See docs/service.md#shadow-and-canary-models.",
+    help="Shadow and canary models: a collection's copy on another model (copy), how the shadow model compares "
+    "(report), and switching a collection's serving model in one audited step (promote, rollback). See "
+    "docs/service.md#shadow-and-canary-models.",
     no_args_is_help=True,
 )
 app.add_typer(canary_app, name="canary")
@@ -174,6 +175,41 @@ def _switch(action: str, collection: str, model: str | None, gallery: Path | Non
 
 
 GalleryOpt = typer.Option(None, "--gallery", help="Gallery (default: the service's, $FACEPRINT_GALLERY).")
+
+
+@canary_app.command("copy")
+@handle_errors
+def canary_copy(
+    collection: Annotated[str, typer.Argument(help="The collection to copy, e.g. default.")],
+    model: Annotated[str, typer.Option("--model", help="The model the copy COLLECTION@MODEL is re-embedded with.")],
+    gallery: Path | None = GalleryOpt,
+    drop_missing: Annotated[
+        bool, typer.Option("--drop-missing", help="Leave out templates enrolled without --keep-chips.")
+    ] = False,
+    json_out: bool = JsonOpt,
+) -> None:
+    """Make the shadow copy COLLECTION@MODEL for `serve --shadow MODEL`: copy the collection, then re-embed the
+    copy with MODEL from the face chips kept at enrolment (`faceprint migrate`); COLLECTION keeps serving."""
+    from faceprint.gallery import open_gallery
+    from faceprint.gallery.migrate import copy_collection, migrate_collection, plan_migration
+    from faceprint.service.canary import shadow_collection
+
+    settings = _settings()
+    target = shadow_collection(collection, model)
+    with open_gallery(gallery or settings.gallery, create=False) as g:
+        # Every check of the migration (chips, model, geometry) before anything is written.
+        plan = plan_migration(g, collection, model, drop_missing=drop_missing)
+        for note in plan.notes:
+            typer.echo(f"note: {note}", err=True)
+        copied = copy_collection(g, collection, target)
+        migrated = migrate_collection(g, target, model, drop_missing=drop_missing)
+    if json_out:
+        emit_json({"copy": copied.to_dict(), "migration": migrated.to_dict()})
+        return
+    typer.echo(
+        f"{target}: {copied.subjects} subject(s), {migrated.templates} template(s) re-embedded with {model} "
+        f"(from {copied.model_id}); serve it with `faceprint serve --shadow {model}`"
+    )
 
 
 @canary_app.command("promote")
