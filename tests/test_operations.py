@@ -192,6 +192,14 @@ def test_drift_shadow_and_canary(ops: dict) -> None:
     assert answer["model"] == SHADOW and answer["faces"][0]["match"] == PHOTOS[0].parent.name
     audit = json.loads(cli(ops["env"], "audit", "--action", "identify", "--limit", "1", "--json").stdout)
     assert audit[0]["model_sha256"] == sha[SHADOW]
+    same = httpx.post(
+        f"{ops['url']}/v1/verify",
+        files={"image_a": ("a.jpg", PHOTOS[0].read_bytes()), "image_b": ("b.jpg", PHOTOS[1].read_bytes())},
+        data={"collection": "default"},
+        headers=ops["auth"],
+        timeout=120,
+    ).json()
+    assert same["model"] == SHADOW  # verify against a collection follows the promotion too
     text = metrics(ops)
     info = {(s["model"], s["role"]) for s, v in samples(text, "faceprint_model_info") if v == 1}
     assert info == {(SHADOW, "serving"), ("dlib-resnet-v1", "shadow")}  # the old model now shadows the new

@@ -66,7 +66,10 @@ async def verify(request: Request, principal: Recognize) -> dict[str, object]:
     parsed = await read_images(request, ("image_a", "image_b"), max_images=svc.settings.max_images_per_request)
     params = validate_params(VerifyParams, parsed.params)
     source = request_source(request, params.source)
-    engine = svc.engines.default if params.collection is None else await svc.engine_for(params.collection)
+    # A named collection: the model of the copy that answers for it (`faceprint canary promote`).
+    engine = (
+        svc.engines.default if params.collection is None else await svc.engine_for(svc.collection(params.collection))
+    )
     calibration = svc.calibration_for(engine, params.threshold)
     policy = svc.liveness_policy(params.liveness)
     live_pipeline = svc.engines.default.pipeline
