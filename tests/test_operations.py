@@ -209,6 +209,9 @@ def test_drift_shadow_and_canary(ops: dict) -> None:
     assert identify(ops, PHOTOS[0].read_bytes())["model"] == "dlib-resnet-v1"
     refused = subprocess.run([*CLI, "canary", "rollback", "default"], env=ops["env"], capture_output=True, text=True)
     assert refused.returncode == 2 and "nothing to roll back" in refused.stderr
+    no_copy = [*CLI, "canary", "promote", "default", "--model", "dlib-other"]
+    refused = subprocess.run(no_copy, env=ops["env"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "has no copy on dlib-other ('default@dlib-other')" in refused.stderr
 
     # -- the drift report, from the windows the server saved when it stopped ---------------------------------
     stop_server(ops["proc"])

@@ -117,6 +117,11 @@ def promote(
         raise CanaryError(f"{collection!r} is a shadow copy; promote the collection it copies")
     base_model = _model_of(gallery, collection)
     target = collection if model_id == base_model else shadow_collection(collection, model_id)
+    if target != collection and all(c.name != target for c in gallery.list_collections()):
+        raise CanaryError(
+            f"collection {collection!r} has no copy on {model_id} ({target!r}): make it with `faceprint canary "
+            f"copy {collection} --model {model_id}` or enrol it, and shadow it first"
+        )
     target_model = _model_of(gallery, target)
     if target_model != model_id:
         raise CanaryError(f"collection {target!r} uses {target_model}, not {model_id}")
