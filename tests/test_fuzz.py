@@ -171,6 +171,7 @@ OPERATIONS = [
     ("POST", "/v1/clusters/{clustering_id}/not-this-person"),
     ("POST", "/v1/clusters/{clustering_id}/name"),
     ("GET", "/v1/audit"),
+    ("GET", "/v1/drift"),
 ]
 #: Operations without parameters or a body: nothing to generate a negative example from.
 NO_INPUT = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/info")}

@@ -28,8 +28,8 @@ from faceprint.align.templates import chip_template, reframe_chips, reframe_cove
 from faceprint.cli import app
 from faceprint.errors import ModelError
 from faceprint.gallery import ContractMismatch, EmbeddedGallery, GalleryCorrupt, enrol_images
-from faceprint.gallery.errors import MigrationUnsupported, MissingChips
-from faceprint.gallery.migrate import migrate_collection, plan_migration, run_migration
+from faceprint.gallery.errors import GalleryError, MigrationUnsupported, MissingChips
+from faceprint.gallery.migrate import copy_collection, migrate_collection, plan_migration, run_migration
 from faceprint.image import load_image
 from faceprint.matching import DEFAULT_FMR, cosine_scores, shipped_calibration
 from faceprint.models.registry import ModelRegistry
@@ -334,3 +334,25 @@ def test_a_recut_dlib_chip_matches_the_arcface_chip_cut_from_the_photo(pipeline:
     diff = np.abs(recut.astype(int) - arcface.astype(int))[covered]
     assert diff.mean() < 6, diff.mean()
     assert reframe_chips(dlib_chip, "dlib5-150-p0.25", "dlib5-150-p0.25") is dlib_chip
+
+
+# -- a copy for a canary --------------------------------------------------------------------------------------
+def test_a_copy_migrated_to_another_model_leaves_the_source_serving(
+    gallery_dir: Path, enrolled: Enrolled, registry: ModelRegistry
+) -> None:
+    """`faceprint canary copy`: the collection copied with its chips, the copy migrated; the source is untouched."""
+    copy = f"default@{TARGET}"
+    with EmbeddedGallery(gallery_dir, key=KEY) as g:
+        g.update_subject("person01", metadata={"badge": "17"})
+        made = copy_collection(g, "default", copy)
+        assert (made.subjects, made.templates, made.without_chip) == (enrolled.subjects, enrolled.templates, 0)
+        with pytest.raises(GalleryError, match="exists already"):
+            copy_collection(g, "default", copy)
+        report = migrate_collection(g, copy, TARGET, registry=registry)
+        assert (report.templates, report.source_model) == (enrolled.templates, SOURCE)
+        assert g.get_collection("default").model_id == SOURCE and g.get_collection(copy).model_id == TARGET
+        assert g.get_subject("person01", collection=copy).metadata == {"badge": "17"}
+        _assert_finds_everyone(g, enrolled.probes_dlib)
+        for person, fp in enrolled.probes_mbf.items():
+            (answer,) = g.identify([fp], collection=copy)
+            assert answer.match is not None and answer.match.subject == person, (person, answer.to_dict())

@@ -21,4 +21,12 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progre
 
 
 # Command groups register themselves on `app` when imported.
-from faceprint.cli import cluster, core, evaluation, gallery, service, video  # noqa: E402,F401
+from faceprint.cli import (  # noqa: E402,F401
+    cluster,
+    core,
+    evaluation,
+    gallery,
+    monitoring,
+    service,
+    video,
+)

@@ -41,6 +41,12 @@ PeopleOpt = typer.Option(
     None, "--people", help="With --dir: only these identities (LFW people*.txt, or one name per line)."
 )
 BatchOpt = typer.Option(32, "--batch", min=1, help="Faces embedded per network run.")
+CohortsOpt = typer.Option(
+    "--cohorts",
+    help="Cohort labels from your evaluation data: a CSV 'image or identity, cohort', or LABEL=FILE lists of image "
+    "names or identities (repeat: --cohorts female=female_names.txt --cohorts male=male_names.txt). Keys in two "
+    "lists count for no cohort and are reported.",
+)
 ModelOpt = typer.Option(
     None, "--model", help="Embedder model id (default: the one `faceprint models use` chose, else dlib-resnet-v1)."
 )
@@ -121,9 +127,7 @@ def eval_verify(
     calibration: Annotated[
         Path | None, typer.Option("--calibration", help="Calibration table (default: shipped).")
     ] = None,
-    cohorts: Annotated[
-        Path | None, typer.Option("--cohorts", help="CSV 'image or identity, cohort' for fairness.")
-    ] = None,
+    cohorts: Annotated[list[str] | None, CohortsOpt] = None,
     json_out: bool = JsonOpt,
     report: Path | None = ReportOpt,
     face: str = FaceOpt,
@@ -136,7 +140,7 @@ def eval_verify(
     """Verification accuracy, EER, ROC AUC, TAR at FAR, threshold table and k-fold accuracy of a pair list."""
     from faceprint.errors import FaceprintError
     from faceprint.evaluation.report import to_markdown, verification_blocks, write_verification_report
-    from faceprint.evaluation.verification import cohort_of, evaluate_scores, read_cohorts, score_pairs
+    from faceprint.evaluation.verification import evaluate_scores, load_cohorts, score_pairs
     from faceprint.matching import DEFAULT_FMR, Calibration, shipped_calibration
 
     if fmr is not None and threshold is not None:
@@ -154,13 +158,11 @@ def eval_verify(
     paths = list(dict.fromkeys(p for pair in pairs for p in (pair.a, pair.b)))
     embeddings = _embed(paths, pipeline, face, cache, batch)
     scored = score_pairs(pairs, embeddings)
-    labels = None
-    if cohorts is not None:
-        mapping = read_cohorts(cohorts)
-        labels = (
-            [cohort_of(p.a, base, mapping) for p in scored.pairs],
-            [cohort_of(p.b, base, mapping) for p in scored.pairs],
-        )
+    labels, notes = None, []
+    if cohorts:
+        groups = load_cohorts(cohorts)
+        labels = ([groups.label(p.a, base) for p in scored.pairs], [groups.label(p.b, base) for p in scored.pairs])
+        notes = groups.describe()
     result = evaluate_scores(
         scored,
         model_id=pipeline.model_id,
@@ -169,6 +171,7 @@ def eval_verify(
         threshold=threshold,
         default_fmr=fmr if fmr is not None else DEFAULT_FMR,
         cohorts=labels,
+        cohort_notes=notes,
     )
     if report is not None:
         _quiet_plotting()
@@ -284,6 +287,7 @@ def calibrate(
     source: Annotated[
         str | None, typer.Option("--source", help="Description of the data, stored in the table.")
     ] = None,
+    cohorts: Annotated[list[str] | None, CohortsOpt] = None,
     json_out: bool = JsonOpt,
     face: str = FaceOpt,
     cache: Path | None = CacheOpt,
@@ -296,7 +300,7 @@ def calibrate(
     (`faceprint calibrate liveness --help` for the liveness table)."""
     from faceprint.evaluation.calibration import calibrate_identities, calibrate_pairs
     from faceprint.evaluation.pairs import read_pairs
-    from faceprint.evaluation.verification import score_pairs
+    from faceprint.evaluation.verification import load_cohorts, score_pairs
 
     if ctx.invoked_subcommand is not None:
         return
@@ -308,6 +312,8 @@ def calibrate(
         raise fail(f"{out}: the calibration table must end in .json")
     pipeline = _pipeline(detector, device, model=model)
     setup = f"detector {pipeline.detector_name}, landmarks {pipeline.landmarker_id}, face {face}"
+    if cohorts and pairs_file is None:
+        raise fail("--cohorts goes with --pairs")
     if pairs_file is not None:
         pairs = read_pairs(pairs_file, root)
         paths = list(dict.fromkeys(p for pair in pairs for p in (pair.a, pair.b)))
@@ -315,6 +321,8 @@ def calibrate(
         skipped = len(scored.skipped)
         what = source or f"{pairs_file.name}: {scored.scores.size} pairs ({skipped} skipped, no face); {setup}"
         table = calibrate_pairs(scored, pipeline.model_id, what)
+        if cohorts:
+            _cohort_thresholds(scored, load_cohorts(cohorts), root or pairs_file.parent, table, out, json_out)
     else:
         identities = _identities(folder, people)  # type: ignore[arg-type]
         paths = [p for images in identities.values() for p in images]
@@ -359,6 +367,28 @@ def calibrate(
     typer.echo("| FMR | threshold | FNMR on the same data |\n|---|---|---|")
     for row in summary["thresholds"]:
         typer.echo(f"| {row['fmr']:g} | {row['threshold']:.4f} | {100 * row['fnmr']:.2f}% |")
+
+
+def _cohort_thresholds(scored, groups, root: Path, table, out: Path, json_out: bool) -> None:
+    """``--cohorts``: the per-cohort threshold table (``OUT.cohorts.json``), beside the usual one."""
+    from faceprint.evaluation.calibration import cohort_thresholds
+
+    result = cohort_thresholds(scored, groups, root, table)
+    path = out.with_suffix(".cohorts.json")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    if json_out:
+        return
+    typer.echo(f"{path}: thresholds per cohort (each cohort's own impostor pairs)")
+    typer.echo("| cohort | genuine | impostor | FMR | threshold | FNMR | FMR at the overall threshold |")
+    typer.echo("|---|---|---|---|---|---|---|")
+    for c in result["cohorts"]:
+        for row in c["thresholds"]:
+            typer.echo(
+                f"| {c['cohort']} | {c['genuine_pairs']:,} | {c['impostor_pairs']:,} | {row['fmr']:g} | "
+                f"{row['threshold']:.4f} | {100 * row['fnmr']:.2f}% | {100 * row['fmr_at_overall']:.3f}% |"
+            )
+    for note in result["notes"]:
+        typer.echo(f"note: {note}")
 
 
 # -- liveness -------------------------------------------------------------------------------------------

@@ -60,13 +60,33 @@ def serve(
     address: Annotated[
         str | None, typer.Option(help="With --ray: Ray cluster to join ('auto': this node's); default: start one.")
     ] = None,
+    shadow: Annotated[
+        str | None,
+        typer.Option(
+            "--shadow",
+            help="Also run this embedder, on each collection's copy COLLECTION@MODEL, for a fraction of identify "
+            "requests, never changing the answers (FACEPRINT_SHADOW; `faceprint canary report`).",
+        ),
+    ] = None,
+    shadow_fraction: Annotated[
+        float | None,
+        typer.Option(
+            "--shadow-fraction", min=0.0, max=1.0, help="Fraction of identify requests shadowed (default 0.1)."
+        ),
+    ] = None,
 ) -> None:
     """Run the HTTP API and web UI (see docs/service.md; --ray: docs/deploy.md)."""
     from faceprint.service import server
     from faceprint.service.app import create_app
     from faceprint.service.middleware import EscapingFormatter, RequestIdFilter
 
-    overrides: dict[str, object] = {"gallery": gallery, "detector": detector, "model": model}
+    overrides: dict[str, object] = {
+        "gallery": gallery,
+        "detector": detector,
+        "model": model,
+        "shadow": shadow,
+        "shadow_fraction": shadow_fraction,
+    }
     if insecure_no_auth:
         overrides["auth"] = False
     settings = _settings(**overrides)
@@ -196,5 +216,13 @@ def audit(
         typer.echo(
             f"{e.at}  {e.action:<15} {e.status}  key={e.key_id or '-'}  subjects={','.join(e.subject_ids) or '-'}"
             f"  scores={scores or '-'}  threshold={e.threshold if e.threshold is not None else '-'}"
-            f"  decision={e.decision or '-'}  request={e.request_id}"
+            f"  decision={e.decision or '-'}  model={_model_version(e.model_id, e.model_sha256)}"
+            f"  request={e.request_id}"
         )
+
+
+def _model_version(model_id: str | None, sha256: str | None) -> str:
+    """``dlib-resnet-v1@55533b28a958``: the model and the start of its weights' sha256."""
+    if not model_id:
+        return "-"
+    return f"{model_id}@{sha256[:12]}" if sha256 else model_id

@@ -475,4 +475,32 @@ def cohort_error_rates(
         lo, hi = min(vals), max(vals)
         return float("inf") if lo == 0 and hi > 0 else (1.0 if hi == 0 else float(hi / lo))
 
-    return {"threshold": threshold, "cohorts": rows, "fmr_ratio": ratio("fmr"), "fnmr_ratio": ratio("fnmr")}
+    unlabelled = (a == "") | (b == "")
+    return {
+        "threshold": threshold,
+        "cohorts": rows,
+        "fmr_ratio": ratio("fmr"),
+        "fnmr_ratio": ratio("fnmr"),
+        "unlabelled_pairs": int(unlabelled.sum()),
+        "drivers": {"fnmr": _driver(rows, "fnmr", "genuine_pairs"), "fmr": _driver(rows, "fmr", "impostor_pairs")},
+    }
+
+
+def _driver(rows: list[dict], rate: str, pairs: str) -> dict | None:
+    """The cohort with the highest ``rate``, with its share of the errors and of the pairs (within-cohort
+    pairs only); None when fewer than two cohorts have such pairs or no cohort has an error."""
+    within = [r for r in rows if r["cohort"] != "(mixed)" and r[rate] is not None]
+    errors = {r["cohort"]: r[rate] * r[pairs] for r in within}
+    total_errors, total_pairs = sum(errors.values()), sum(r[pairs] for r in within)
+    if len(within) < 2 or total_errors == 0:
+        return None
+    worst = max(within, key=lambda r: r[rate])
+    best = min(within, key=lambda r: r[rate])
+    return {
+        "cohort": worst["cohort"],
+        "rate": worst[rate],
+        "best_cohort": best["cohort"],
+        "best_rate": best[rate],
+        "error_share": float(errors[worst["cohort"]] / total_errors),
+        "pair_share": float(worst[pairs] / total_pairs),
+    }

@@ -83,6 +83,24 @@ def to_html(blocks: list[Block], title: str) -> str:
 
 
 # -- verification ---------------------------------------------------------------------------------------
+def cohort_drivers(c: dict) -> list[str]:
+    """Which cohort drives each kind of error, in words, plus what was left out of the cohorts."""
+    out = []
+    for rate, what in (("fnmr", "false non-matches"), ("fmr", "false matches")):
+        d = (c.get("drivers") or {}).get(rate)
+        if d is None:
+            continue
+        out.append(
+            f"The {d['cohort']} cohort drives the {what}: {d['error_share']:.0%} of them from {d['pair_share']:.0%} "
+            f"of the within-cohort pairs ({rate.upper()} {pct(d['rate'], 3)} against {pct(d['best_rate'], 3)} for "
+            f"{d['best_cohort']})."
+        )
+    if c.get("unlabelled_pairs"):
+        out.append(f"{c['unlabelled_pairs']} pair(s) have a photo without a cohort label and count for no cohort.")
+    out += list(c.get("notes", []))
+    return out
+
+
 def verification_blocks(r: VerificationResult, images: bool = False, max_skipped: int = 50) -> list[Block]:
     scored = r.scored
     blocks = [
@@ -181,6 +199,7 @@ def verification_blocks(r: VerificationResult, images: bool = False, max_skipped
         blocks.append(
             Block("p", f"Worst/best cohort ratio: FMR {num(c['fmr_ratio'], 2)}, FNMR {num(c['fnmr_ratio'], 2)}.")
         )
+        blocks += [Block("p", line) for line in cohort_drivers(c)]
     if images:
         blocks.append(Block("h2", "Curves"))
         blocks += [Block("img", name) for name in ("roc.png", "det.png", "histogram.png")]

@@ -172,6 +172,7 @@ def evaluate_scores(
     threshold: float | None = None,
     default_fmr: float = DEFAULT_FMR,
     cohorts: tuple[list[str | None], list[str | None]] | None = None,
+    cohort_notes: Sequence[str] = (),
 ) -> VerificationResult:
     """All verification metrics of ``scored``.
 
@@ -221,6 +222,8 @@ def evaluate_scores(
         t = threshold if threshold is not None else best_t
         cohort_out = m.cohort_error_rates(scored.scores, scored.same, cohorts[0], cohorts[1], t)
         cohort_out["threshold_from"] = "configured" if threshold is not None else "best accuracy"
+        if cohort_notes:
+            cohort_out["notes"] = list(cohort_notes)
     if scored.skipped:
         notes.append(
             f"{len(scored.skipped)} of {n_all} pairs skipped because an image had no usable face or could not be read; "
@@ -254,25 +257,89 @@ def evaluate_scores(
 
 
 # -- cohorts --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Cohorts:
+    """Cohort labels from the operator's evaluation data: ``key → cohort`` (a key is an image path —
+    absolute, relative to the evaluation root, or a bare file name — or an identity folder name), and the keys
+    given two different labels, which are left out (a pair with such an image counts for no cohort)."""
+
+    mapping: dict[str, str]
+    conflicts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def label(self, path: Path, root: Path | None) -> str | None:
+        return cohort_of(path, root, self.mapping)
+
+    def describe(self) -> list[str]:
+        """Notes for the report: the labels left out, by name."""
+        if not self.conflicts:
+            return []
+        shown = ", ".join(f"{k} ({'/'.join(v)})" for k, v in sorted(self.conflicts.items())[:10])
+        more = f" and {len(self.conflicts) - 10} more" if len(self.conflicts) > 10 else ""
+        return [f"{len(self.conflicts)} key(s) carry two cohort labels and count for no cohort: {shown}{more}"]
+
+
 def read_cohorts(path: Path) -> dict[str, str]:
     """``key → cohort`` from a two-column CSV/TSV (header optional); a key is an image path (absolute,
-    relative to the evaluation root, or a bare file name) or an identity (folder) name."""
+    relative to the evaluation root, or a bare file name) or an identity (folder) name. A key given two
+    different labels raises (:func:`load_cohorts` leaves such keys out instead)."""
+    cohorts = _read_csv_cohorts(path)
+    if cohorts.conflicts:
+        raise FaceprintError(f"{path}: {cohorts.describe()[0]}")
+    return cohorts.mapping
+
+
+def _read_csv_cohorts(path: Path) -> Cohorts:
     text = Path(path).read_text(encoding="utf-8-sig")
     try:
         dialect = csv.Sniffer().sniff(text[:4096], delimiters=",\t;")
     except csv.Error:
         dialect = csv.excel
-    out = {}
+    pairs = []
     for i, row in enumerate(csv.reader(text.splitlines(), dialect)):
         cells = [c.strip() for c in row]
         if len(cells) < 2 or not cells[0]:
             continue
         if i == 0 and cells[1].lower() in {"cohort", "group", "label"}:
             continue
-        out[cells[0]] = cells[1]
-    if not out:
+        pairs.append((cells[0], cells[1]))
+    if not pairs:
         raise FaceprintError(f"{path}: no 'key,cohort' rows")
-    return out
+    return _merge_labels(pairs)
+
+
+def _merge_labels(pairs: Sequence[tuple[str, str]]) -> Cohorts:
+    labels: dict[str, set[str]] = {}
+    for k, label in pairs:
+        labels.setdefault(k, set()).add(label)
+    mapping = {k: next(iter(v)) for k, v in labels.items() if len(v) == 1}
+    conflicts = {k: tuple(sorted(v)) for k, v in labels.items() if len(v) > 1}
+    return Cohorts(mapping, conflicts)
+
+
+def load_cohorts(specs: Sequence[str]) -> Cohorts:
+    """Cohorts from ``--cohorts`` values: one CSV/TSV file (``key,cohort``), or ``LABEL=FILE`` lists (one key a
+    line, e.g. LFW's ``female_names.txt``), repeatable. Keys in two lists (or given two labels) are left out
+    and reported; images in none are unlabelled and count for no cohort."""
+    if not specs:
+        raise FaceprintError("--cohorts: give a CSV file or LABEL=FILE lists")
+    lists = [s for s in specs if "=" in s and not Path(s).is_file()]
+    if not lists:
+        if len(specs) > 1:
+            raise FaceprintError("--cohorts: give one CSV file, or several LABEL=FILE lists")
+        return _read_csv_cohorts(Path(specs[0]))
+    if len(lists) != len(specs):
+        raise FaceprintError("--cohorts: give either one CSV file or LABEL=FILE lists, not both")
+    pairs = []
+    for spec in lists:
+        label, _, file = spec.partition("=")
+        path = Path(file)
+        if not label.strip() or not path.is_file():
+            raise FaceprintError(f"--cohorts {spec!r}: expected LABEL=FILE with an existing file")
+        keys = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+        if not keys:
+            raise FaceprintError(f"{path}: no keys (one image file name or identity a line)")
+        pairs += [(k, label.strip()) for k in keys]
+    return _merge_labels(pairs)
 
 
 def cohort_of(path: Path, root: Path | None, mapping: dict[str, str]) -> str | None:

@@ -34,11 +34,12 @@ from faceprint.align.templates import reframe_chips, reframe_coverage, template_
 from faceprint.errors import CalibrationMissing, ModelError
 from faceprint.factory import load_embedder
 from faceprint.gallery.base import Gallery, Migratable
-from faceprint.gallery.errors import GalleryError, MigrationUnsupported, MissingChips
+from faceprint.gallery.errors import GalleryError, MigrationUnsupported, MissingChips, SubjectExists
 from faceprint.gallery.model import PendingChip
 from faceprint.matching import shipped_calibration
 from faceprint.models.registry import ModelNotInstalledHere, ModelRegistry
 from faceprint.models.spec import ModelSpec
+from faceprint.types import Detection, Faceprint
 
 #: A stored chip must cover at least this fraction of the target model's chip (the rest is filled black).
 #: dlib 150 → ArcFace 112 covers 76% and costs about 0.01 of cosine score (docs/gallery.md); below this the
@@ -340,3 +341,67 @@ def migrate_collection(
     on_progress)."""
     plan = plan_migration(gallery, collection, target_model, registry=registry, drop_missing=drop_missing)
     return run_migration(gallery, plan, registry=registry, drop_missing=drop_missing, **options)
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    source: str
+    target: str
+    model_id: str
+    subjects: int
+    templates: int
+    without_chip: int  # templates copied without a chip: a migration of the copy needs --drop-missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def copy_collection(gallery: Gallery, source: str, target: str) -> CopyReport:
+    """Copy ``source`` into a new collection ``target`` on the same model: subjects (name, metadata, consent,
+    retention) and templates (vector, quality, box, photo hash and kept chip). Migrate the copy to another model
+    (:func:`migrate_collection`) to get a shadow copy for a canary while ``source`` keeps serving. Corrections
+    (`subjects not`) are not copied. ``target`` must not exist yet."""
+    store = _migratable(gallery)
+    coll = gallery.get_collection(source)
+    if any(c.name == target for c in gallery.list_collections()):
+        raise GalleryError(f"collection {target!r} exists already: delete it or choose another name")
+    gallery.ensure_collection(target, coll.model_id, coll.dim)
+    subjects = templates = without_chip = 0
+    cursor: str | None = None
+    with gallery.bulk():
+        while True:
+            page = gallery.list_subjects(collection=source, limit=500, cursor=cursor)
+            for subject in page.items:
+                try:
+                    copy = gallery.add_subject(
+                        subject.name,
+                        collection=target,
+                        metadata=subject.metadata,
+                        consent=subject.consent,
+                        expires_at=subject.expires_at,
+                    )
+                except SubjectExists:  # cannot happen in a new collection; say so plainly if it does
+                    raise GalleryError(f"collection {target!r}: subject {subject.name!r} appeared twice") from None
+                vectors = gallery.template_vectors(subject.id, collection=source)
+                for t in gallery.list_templates(subject.id, collection=source):
+                    chip = store.template_chip(t.id) if t.has_chip else None
+                    fp = Faceprint(
+                        vector=vectors[t.id],
+                        model_id=coll.model_id,
+                        detection=None if t.box is None else Detection(box=t.box, score=1.0),
+                        quality=t.quality,
+                    )
+                    gallery.add_templates(
+                        copy.id,
+                        [fp],
+                        collection=target,
+                        source_sha256=[t.source_sha256],
+                        chips=None if chip is None else [chip],
+                    )
+                    templates += 1
+                    without_chip += chip is None
+                subjects += 1
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+    return CopyReport(source, target, coll.model_id, subjects, templates, without_chip)

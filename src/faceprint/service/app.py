@@ -17,6 +17,7 @@ from anyio import to_thread
 from fastapi import FastAPI
 
 from faceprint import __version__
+from faceprint.evaluation.drift import DriftMonitor
 from faceprint.factory import CalibrationFileError, load_calibration
 from faceprint.gallery import open_gallery
 from faceprint.gallery.location import display_location
@@ -26,14 +27,16 @@ from faceprint.service.audit import AuditLog
 from faceprint.service.auth import KeyStore
 from faceprint.service.backends import InferenceBackend, LocalBackend
 from faceprint.service.batching import EmbedBatcher
+from faceprint.service.canary import ServingTable, Shadow
 from faceprint.service.clusters import ClusterStore
 from faceprint.service.engines import Engine, Engines
-from faceprint.service.errors import PROBLEM_RESPONSES, PROBLEM_SCHEMA, install_error_handlers
+from faceprint.service.errors import PROBLEM_RESPONSES, PROBLEM_SCHEMA, ApiError, install_error_handlers
 from faceprint.service.inference import Inference
 from faceprint.service.metrics import Metrics
 from faceprint.service.middleware import ServiceMiddleware
+from faceprint.service.monitoring import DriftRecorder
 from faceprint.service.paths import STATIC_DIR
-from faceprint.service.routers import audit, clusters, detect, health, identify, liveness, subjects, verify
+from faceprint.service.routers import audit, clusters, detect, drift, health, identify, liveness, subjects, verify
 from faceprint.service.settings import Settings, SettingsError
 from faceprint.service.store import ServiceStore
 from faceprint.tracing import TracingUnavailable, configure_from_env, enabled
@@ -68,6 +71,8 @@ def create_app(
         try:
             yield
         finally:
+            if getattr(app.state, "shadow", None) is not None:
+                await app.state.shadow.drain()
             await to_thread.run_sync(_stop, app)
 
     app = FastAPI(
@@ -106,6 +111,7 @@ def create_app(
         subjects.router,
         clusters.router,
         audit.router,
+        drift.router,
     ):
         app.include_router(router)
     app.mount("/static", health.UiStaticFiles(directory=STATIC_DIR), name="static")
@@ -156,6 +162,7 @@ def _start(
         max_queue=settings.queue_limit,
         decode_max_pixels=settings.decode_max_pixels,
     )
+    _start_monitoring(app, settings, metrics)
     app.state.ready = True
     metrics.ready.set(1)
     if settings.auth and not app.state.keys.list(include_revoked=False):
@@ -167,6 +174,30 @@ def _start(
     )
     for model, why in engines.refused().items():
         log.warning("collections on %s are not served: %s", model, why)
+
+
+def _start_monitoring(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Drift windows (read back from the last run), the canary serving table and the shadow model."""
+    app.state.drift = DriftRecorder(DriftMonitor(settings.drift_file, window=settings.drift_window))
+    app.state.serving = ServingTable(app.state.store)
+    app.state.shadow = None
+    if settings.shadow is None:
+        return
+    try:
+        app.state.engines.for_model(settings.shadow)
+    except ApiError as exc:
+        raise SettingsError(f"FACEPRINT_SHADOW: {exc.detail}") from None
+    app.state.shadow = Shadow(
+        settings.shadow,
+        settings.shadow_fraction,
+        engines=app.state.engines,
+        gallery=app.state.gallery,
+        serving=app.state.serving,
+        metrics=metrics,
+        store=app.state.store,
+        limiter=app.state.inference.limiter,
+    )
+    log.info("shadow model %s on %.0f%% of identify requests", settings.shadow, 100 * settings.shadow_fraction)
 
 
 def _load_engine(model_id: str, settings: Settings, metrics: Metrics) -> Engine:
@@ -208,6 +239,9 @@ def _warm_up(pipeline: Pipeline) -> None:
 def _stop(app: FastAPI) -> None:
     app.state.ready = False
     app.state.metrics.ready.set(0)
+    drift = getattr(app.state, "drift", None)
+    if drift is not None:
+        drift.save()
     for name in ("engines", "gallery", "store"):
         thing = getattr(app.state, name, None)
         if thing is not None:

@@ -1,12 +1,14 @@
 """The audit log: one append-only row per verify, identify, enrolment and deletion.
 
 What is recorded: time, key id, action, endpoint, HTTP status, collection, subject ids, scores, threshold,
-decision, model id, request id. What never is: image bytes, vectors, file names given by the client.
+decision, model id and the sha256 of its weights, request id. What never is: image bytes, vectors, file
+names given by the client.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -26,6 +28,7 @@ class AuditEntry:
     threshold: float | None = None
     decision: str | None = None
     model_id: str | None = None
+    model_sha256: str | None = None  # the version of model_id's weights that made the decision
     detail: dict[str, object] = field(default_factory=dict)
     at: str = ""
     id: int | None = None
@@ -45,13 +48,14 @@ class AuditEntry:
             "threshold": self.threshold,
             "decision": self.decision,
             "model_id": self.model_id,
+            "model_sha256": self.model_sha256,
             "detail": self.detail,
         }
 
 
 _COLS = (
     "id, at, request_id, key_id, action, endpoint, status, collection, subject_ids, scores, threshold, "
-    "decision, model_id, detail"
+    "decision, model_id, detail, model_sha256"
 )
 
 
@@ -60,27 +64,33 @@ class AuditLog:
         self.store = store
 
     def append(self, entry: AuditEntry) -> int:
-        at = entry.at or datetime.now(UTC).isoformat(timespec="milliseconds")
         with self.store.write() as conn:
-            cur = conn.execute(
-                f"INSERT INTO audit ({_COLS.removeprefix('id, ')}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    at,
-                    entry.request_id,
-                    entry.key_id,
-                    entry.action,
-                    entry.endpoint,
-                    entry.status,
-                    entry.collection,
-                    json.dumps(list(entry.subject_ids)),
-                    json.dumps([round(float(s), 6) for s in entry.scores]),
-                    entry.threshold,
-                    entry.decision,
-                    entry.model_id,
-                    json.dumps(entry.detail, sort_keys=True, default=str),
-                ),
-            )
-            return int(cur.lastrowid or 0)
+            return self.insert(conn, entry)
+
+    @staticmethod
+    def insert(conn: sqlite3.Connection, entry: AuditEntry) -> int:
+        """Append ``entry`` inside the caller's write transaction (a change and its record in one step)."""
+        at = entry.at or datetime.now(UTC).isoformat(timespec="milliseconds")
+        cur = conn.execute(
+            f"INSERT INTO audit ({_COLS.removeprefix('id, ')}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                at,
+                entry.request_id,
+                entry.key_id,
+                entry.action,
+                entry.endpoint,
+                entry.status,
+                entry.collection,
+                json.dumps(list(entry.subject_ids)),
+                json.dumps([round(float(s), 6) for s in entry.scores]),
+                entry.threshold,
+                entry.decision,
+                entry.model_id,
+                json.dumps(entry.detail, sort_keys=True, default=str),
+                entry.model_sha256,
+            ),
+        )
+        return int(cur.lastrowid or 0)
 
     def query(
         self,
@@ -126,6 +136,7 @@ class AuditLog:
                 decision=r[11],
                 model_id=r[12],
                 detail=json.loads(r[13]),
+                model_sha256=r[14],
             )
             for r in rows
         ]

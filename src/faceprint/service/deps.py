@@ -7,15 +7,18 @@ from typing import Any
 
 from fastapi import Request
 
+from faceprint.evaluation.drift import Observation
 from faceprint.gallery import Gallery
 from faceprint.liveness import LivenessPolicy, LivenessResult
 from faceprint.matching import Calibration
 from faceprint.service.audit import AuditEntry, AuditLog
 from faceprint.service.auth import Principal
+from faceprint.service.canary import ServingTable, Shadow
 from faceprint.service.engines import Engine, Engines
 from faceprint.service.errors import ApiError
 from faceprint.service.inference import Inference
 from faceprint.service.metrics import Metrics
+from faceprint.service.monitoring import DriftRecorder
 from faceprint.service.settings import Settings
 
 
@@ -27,9 +30,19 @@ class Services:
     gallery: Gallery
     audit: AuditLog
     metrics: Metrics
+    serving: ServingTable
+    drift: DriftRecorder
+    shadow: Shadow | None
 
     def collection(self, name: str | None) -> str:
-        return name or self.settings.default_collection
+        """The gallery collection that answers for ``name`` (default: the default collection): itself, or
+        the copy on another model that `faceprint canary promote` made serve it."""
+        return self.serving.resolve(name or self.settings.default_collection)
+
+    async def observe(self, collection: str | None, source: str, observations: list[Observation]) -> None:
+        """Add a request's faces to the drift windows of its collection (the name clients use) and source."""
+        if observations and self.drift.record(collection or self.settings.default_collection, source, observations):
+            await self.inference.run(None, self.drift.save)
 
     async def engine_for(self, collection: str) -> Engine:
         """The engine of the model ``collection`` is pinned to (503 ``model_unavailable`` when this service
@@ -62,7 +75,17 @@ def services(request: Request) -> Services:
     state = request.app.state
     if not getattr(state, "ready", False):
         raise ApiError(503, "not_ready", "the service is starting or stopping; retry shortly")
-    return Services(state.settings, state.inference, state.engines, state.gallery, state.audit, state.metrics)
+    return Services(
+        state.settings,
+        state.inference,
+        state.engines,
+        state.gallery,
+        state.audit,
+        state.metrics,
+        state.serving,
+        state.drift,
+        state.shadow,
+    )
 
 
 async def record(
@@ -70,16 +93,18 @@ async def record(
     **fields: Any,
 ) -> None:  # fmt: skip
     """Append an audit entry for this request (off the event loop); ``model_id``: the model that answered
-    (default: the service's model for new collections)."""
+    (default: the service's model for new collections), recorded with the sha256 of its weights."""
     svc: Services = services(request)
     route = request.scope.get("route")
+    model = model_id or svc.engines.default.model_id
     entry = AuditEntry(
         action=action,
         endpoint=f"{request.method} {getattr(route, 'path', request.url.path)}",
         status=status,
         key_id=principal.key_id,
         request_id=getattr(request.state, "request_id", None),
-        model_id=model_id or svc.engines.default.model_id,
+        model_id=model,
+        model_sha256=svc.engines.sha256(model),
         **fields,
     )
     await svc.inference.run(None, svc.audit.append, entry)

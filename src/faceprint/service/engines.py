@@ -42,6 +42,11 @@ class Engine:
     def dim(self) -> int:
         return int(self.backend.dim)
 
+    @property
+    def sha256(self) -> str:
+        """The sha256 of the embedder's weights: the model version every decision is traced to."""
+        return self.pipeline.spec.sha256
+
     def describe(self) -> dict[str, object]:
         profile = self.pipeline.profile
         return {
@@ -122,6 +127,12 @@ class Engines:
     def loaded(self) -> list[Engine]:
         with self._lock:
             return list(self._by_model.values())
+
+    def sha256(self, model_id: str) -> str | None:
+        """The weights' sha256 of a loaded model; None for one not loaded here."""
+        with self._lock:
+            engine = self._by_model.get(model_id)
+        return None if engine is None else engine.sha256
 
     def refused(self) -> dict[str, str]:
         with self._lock:

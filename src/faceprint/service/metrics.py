@@ -121,7 +121,7 @@ class Metrics:
         )
         self.shadow_score_shift = Histogram(
             "faceprint_shadow_score_shift",
-            "Shadow best-match score minus serving best-match score",
+            "Shadow best-match score minus serving best-match score, each over its own model's threshold",
             shadow_labels,
             buckets=(-0.5, -0.2, -0.1, -0.05, -0.02, 0.0, 0.02, 0.05, 0.1, 0.2, 0.5),
             registry=r,

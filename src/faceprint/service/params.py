@@ -105,3 +105,17 @@ class ThresholdParams(BaseModel):
     def rule(self) -> str:
         """``fmr``, ``fpir`` or ``threshold``: what chooses the threshold of this request."""
         return rule_kind(fmr=self.fmr, fpir=self.fpir, threshold=self.threshold)
+
+
+#: The optional ``source`` of a recognition request (a camera id, say): drift is tracked per source
+#: (``faceprint drift``). The ``X-Faceprint-Source`` header says the same; the field wins.
+Source = Annotated[
+    str | None,
+    Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9_.:-]+$",
+        description="Where the photo comes from (a camera id): drift is tracked per source. Same as the "
+        "X-Faceprint-Source header.",
+    ),
+]

@@ -87,6 +87,9 @@ class Settings:
     keepalive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this long
     max_connections: int | None = None  # None: default_max_connections() (see `connection_limit`)
     liveness: str = "off"  # liveness policy of verify/identify/enrolment when a request names none
+    drift_window: int = 500  # faces per drift window (baseline and current), per collection, source and feature
+    shadow: str | None = None  # embedder run in the shadow of each collection's serving model (issue 17)
+    shadow_fraction: float = 0.1  # fraction of identify requests also run through the shadow model
 
     def __post_init__(self) -> None:
         for name in (
@@ -116,6 +119,10 @@ class Settings:
             raise SettingsError(f"FACEPRINT_LIVENESS: must be one of {modes}, got {self.liveness!r}")
         if self.max_connections is not None and self.max_connections < 1:
             raise SettingsError(f"FACEPRINT_MAX_CONNECTIONS: must be at least 1, got {self.max_connections}")
+        if not 20 <= self.drift_window <= 100_000:
+            raise SettingsError(f"FACEPRINT_DRIFT_WINDOW: must be 20 to 100000 faces, got {self.drift_window}")
+        if not 0 <= self.shadow_fraction <= 1:  # also refuses NaN
+            raise SettingsError(f"FACEPRINT_SHADOW_FRACTION: must be between 0 and 1, got {self.shadow_fraction}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -168,6 +175,11 @@ class Settings:
         """``max_connections``, or its default from the open-files limit (:func:`default_max_connections`)."""
         return default_max_connections() if self.max_connections is None else self.max_connections
 
+    @property
+    def drift_file(self) -> Path:
+        """Where the drift windows persist: ``drift.json`` beside the service database."""
+        return self.service_db.with_name("drift.json")
+
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
@@ -195,6 +207,9 @@ _ENV = {
     "keepalive_timeout_s": "FACEPRINT_KEEPALIVE_TIMEOUT_S",
     "max_connections": "FACEPRINT_MAX_CONNECTIONS",
     "liveness": "FACEPRINT_LIVENESS",
+    "drift_window": "FACEPRINT_DRIFT_WINDOW",
+    "shadow": "FACEPRINT_SHADOW",
+    "shadow_fraction": "FACEPRINT_SHADOW_FRACTION",
 }
 
 

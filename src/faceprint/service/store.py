@@ -58,6 +58,30 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
     """,
+    # Issue 17: every decision names the model version (sha256 of its weights) that made it; canary state
+    # (which collection copy answers for a collection) and the shadow model's outcomes (numbers only).
+    """
+    ALTER TABLE audit ADD COLUMN model_sha256 TEXT;
+    CREATE TABLE serving (
+        collection  TEXT PRIMARY KEY,        -- the name clients use
+        target      TEXT NOT NULL,           -- the gallery collection that answers for it
+        model_id    TEXT NOT NULL,
+        sha256      TEXT NOT NULL,
+        at          TEXT NOT NULL
+    );
+    CREATE TABLE shadow_log (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        at           TEXT NOT NULL,
+        request_id   TEXT,
+        collection   TEXT NOT NULL,
+        model        TEXT NOT NULL,
+        shadow_model TEXT NOT NULL,
+        agree        INTEGER NOT NULL,
+        score_shift  REAL,
+        seconds      REAL NOT NULL
+    );
+    CREATE INDEX shadow_log_at ON shadow_log(at);
+    """,
 )
 
 

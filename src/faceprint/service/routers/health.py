@@ -13,6 +13,7 @@ from starlette.types import Scope
 from faceprint import __version__
 from faceprint.service.auth import authenticate_request
 from faceprint.service.errors import ApiError
+from faceprint.service.monitoring import export_model_info
 from faceprint.service.paths import STATIC_DIR
 
 router = APIRouter()
@@ -60,7 +61,8 @@ async def metrics(request: Request) -> Response:
             raise ApiError(403, "forbidden", "metrics need a key with the 'read' scope", required_scope="read")
     if getattr(state, "ready", False):
         try:
-            for coll in await to_thread.run_sync(state.gallery.list_collections):
+            collections = await to_thread.run_sync(state.gallery.list_collections)
+            for coll in collections:
                 stats = await to_thread.run_sync(state.gallery.stats, coll.name)
                 state.metrics.gallery_subjects.labels(coll.name).set(stats.subjects)
                 state.metrics.gallery_templates.labels(coll.name).set(stats.templates)
@@ -69,6 +71,11 @@ async def metrics(request: Request) -> Response:
             state.metrics.gallery_up.set(0)
         else:
             state.metrics.gallery_up.set(1)
+            shadow = state.settings.shadow
+            await to_thread.run_sync(
+                export_model_info, state.metrics, collections, state.engines, state.serving, shadow
+            )
+        await to_thread.run_sync(state.drift.export, state.metrics)
     return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -11,7 +11,8 @@ from pydantic import Field
 from faceprint.liveness import refused_match
 from faceprint.service.auth import Recognize
 from faceprint.service.deps import audit_liveness, record, services
-from faceprint.service.params import LivenessMode, StrictInt, ThresholdParams
+from faceprint.service.monitoring import face_observations, request_source
+from faceprint.service.params import LivenessMode, Source, StrictInt, ThresholdParams
 from faceprint.service.uploads import openapi_body, read_images, validate_params
 
 router = APIRouter(prefix="/v1", tags=["recognition"])
@@ -21,6 +22,7 @@ class IdentifyParams(ThresholdParams):
     top_k: StrictInt = Field(5, ge=1, le=100, description="Candidates returned per face")
     collection: str | None = Field(None, min_length=1, max_length=100, description="Collection (default: default)")
     liveness: LivenessMode = None
+    source: Source = None
 
 
 @router.post(
@@ -32,6 +34,7 @@ async def identify(request: Request, principal: Recognize) -> dict[str, object]:
     svc = services(request)
     parsed = await read_images(request, ("image",), max_images=svc.settings.max_images_per_request)
     params = validate_params(IdentifyParams, parsed.params)
+    source = request_source(request, params.source)
     collection = svc.collection(params.collection)
     engine = await svc.engine_for(collection)
     calibration = svc.calibration_for(engine, params.threshold)
@@ -67,6 +70,29 @@ async def identify(request: Request, principal: Recognize) -> dict[str, object]:
         if check is not None:
             face["liveness"] = check.to_dict()
         faces.append(face)
+    searched_prints = iter(prints)
+    searched_answers = iter(answers)
+    refused = [c is not None and policy.refuses(c) for c in checks]
+    await svc.observe(
+        params.collection,
+        source,
+        face_observations(
+            detections,
+            [None if r else next(searched_prints) for r in refused],
+            checks,
+            [None if r else next(searched_answers) for r in refused],
+        ),
+    )
+    if svc.shadow is not None:
+        svc.shadow.maybe_run(
+            params.collection or svc.settings.default_collection,
+            image,
+            answers,
+            engine.model_id,
+            fmr=params.fmr,
+            fpir=params.fpir,
+            request_id=getattr(request.state, "request_id", None),
+        )
     threshold = answers[0].threshold if answers else None
     rule = {
         "rule": params.rule,

@@ -20,7 +20,8 @@ from faceprint.service.deps import record, services
 from faceprint.service.engines import Engine
 from faceprint.service.errors import ApiError
 from faceprint.service.inference import Inference
-from faceprint.service.params import LivenessMode, ThresholdParams
+from faceprint.service.monitoring import face_observations, request_source
+from faceprint.service.params import LivenessMode, Source, ThresholdParams
 from faceprint.service.uploads import Upload, openapi_body, read_images, validate_params
 from faceprint.types import Faceprint
 from faceprint.verify import Verification
@@ -36,6 +37,7 @@ class VerifyParams(ThresholdParams):
         description="Compare with this collection's model (default: the service's model for new collections)",
     )
     liveness: LivenessMode = None
+    source: Source = None
 
 
 async def _largest_checked(
@@ -63,7 +65,11 @@ async def verify(request: Request, principal: Recognize) -> dict[str, object]:
     svc = services(request)
     parsed = await read_images(request, ("image_a", "image_b"), max_images=svc.settings.max_images_per_request)
     params = validate_params(VerifyParams, parsed.params)
-    engine = svc.engines.default if params.collection is None else await svc.engine_for(params.collection)
+    source = request_source(request, params.source)
+    # A named collection: the model of the copy that answers for it (`faceprint canary promote`).
+    engine = (
+        svc.engines.default if params.collection is None else await svc.engine_for(svc.collection(params.collection))
+    )
     calibration = svc.calibration_for(engine, params.threshold)
     policy = svc.liveness_policy(params.liveness)
     live_pipeline = svc.engines.default.pipeline
@@ -101,6 +107,11 @@ async def verify(request: Request, principal: Recognize) -> dict[str, object]:
             model_id=engine.model_id,
         )
         return {"same_person": False, "decision": "not_live", "reasons": reasons, "liveness": liveness}
+    await svc.observe(
+        params.collection,
+        source,
+        face_observations([f.detection for f in (fa, fb) if f.detection is not None], [fa, fb], [la, lb]),
+    )
     decision = decide(fa, fb, fmr=params.fmr, fpir=params.fpir, threshold=params.threshold, calibration=calibration)
     out = Verification(decision, fa, fb, na, nb).to_dict()
     if policy.checks:
