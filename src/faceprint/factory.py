@@ -25,8 +25,12 @@ from faceprint.detect.base import Detector
 from faceprint.detect.cascade import CascadeDetector
 from faceprint.detect.confirm import ConfirmedDetector
 from faceprint.detect.hog import HOGDetector
+from faceprint.detect.keypoints import DetectorPoints, KeypointDetector
 from faceprint.detect.mmod import MMODDetector
 from faceprint.detect.onnx_ultraface import UltraFaceDetector
+from faceprint.detect.retinaface import RetinaFaceDetector
+from faceprint.detect.scrfd import ScrfdDetector
+from faceprint.detect.yunet import YuNetDetector
 from faceprint.embed.base import Embedder
 from faceprint.embed.dlib_resnet import DlibResNetEmbedder
 from faceprint.embed.onnx_arcface import OnnxEmbedder
@@ -37,9 +41,12 @@ from faceprint.liveness.fasnet import FasNetLiveness
 from faceprint.matching import Calibration, shipped_calibration
 from faceprint.models.families import (
     EMBEDDER_FAMILIES,
+    KEYPOINT_DETECTOR_FAMILIES,
     LANDMARK_FAMILIES,
     LIVENESS_FAMILIES,
     check_task,
+    gives_landmarks,
+    keypoint_detector_spec,
     landmark_scheme,
 )
 from faceprint.models.install import Installed, register_model
@@ -54,6 +61,12 @@ FALLBACK_DETECTOR = "cascade"
 FALLBACK_LANDMARKS = "dlib-shape5"
 # whose boxes each built-in detector returns (the landmark models adapt to it): the cascade's are MMOD's
 _DETECTOR_IDS = {"cascade": "dlib-mmod", "mmod": "dlib-mmod", "hog": "dlib-hog"}
+# the keypoint families' classes (detect/retinaface.py, scrfd.py, yunet.py): detectors that give 5 points too
+_KEYPOINT_DETECTORS: dict[str, type[KeypointDetector]] = {
+    "retinaface": RetinaFaceDetector,
+    "scrfd": ScrfdDetector,
+    "yunet": YuNetDetector,
+}
 
 
 class CalibrationFileError(FaceprintError):
@@ -113,9 +126,12 @@ def resolve_profile(
     detectors = [i for i, s in specs.items() if s.task == "detector" and i not in _DETECTOR_IDS.values()]
     if detector not in DETECTORS and detector not in detectors:
         raise ModelError(f"unknown detector {detector!r}; choose one of {', '.join([*DETECTORS, *detectors])}")
+    if landmarks is None and detector in specs and gives_landmarks(specs[detector]):
+        landmarks = detector  # the detector's own 5 points align the chips
     if landmarks is None:
         landmarks = spec.landmarks if _available(registry, spec.landmarks) else FALLBACK_LANDMARKS
-    if getattr(specs.get(landmarks), "task", None) != "landmarks":
+    own_points = landmarks == detector and gives_landmarks(specs[detector])
+    if not own_points and getattr(specs.get(landmarks), "task", None) != "landmarks":
         known = ", ".join(i for i, s in specs.items() if s.task == "landmarks")
         raise ModelError(f"unknown landmark model {landmarks!r}; choose one of {known}")
     assert spec.output_dim is not None  # embedder specs always state it (checked when parsed)
@@ -157,8 +173,9 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
             kwargs["min_score"] = o.min_score
         return MMODDetector(**kwargs)
     spec = registry.get(detector)
-    check_task(spec, "detector", ("ultraface",))
-    found = UltraFaceDetector(spec, registry.path(detector), device=o.device, threads=o.threads, min_score=o.min_score)
+    check_task(spec, "detector", ("ultraface", *KEYPOINT_DETECTOR_FAMILIES))
+    kind = _KEYPOINT_DETECTORS.get(spec.family, UltraFaceDetector)
+    found = kind(spec, registry.path(detector), device=o.device, threads=o.threads, min_score=o.min_score)
     confirm = spec.options.get("confirm_threshold")
     if confirm is None:
         return found
@@ -168,10 +185,13 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
 def load_landmarker(
     registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None,
     detector: str | None = None,
-) -> ShapePredictor5 | Landmark68:  # fmt: skip
+) -> ShapePredictor5 | Landmark68 | DetectorPoints:  # fmt: skip
     """An object with ``predict(image, boxes) → N×5×2`` in the scheme :func:`landmark_scheme` names;
     ``detector`` (a model id) says whose boxes it will get."""
     spec = registry.get(model_id)
+    if gives_landmarks(spec):  # a keypoint detector's own points (the pipeline takes them as it detects)
+        kind = _KEYPOINT_DETECTORS[spec.family]
+        return DetectorPoints(kind(spec, registry.path(model_id), device=device, threads=threads))
     check_task(spec, "landmarks", LANDMARK_FAMILIES)
     if spec.family == "dlib-shape5":
         return ShapePredictor5()
@@ -199,16 +219,31 @@ def check_model(spec: ModelSpec, path: Path) -> None:
         Landmark68(spec, path, threads=1)
     elif spec.task == "detector" and spec.family == "ultraface":
         UltraFaceDetector(spec, path, threads=1)
+    elif spec.task == "detector" and spec.family in _KEYPOINT_DETECTORS:
+        _KEYPOINT_DETECTORS[spec.family](spec, path, threads=1)
     elif spec.task == "anti-spoofing" and spec.family in LIVENESS_FAMILIES:
         FasNetLiveness(spec, path, threads=1)
     else:
         raise ModelError(f"model {spec.id!r}: family {spec.family!r} ({spec.task}) cannot be added as a file")
 
 
-def add_model(registry: ModelRegistry, source: Path) -> Installed:
+def add_model(
+    registry: ModelRegistry, source: Path, *, family: str | None = None, model_id: str | None = None
+) -> Installed:
     """``faceprint models add``: register a spec or weight file after loading it once (see
-    :func:`faceprint.models.install.register_model`)."""
-    return register_model(registry, source, check=check_model)
+    :func:`faceprint.models.install.register_model`). With ``family`` (``retinaface``, ``scrfd``, ``yunet``),
+    ``source`` is an ONNX detector of that layout: its spec is written from the family's defaults
+    (:func:`~faceprint.models.families.keypoint_detector_spec`), id ``model_id`` or ``<family>-<file stem>``."""
+    if family is None:
+        return register_model(registry, source, check=check_model)
+    spec = keypoint_detector_spec(source, family, model_id)
+    shipped = registry.specs().get(spec.id)
+    if shipped is not None and shipped.source.kind != "user":
+        raise ModelError(f"{source}: id {spec.id!r} is a shipped model; choose another id (--id)")
+    check_model(spec, source)
+    path = registry.store.put_file(spec, source)
+    registry.store.put_spec(spec)
+    return Installed(spec, path)
 
 
 def load_calibration(model_id: str, path: Path | None = None, *, required: bool = False) -> Calibration | None:

@@ -23,6 +23,7 @@ import numpy as np
 from faceprint.align.chips import ChipTemplate, extract_chips
 from faceprint.align.templates import chip_template
 from faceprint.detect.base import Detector, RawDetection
+from faceprint.detect.keypoints import KeypointDetector
 
 # Imported here, while `faceprint/__init__` runs, like `detect.base` above: the first import of the `embed`
 # subpackage sets the attribute `faceprint.embed`, which must happen before `faceprint.embed()` is defined.
@@ -217,7 +218,15 @@ class Pipeline:
     def detect(self, image: ImageSource | Image) -> list[Detection]:
         """All faces in ``image`` with boxes, scores and 5 landmarks, highest score first."""
         img = load_image(image)
-        return self.landmark(img, self.detector.detect(img.pixels))
+        detector = self.detector
+        if self.landmarker_id == self.profile.detector and isinstance(detector, KeypointDetector):
+            s = float(img.scale)  # the detector's own 5 points (retinaface, scrfd, yunet families)
+            return [
+                Detection(box=tuple(float(v) * s for v in box), score=score,  # type: ignore[arg-type]
+                          landmarks=points * np.float32(s), landmark_scheme=self.landmark_scheme)
+                for box, score, points in detector.detect_landmarks(img.pixels)
+            ]  # fmt: skip
+        return self.landmark(img, detector.detect(img.pixels))
 
     def landmark(self, image: ImageSource | Image, raw: Sequence[RawDetection]) -> list[Detection]:
         """Detections with this pipeline's 5 landmarks for ``((x1, y1, x2, y2), score)`` boxes in the
