@@ -50,6 +50,7 @@ from faceprint.models.families import (
     landmark_scheme,
 )
 from faceprint.models.install import Installed, register_model
+from faceprint.models.quantize import has_int8, int8_model
 from faceprint.models.registry import ModelRegistry
 from faceprint.models.spec import ModelSpec
 
@@ -148,6 +149,7 @@ class DetectorOptions:
     min_face: float | None = 40.0
     max_work_pixels: float = 2e6
     min_score: float | None = None
+    precision: str = "fp32"  # "int8": the detector's quantized graph when one ships (see _weights)
 
 
 def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptions) -> Detector:
@@ -156,14 +158,14 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
     if detector == "hog":
         return HOGDetector(upsample=1 if o.upsample is None else o.upsample)
     if detector == "cascade" and o.upsample is None:
-        kwargs: dict[str, Any] = {"device": o.device, "threads": o.threads}
+        kwargs: dict[str, Any] = {"device": o.device, "threads": o.threads, "precision": o.precision}
         if o.min_face is not None:
             kwargs["min_face"] = o.min_face
         if o.min_score is not None:
             kwargs["min_score"] = o.min_score
         return CascadeDetector(**kwargs)
     if detector in ("mmod", "cascade"):  # "cascade" with an explicit upsample: dlib's own scales, full scan
-        kwargs = {"device": o.device, "threads": o.threads}
+        kwargs = {"device": o.device, "threads": o.threads, "precision": o.precision}
         if o.upsample is not None:
             kwargs["upsample"] = o.upsample
         else:
@@ -175,7 +177,8 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
     spec = registry.get(detector)
     check_task(spec, "detector", ("ultraface", *KEYPOINT_DETECTOR_FAMILIES))
     kind = _KEYPOINT_DETECTORS.get(spec.family, UltraFaceDetector)
-    found = kind(spec, registry.path(detector), device=o.device, threads=o.threads, min_score=o.min_score)
+    weights = _weights(registry, detector, o.precision)
+    found = kind(spec, weights, device=o.device, threads=o.threads, min_score=o.min_score)
     confirm = spec.options.get("confirm_threshold")
     if confirm is None:
         return found
@@ -198,17 +201,27 @@ def load_landmarker(
     return Landmark68(spec, registry.path(model_id), device=device, threads=threads, detector=detector)
 
 
+def _weights(registry: ModelRegistry, model_id: str, precision: str) -> Path:
+    """The graph to run for ``model_id``: its file, or for ``int8`` its quantized version when faceprint ships
+    ranges for it (:mod:`faceprint.models.quantize`); models without them stay fp32."""
+    path = registry.path(model_id)
+    return int8_model(model_id, path) if precision == "int8" and has_int8(model_id) else path
+
+
 def load_embedder(
-    registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None
-) -> Embedder:
-    """A new embedder for ``model_id``; :class:`ModelNotInstalled` names the install command when missing."""
+    registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None,
+    precision: str = "fp32",
+) -> Embedder:  # fmt: skip
+    """A new embedder for ``model_id``; :class:`ModelNotInstalled` names the install command when missing.
+    ``precision="int8"``: its quantized graph (a :class:`ModelError` when none ships for it)."""
     spec = registry.get(model_id)
     check_task(spec, "embedder", EMBEDDER_FAMILIES)
     if spec.family == "dlib-resnet":
         if model_id != DlibResNetEmbedder.model_id:
             raise ModelError(f"model {model_id!r}: the dlib-resnet family has one model, {DlibResNetEmbedder.model_id}")
-        return DlibResNetEmbedder(device=device, threads=threads)
-    return OnnxEmbedder(spec, registry.path(model_id), device=device, threads=threads)
+        return DlibResNetEmbedder(device=device, threads=threads, precision=precision)
+    path = int8_model(model_id, registry.path(model_id)) if precision == "int8" else registry.path(model_id)
+    return OnnxEmbedder(spec, path, device=device, threads=threads)
 
 
 def check_model(spec: ModelSpec, path: Path) -> None:

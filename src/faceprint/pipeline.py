@@ -47,6 +47,7 @@ from faceprint.image import Image, ImageSource, load_image
 from faceprint.liveness import LivenessCalibration, LivenessModel, LivenessResult
 from faceprint.liveness.calibration import UNCALIBRATED_THRESHOLD
 from faceprint.matching import Calibration
+from faceprint.models.quantize import resolve_precision
 from faceprint.models.registry import BUILTIN_DEFAULT_EMBEDDER, ModelRegistry
 from faceprint.models.spec import ModelSpec
 from faceprint.models.store import ModelStore
@@ -85,9 +86,13 @@ class PipelineConfig:
     calibration: Path | None = None  # an operator's score → FMR table for the embedder; None: the shipped one
     liveness: str | None = None  # liveness model id; None: the installed one (loaded on first liveness check)
     liveness_calibration: Path | None = None  # an operator's liveness table; None: the shipped one
+    # "fp32" or "int8" (embedder and detectors quantized with shipped ranges; models without stay fp32);
+    # None: $FACEPRINT_PRECISION, else fp32. Accuracy: docs/models.md ("int8").
+    precision: str | None = None
     profile: ModelProfile = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", resolve_precision(self.precision))
         profile = resolve_profile(self.registry(), self.embedder, detector=self.detector, landmarks=self.landmarks)
         object.__setattr__(self, "profile", profile)
 
@@ -107,6 +112,7 @@ class PipelineConfig:
             min_face=self.min_face,
             max_work_pixels=self.max_work_pixels,
             min_score=self.min_score,
+            precision=str(self.precision),
         )
 
 
@@ -159,7 +165,11 @@ class Pipeline:
         with self._lock:
             if self._embedder is None:
                 self._embedder = load_embedder(
-                    self.registry, self.profile.embedder, device=self.config.device, threads=self.config.threads
+                    self.registry,
+                    self.profile.embedder,
+                    device=self.config.device,
+                    threads=self.config.threads,
+                    precision=str(self.config.precision),
                 )
             return self._embedder
 
