@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from faceprint.cli import app
+from faceprint.detect.keypoints import DetectorPoints
 from faceprint.detect.retinaface import RetinaFaceDetector, prior_boxes
 from faceprint.detect.scrfd import ScrfdDetector, anchor_centres
 from faceprint.detect.yunet import YuNetDetector
@@ -191,3 +192,12 @@ def test_models_add_family_refuses_what_it_cannot_read(tmp_path: Path) -> None:
         add_model(registry, bad, family="yunet")
     with pytest.raises(ModelError, match="no such file"):
         add_model(registry, tmp_path / "missing.onnx", family="scrfd")
+
+
+def test_a_box_the_detector_does_not_find_gets_the_usual_point_positions(tmp_path: Path) -> None:
+    path = scrfd_graph(tmp_path / "scrfd.onnx")
+    points = DetectorPoints(ScrfdDetector(keypoint_detector_spec(path, "scrfd"), path, threads=1))
+    box = np.array([[1000.0, 500.0, 1100.0, 620.0]])  # nowhere near the graph's one face, in the image or a crop
+    [guess] = points.predict(image(1280, 640), box)
+    assert (guess[:, 0] > 1000).all() and (guess[:, 0] < 1100).all() and (guess[:, 1] > 500).all()
+    assert guess[0, 0] < guess[1, 0] and guess[2, 1] < guess[3, 1]  # left eye left of right eye, nose above mouth
