@@ -99,3 +99,15 @@ def test_the_cli_option(cache_dir: Path) -> None:
         assert os.environ[PRECISION_ENV] == "int8"
     finally:
         os.environ.pop(PRECISION_ENV, None)
+
+
+def test_ranges_of_another_graph_are_refused(cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fp32 = Path(Pipeline().embedder.path)  # type: ignore[attr-defined]
+    ranges = tmp_path / "quantization" / "dlib-resnet-v1.json"
+    ranges.parent.mkdir()
+    data = json.loads(ranges_file("dlib-resnet-v1").read_text())  # type: ignore[union-attr]
+    data["data"]["no_such_tensor"] = next(iter(data["data"].values()))
+    ranges.write_text(json.dumps(data))
+    monkeypatch.setattr("faceprint.models.quantize.ranges_file", lambda model_id: ranges)
+    with pytest.raises(ModelError, match="measured on another graph"):
+        int8_model("dlib-resnet-v1", fp32)

@@ -17,6 +17,7 @@ channel (VNNI/AVX-512 kernels on x86), MinMax ranges.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -114,6 +115,22 @@ def calibrate(fp32: Path, batches: Iterable[np.ndarray], out: Path) -> None:
         _quantize(prepared, Path(tmp) / "int8.onnx", out, _Batches(name, batches))
 
 
+def _check_ranges(model_id: str, prepared: Path, ranges: Path) -> None:
+    """The ranges must name the prepared graph's tensors: a graph changed since they were measured (another
+    converter, another ONNX Runtime's pre-processing) would otherwise be quantized only in part, silently."""
+    graph = onnx.load(str(prepared)).graph
+    tensors = {name for node in graph.node for name in node.output} | {i.name for i in graph.input}
+    try:
+        measured = set(json.loads(ranges.read_text(encoding="utf-8"))["data"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ModelError(f"model {model_id!r}: cannot read its int8 ranges {ranges}: {exc}") from None
+    if not measured <= tensors or not measured:
+        raise ModelError(
+            f"model {model_id!r}: the int8 ranges in {ranges.name} were measured on another graph "
+            f"({len(measured - tensors)} of {len(measured)} tensors not found); run it in fp32"
+        )
+
+
 def int8_model(model_id: str, fp32: Path) -> Path:
     """The int8 graph of ``model_id`` made from its fp32 graph ``fp32`` with the shipped ranges (cached)."""
     ranges = ranges_file(model_id)
@@ -127,7 +144,9 @@ def int8_model(model_id: str, fp32: Path) -> Path:
     def build() -> onnx.ModelProto:
         with tempfile.TemporaryDirectory(prefix="faceprint-quant-") as tmp:
             out = Path(tmp) / "int8.onnx"
-            _quantize(_prepared(fp32, Path(tmp)), out, ranges)
+            prepared = _prepared(fp32, Path(tmp))
+            _check_ranges(model_id, prepared, ranges)
+            _quantize(prepared, out, ranges)
             return onnx.load(str(out))
 
     return cached_build(f"{model_id}-int8", fp32, sha256_file(fp32), version, build, what="quantizing")
