@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -151,6 +152,35 @@ def test_yunet_decodes_the_hand_computed_face(tmp_path: Path) -> None:
     assert score == pytest.approx(0.9, abs=1e-6)
     np.testing.assert_allclose(box, np.array([144, 56, 272, 216]) * 2, atol=1e-3)
     np.testing.assert_allclose(points, (POINT_OFFSETS + np.array([6, 4])) * 32 * 2, atol=1e-3)
+
+
+def test_yunet_decodes_as_opencv_face_detector_yn_does(tmp_path: Path) -> None:
+    # OpenCV's own YuNet decoder (cv2.FaceDetectorYN, face_detect.cpp) as the reference: random box and point
+    # regressions everywhere, five faces scored 0.6–0.95 on cells of every stride, the rest below the threshold
+    rng = np.random.default_rng(7)
+    outputs, faces = {}, {8: [(10, 12), (60, 70)], 16: [(5, 30)], 32: [(4, 6), (15, 2)]}
+    for stride in (8, 16, 32):
+        side = 640 // stride
+        cls, obj = rng.uniform(0, 0.2, (1, side * side, 1)), rng.uniform(0.5, 1, (1, side * side, 1))
+        for r, c in faces[stride]:
+            cls[0, r * side + c], obj[0, r * side + c] = rng.uniform(0.6, 0.95), 1.0
+        bbox = np.concatenate([rng.uniform(0, 1, (1, side * side, 2)), rng.uniform(0.5, 1.5, (1, side * side, 2))], 2)
+        kps = rng.uniform(-1, 1, (1, side * side, 10))
+        outputs |= {f"cls_{stride}": cls, f"obj_{stride}": obj, f"bbox_{stride}": bbox, f"kps_{stride}": kps}
+    ordered = {k: outputs[k] for kind in ("cls", "obj", "bbox", "kps") for k in outputs if k.startswith(kind)}
+    path = constant_graph(tmp_path / "yunet.onnx", "input", (640, 640), ordered)
+    ours = YuNetDetector(keypoint_detector_spec(path, "yunet"), path, threads=1, min_score=0.5).detect_landmarks(
+        image(640, 640)
+    )
+    reference = cv2.FaceDetectorYN.create(str(path), "", (640, 640), 0.5, 0.4, 5000)
+    _, theirs = reference.detect(np.ascontiguousarray(image(640, 640)[..., ::-1]))
+    theirs = theirs[np.argsort(-theirs[:, 14])]
+    assert len(ours) == len(theirs) == 5
+    for (box, score, points), row in zip(ours, theirs, strict=True):
+        x, y, w, h = row[:4]
+        np.testing.assert_allclose(box, np.clip([x, y, x + w, y + h], 0, 640), atol=1e-2)
+        np.testing.assert_allclose(points, row[4:14].reshape(5, 2), atol=1e-2)
+        assert score == pytest.approx(row[14], abs=1e-4)
 
 
 def test_a_graph_of_another_layout_is_refused_naming_the_file(tmp_path: Path) -> None:
