@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faceprint.evaluation.embedding import NO_FACE, Embeddings, choose_face, key
+from faceprint.evaluation.embedding import NO_FACE, Embeddings, cache_label, choose_face, key
 from faceprint.evaluation.pairs import identity_folders, read_pairs, read_people
 from faceprint.image import load_image
 from faceprint.pipeline import Pipeline, PipelineConfig
@@ -106,7 +106,9 @@ def detect(args: argparse.Namespace) -> None:
 
 def embed(args: argparse.Namespace) -> None:
     dets = _load_dets(Path(args.dets))
-    config = PipelineConfig(detector=args.detector, embedder=args.model, landmarks=args.landmarks)
+    config = PipelineConfig(
+        detector=args.detector, embedder=args.model, landmarks=args.landmarks, precision=args.precision
+    )
     pipeline = Pipeline(config)
     keys: list[str] = []
     vectors: list[np.ndarray] = []
@@ -139,7 +141,7 @@ def embed(args: argparse.Namespace) -> None:
             flush()
     flush()
     matrix = np.vstack(vectors).astype(np.float32)
-    result = Embeddings(pipeline.model_id, f"{args.detector}/centre", tuple(keys), matrix, failures)
+    result = Embeddings(pipeline.model_id, cache_label(pipeline, "centre"), tuple(keys), matrix, failures)
     result.save(Path(args.out))
     log.info("%d faces embedded in %.0f s → %s", len(keys), time.perf_counter() - started, args.out)
 
@@ -160,6 +162,7 @@ def main() -> None:
     e.add_argument("--landmarks", default=None)
     e.add_argument("--out", required=True)
     e.add_argument("--detector", default="mmod")
+    e.add_argument("--precision", default="fp32", help="fp32 or int8 (the embedder's quantized graph)")
     e.set_defaults(func=embed)
     args = parser.parse_args()
     args.func(args)

@@ -38,6 +38,14 @@ What it measures, in one run (sections are printed in this order):
    printed as such and not required; every other HOG box is. Issue target: ≥ 3× photos/s while finding at
    least HOG's faces.
 
+4. **Detectors × precision** (``--skip rows`` to leave out): one row per configuration that the functions in
+   ``DETECTOR_ROWS`` return (``cascade_rows``, ``ultraface_rows``; add one function per detector), each in its
+   own subprocess: detection ms/photo (``pipeline.detector.detect`` only), recall against the HOG faces of
+   the same run (IoU ≥ 0.3, inspected non-faces excused) and against ``dlib_faces``' hand-drawn boxes
+   (IoU ≥ 0.4), embedding ms/face at batch 32 (chips of the row's own detections, best of 5 batches),
+   end-to-end photos/s and photos per CPU-second with their ratio to face_recognition in the same run, and
+   peak RSS. ``precision`` int8 quantizes the models that ship int8 ranges (today the dlib embedder only).
+
 How to read it: every timing is printed as wall time AND process CPU time (all threads of the process,
 ``time.process_time``). The machine is shared (see the load average printed at start and end): wall time
 includes waiting for a core, so CPU time is the fairer cost comparison; ONNX Runtime uses ``threads`` cores
@@ -559,6 +567,104 @@ def _hog_score(photo: str, box: Sequence[float]) -> float:
     return float(best[1])
 
 
+# -- 4. one row per detector × precision, face_recognition in the same run ---------------------------------
+@dataclass(frozen=True)
+class Row:
+    """One configuration of the detector table: a label and the ``Pipeline`` options it runs with."""
+
+    label: str
+    options: dict[str, Any]
+
+
+def cascade_rows() -> list[Row]:
+    """The default detector (MTCNN proposals + MMOD on crops), dlib-resnet-v1, fp32 and int8."""
+    return [Row(f"cascade · dlib-resnet-v1 · {p}", {"detector": "cascade", "precision": p}) for p in ("fp32", "int8")]
+
+
+def ultraface_rows() -> list[Row]:
+    """faceplugin's UltraFace (needs `faceprint models install faceplugin`); the same embedder. UltraFace has
+    no int8 ranges (its boxes moved, docs/models.md), so in the int8 row only the embedder is int8."""
+    options = {"detector": "faceplugin-ultraface"}
+    return [Row(f"ultraface · dlib-resnet-v1 · {p}", {**options, "precision": p}) for p in ("fp32", "int8")]
+
+
+#: Row builders, one per detector family; append yours (each returns its rows).
+DETECTOR_ROWS: list[Callable[[], list[Row]]] = [cascade_rows, ultraface_rows]
+DLIB_FACES = FACES.parent / "dlib_faces"
+
+
+def row_worker(options: dict[str, Any], photos: list[Path]) -> dict[str, Any]:
+    """Runs in its own process: detection, embedding at batch 32 and end to end for one row's pipeline."""
+    from faceprint.evaluation.detection import read_dlib_xml
+    from faceprint.image import load_image
+    from faceprint.pipeline import Pipeline
+
+    pipeline = Pipeline(**options)
+    _ = pipeline.detector, pipeline.landmarker, pipeline.embedder
+    pixels = [load_pixels(p) for p in photos]
+    pipeline.embed(load_image(pixels[0]))  # warm-up
+    rss_models = peak_rss_mib()
+    detections = [timed(lambda i=img: pipeline.detector.detect(i)) for img in pixels]
+    truth = read_dlib_xml(DLIB_FACES / "training.xml") + read_dlib_xml(DLIB_FACES / "testing.xml")
+    truth_found = 0
+    for annotation in truth:
+        boxes = [b for b, _ in pipeline.detector.detect(load_pixels(annotation.image))]
+        truth_found += sum(any(iou(tuple(t), b) >= 0.4 for b in boxes) for t in annotation.boxes.tolist())
+    chips = np.concatenate([pipeline.chips(load_image(img), pipeline.detect(load_image(img))) for img in pixels])
+    chips = np.resize(chips, (BATCH, *chips.shape[1:]))  # cycled to one batch of 32
+    pipeline.embedder.embed_chips(chips)
+    embeds = [timed(lambda: pipeline.embedder.embed_chips(chips)) for _ in range(5)]
+    e2e = [timed(lambda i=img: [p.detection.box for p in pipeline.embed(load_image(i))]) for img in pixels]
+    return {
+        "detect_wall": [w for _, w, _ in detections],
+        "detect_cpu": [c for _, _, c in detections],
+        "boxes": {str(p): [list(b) for b, _ in found] for p, (found, _, _) in zip(photos, detections, strict=True)},
+        "truth_found": truth_found,
+        "truth_total": sum(len(a.boxes) for a in truth),
+        "embed_ms_wall": 1000 * min(w for _, w, _ in embeds) / BATCH,
+        "embed_ms_cpu": 1000 * min(c for _, _, c in embeds) / BATCH,
+        "e2e_wall": sum(w for _, w, _ in e2e),
+        "e2e_cpu": sum(c for _, _, c in e2e),
+        "rss_after_warmup_mib": rss_models,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def detector_rows_section(args: argparse.Namespace, photos: list[Path]) -> None:
+    fr = run_worker("face_recognition", args, photos)
+    n = len(photos)
+    fr_rate = (n / sum(p["wall"] for p in fr["photos"]), n / sum(p["cpu"] for p in fr["photos"]))
+    hog = {p["photo"]: [tuple(b) for b in p["boxes"]] for p in fr["photos"]}
+    real = [(photo, b) for photo, boxes in hog.items() for b in boxes if _inspected_not_face(photo, b) is None]
+    print(f"\n4. DETECTORS × PRECISION, {n} photos, each row in its own subprocess; face_recognition (HOG up 1 + "
+          f"ResNet) in the same run: {fr_rate[0]:.2f} photos/s wall, {fr_rate[1]:.2f} per CPU-s, peak RSS "
+          f"{fr['peak_rss_mib']:.0f} MiB")  # fmt: skip
+    print(
+        "| detector · embedder · precision | detect ms/photo wall (CPU) | HOG faces found | dlib_faces boxes "
+        "| embed ms/face @32 wall (CPU) | photos/s (× f_r) | photos/CPU-s (× f_r) | peak RSS MiB |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for build in DETECTOR_ROWS:
+        for row in build():
+            cmd = [sys.executable, __file__, "--worker", "row:" + json.dumps(row.options)]
+            cmd += ["--photos", ",".join(str(p) for p in photos)]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                print(f"| {row.label} | not run: {(done.stderr.strip().splitlines() or ['?'])[-1]} |")
+                continue
+            r = json.loads(done.stdout.strip().splitlines()[-1])
+            found = sum(any(iou(b, tuple(o)) >= MATCH_IOU for o in r["boxes"][photo]) for photo, b in real)
+            rate = (n / r["e2e_wall"], n / r["e2e_cpu"])
+            print(
+                f"| {row.label} | {1000 * np.mean(r['detect_wall']):.1f} ({1000 * np.mean(r['detect_cpu']):.1f}) "
+                f"| {found}/{len(real)} | {r['truth_found']}/{r['truth_total']} "
+                f"| {r['embed_ms_wall']:.2f} ({r['embed_ms_cpu']:.2f}) "
+                f"| {rate[0]:.2f} ({rate[0] / fr_rate[0]:.1f}×) | {rate[1]:.2f} ({rate[1] / fr_rate[1]:.1f}×) "
+                f"| {r['peak_rss_mib']:.0f} |"
+            )
+
+
 # -- main ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -574,11 +680,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embed-repeats", type=int, default=5, help="batch-32 embedding calls")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: cores)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: detection,embedding,e2e")
+    parser.add_argument("--skip", default="", help="comma-separated sections to skip: detection,embedding,e2e,rows")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     photos = select_photos(args.photos)
+    if args.worker and args.worker.startswith("row:"):
+        options = {**json.loads(args.worker.removeprefix("row:")), "device": args.device, "threads": args.threads}
+        print(json.dumps(row_worker(options, photos)))
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, photos, args.device, args.threads)))
         return
@@ -606,6 +716,8 @@ def main(argv: list[str] | None = None) -> None:
         embedding_section(args, photos, hog_boxes)
     if "e2e" not in skip:
         end_to_end_section(args, photos)
+    if "rows" not in skip:
+        detector_rows_section(args, photos)
     print(
         f"\ndone in {time.perf_counter() - start_wall:.0f} s wall, {time.process_time() - start_cpu:.0f} s CPU "
         f"(this process; the end-to-end subprocesses not included); peak RSS of this process "

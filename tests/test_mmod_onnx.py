@@ -182,3 +182,17 @@ def test_invalid_image(detector: MMODDetector) -> None:
         detector.detect(np.zeros((50, 50, 4), dtype=np.uint8))
     with pytest.raises(InvalidImage):
         detector.detect(np.zeros((50, 50, 3), dtype=np.float32))
+
+
+def test_crops_of_one_size_in_one_run_give_what_each_run_gives(detector: MMODDetector) -> None:
+    # the cascade's MMOD crops: several same-size images through the network as one batch
+    image = _load("faces/groups/selfie-many-people.jpg")
+    h, w = image.shape[:2]
+    crops = [np.ascontiguousarray(image[y : y + 232, x : x + 232]) for x, y in ((0, 0), (w - 232, 0), (w // 3, h // 4))]
+    batched = detector.detect_dlib_same_size(crops)
+    assert sum(len(rects) for rects, _ in batched) >= 1
+    for crop, (rects, scores) in zip(crops, batched, strict=True):
+        one_rects, one_scores = detector.detect_dlib(crop)
+        np.testing.assert_array_equal(rects, one_rects)
+        np.testing.assert_allclose(scores, one_scores, rtol=1e-5, atol=1e-5)
+    assert detector.detect_dlib_same_size([]) == []

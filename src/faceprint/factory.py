@@ -25,8 +25,12 @@ from faceprint.detect.base import Detector
 from faceprint.detect.cascade import CascadeDetector
 from faceprint.detect.confirm import ConfirmedDetector
 from faceprint.detect.hog import HOGDetector
+from faceprint.detect.keypoints import DetectorPoints, KeypointDetector
 from faceprint.detect.mmod import MMODDetector
 from faceprint.detect.onnx_ultraface import UltraFaceDetector
+from faceprint.detect.retinaface import RetinaFaceDetector
+from faceprint.detect.scrfd import ScrfdDetector
+from faceprint.detect.yunet import YuNetDetector
 from faceprint.embed.base import Embedder
 from faceprint.embed.dlib_resnet import DlibResNetEmbedder
 from faceprint.embed.onnx_arcface import OnnxEmbedder
@@ -37,12 +41,16 @@ from faceprint.liveness.fasnet import FasNetLiveness
 from faceprint.matching import Calibration, shipped_calibration
 from faceprint.models.families import (
     EMBEDDER_FAMILIES,
+    KEYPOINT_DETECTOR_FAMILIES,
     LANDMARK_FAMILIES,
     LIVENESS_FAMILIES,
     check_task,
+    gives_landmarks,
+    keypoint_detector_spec,
     landmark_scheme,
 )
 from faceprint.models.install import Installed, register_model
+from faceprint.models.quantize import has_int8, int8_model
 from faceprint.models.registry import ModelRegistry
 from faceprint.models.spec import ModelSpec
 
@@ -54,6 +62,12 @@ FALLBACK_DETECTOR = "cascade"
 FALLBACK_LANDMARKS = "dlib-shape5"
 # whose boxes each built-in detector returns (the landmark models adapt to it): the cascade's are MMOD's
 _DETECTOR_IDS = {"cascade": "dlib-mmod", "mmod": "dlib-mmod", "hog": "dlib-hog"}
+# the keypoint families' classes (detect/retinaface.py, scrfd.py, yunet.py): detectors that give 5 points too
+_KEYPOINT_DETECTORS: dict[str, type[KeypointDetector]] = {
+    "retinaface": RetinaFaceDetector,
+    "scrfd": ScrfdDetector,
+    "yunet": YuNetDetector,
+}
 
 
 class CalibrationFileError(FaceprintError):
@@ -113,9 +127,12 @@ def resolve_profile(
     detectors = [i for i, s in specs.items() if s.task == "detector" and i not in _DETECTOR_IDS.values()]
     if detector not in DETECTORS and detector not in detectors:
         raise ModelError(f"unknown detector {detector!r}; choose one of {', '.join([*DETECTORS, *detectors])}")
+    if landmarks is None and detector in specs and gives_landmarks(specs[detector]):
+        landmarks = detector  # the detector's own 5 points align the chips
     if landmarks is None:
         landmarks = spec.landmarks if _available(registry, spec.landmarks) else FALLBACK_LANDMARKS
-    if getattr(specs.get(landmarks), "task", None) != "landmarks":
+    own_points = landmarks == detector and gives_landmarks(specs[detector])
+    if not own_points and getattr(specs.get(landmarks), "task", None) != "landmarks":
         known = ", ".join(i for i, s in specs.items() if s.task == "landmarks")
         raise ModelError(f"unknown landmark model {landmarks!r}; choose one of {known}")
     assert spec.output_dim is not None  # embedder specs always state it (checked when parsed)
@@ -132,6 +149,7 @@ class DetectorOptions:
     min_face: float | None = 40.0
     max_work_pixels: float = 2e6
     min_score: float | None = None
+    precision: str = "fp32"  # "int8": the detector's quantized graph when one ships (see _weights)
 
 
 def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptions) -> Detector:
@@ -140,14 +158,14 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
     if detector == "hog":
         return HOGDetector(upsample=1 if o.upsample is None else o.upsample)
     if detector == "cascade" and o.upsample is None:
-        kwargs: dict[str, Any] = {"device": o.device, "threads": o.threads}
+        kwargs: dict[str, Any] = {"device": o.device, "threads": o.threads, "precision": o.precision}
         if o.min_face is not None:
             kwargs["min_face"] = o.min_face
         if o.min_score is not None:
             kwargs["min_score"] = o.min_score
         return CascadeDetector(**kwargs)
     if detector in ("mmod", "cascade"):  # "cascade" with an explicit upsample: dlib's own scales, full scan
-        kwargs = {"device": o.device, "threads": o.threads}
+        kwargs = {"device": o.device, "threads": o.threads, "precision": o.precision}
         if o.upsample is not None:
             kwargs["upsample"] = o.upsample
         else:
@@ -157,8 +175,10 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
             kwargs["min_score"] = o.min_score
         return MMODDetector(**kwargs)
     spec = registry.get(detector)
-    check_task(spec, "detector", ("ultraface",))
-    found = UltraFaceDetector(spec, registry.path(detector), device=o.device, threads=o.threads, min_score=o.min_score)
+    check_task(spec, "detector", ("ultraface", *KEYPOINT_DETECTOR_FAMILIES))
+    kind = _KEYPOINT_DETECTORS.get(spec.family, UltraFaceDetector)
+    weights = _weights(registry, detector, o.precision)
+    found = kind(spec, weights, device=o.device, threads=o.threads, min_score=o.min_score)
     confirm = spec.options.get("confirm_threshold")
     if confirm is None:
         return found
@@ -168,27 +188,40 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
 def load_landmarker(
     registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None,
     detector: str | None = None,
-) -> ShapePredictor5 | Landmark68:  # fmt: skip
+) -> ShapePredictor5 | Landmark68 | DetectorPoints:  # fmt: skip
     """An object with ``predict(image, boxes) → N×5×2`` in the scheme :func:`landmark_scheme` names;
     ``detector`` (a model id) says whose boxes it will get."""
     spec = registry.get(model_id)
+    if gives_landmarks(spec):  # a keypoint detector's own points (the pipeline takes them as it detects)
+        kind = _KEYPOINT_DETECTORS[spec.family]
+        return DetectorPoints(kind(spec, registry.path(model_id), device=device, threads=threads))
     check_task(spec, "landmarks", LANDMARK_FAMILIES)
     if spec.family == "dlib-shape5":
         return ShapePredictor5()
     return Landmark68(spec, registry.path(model_id), device=device, threads=threads, detector=detector)
 
 
+def _weights(registry: ModelRegistry, model_id: str, precision: str) -> Path:
+    """The graph to run for ``model_id``: its file, or for ``int8`` its quantized version when faceprint ships
+    ranges for it (:mod:`faceprint.models.quantize`); models without them stay fp32."""
+    path = registry.path(model_id)
+    return int8_model(model_id, path) if precision == "int8" and has_int8(model_id) else path
+
+
 def load_embedder(
-    registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None
-) -> Embedder:
-    """A new embedder for ``model_id``; :class:`ModelNotInstalled` names the install command when missing."""
+    registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None,
+    precision: str = "fp32",
+) -> Embedder:  # fmt: skip
+    """A new embedder for ``model_id``; :class:`ModelNotInstalled` names the install command when missing.
+    ``precision="int8"``: its quantized graph (a :class:`ModelError` when none ships for it)."""
     spec = registry.get(model_id)
     check_task(spec, "embedder", EMBEDDER_FAMILIES)
     if spec.family == "dlib-resnet":
         if model_id != DlibResNetEmbedder.model_id:
             raise ModelError(f"model {model_id!r}: the dlib-resnet family has one model, {DlibResNetEmbedder.model_id}")
-        return DlibResNetEmbedder(device=device, threads=threads)
-    return OnnxEmbedder(spec, registry.path(model_id), device=device, threads=threads)
+        return DlibResNetEmbedder(device=device, threads=threads, precision=precision)
+    path = int8_model(model_id, registry.path(model_id)) if precision == "int8" else registry.path(model_id)
+    return OnnxEmbedder(spec, path, device=device, threads=threads)
 
 
 def check_model(spec: ModelSpec, path: Path) -> None:
@@ -199,16 +232,31 @@ def check_model(spec: ModelSpec, path: Path) -> None:
         Landmark68(spec, path, threads=1)
     elif spec.task == "detector" and spec.family == "ultraface":
         UltraFaceDetector(spec, path, threads=1)
+    elif spec.task == "detector" and spec.family in _KEYPOINT_DETECTORS:
+        _KEYPOINT_DETECTORS[spec.family](spec, path, threads=1)
     elif spec.task == "anti-spoofing" and spec.family in LIVENESS_FAMILIES:
         FasNetLiveness(spec, path, threads=1)
     else:
         raise ModelError(f"model {spec.id!r}: family {spec.family!r} ({spec.task}) cannot be added as a file")
 
 
-def add_model(registry: ModelRegistry, source: Path) -> Installed:
+def add_model(
+    registry: ModelRegistry, source: Path, *, family: str | None = None, model_id: str | None = None
+) -> Installed:
     """``faceprint models add``: register a spec or weight file after loading it once (see
-    :func:`faceprint.models.install.register_model`)."""
-    return register_model(registry, source, check=check_model)
+    :func:`faceprint.models.install.register_model`). With ``family`` (``retinaface``, ``scrfd``, ``yunet``),
+    ``source`` is an ONNX detector of that layout: its spec is written from the family's defaults
+    (:func:`~faceprint.models.families.keypoint_detector_spec`), id ``model_id`` or ``<family>-<file stem>``."""
+    if family is None:
+        return register_model(registry, source, check=check_model)
+    spec = keypoint_detector_spec(source, family, model_id)
+    shipped = registry.specs().get(spec.id)
+    if shipped is not None and shipped.source.kind != "user":
+        raise ModelError(f"{source}: id {spec.id!r} is a shipped model; choose another id (--id)")
+    check_model(spec, source)
+    path = registry.store.put_file(spec, source)
+    registry.store.put_spec(spec)
+    return Installed(spec, path)
 
 
 def load_calibration(model_id: str, path: Path | None = None, *, required: bool = False) -> Calibration | None:

@@ -23,6 +23,7 @@ import numpy as np
 from faceprint.align.chips import ChipTemplate, extract_chips
 from faceprint.align.templates import chip_template
 from faceprint.detect.base import Detector, RawDetection
+from faceprint.detect.keypoints import KeypointDetector
 
 # Imported here, while `faceprint/__init__` runs, like `detect.base` above: the first import of the `embed`
 # subpackage sets the attribute `faceprint.embed`, which must happen before `faceprint.embed()` is defined.
@@ -46,6 +47,7 @@ from faceprint.image import Image, ImageSource, load_image
 from faceprint.liveness import LivenessCalibration, LivenessModel, LivenessResult
 from faceprint.liveness.calibration import UNCALIBRATED_THRESHOLD
 from faceprint.matching import Calibration
+from faceprint.models.quantize import resolve_precision
 from faceprint.models.registry import BUILTIN_DEFAULT_EMBEDDER, ModelRegistry
 from faceprint.models.spec import ModelSpec
 from faceprint.models.store import ModelStore
@@ -85,9 +87,13 @@ class PipelineConfig:
     calibration: Path | None = None  # an operator's score → FMR table for the embedder; None: the shipped one
     liveness: str | None = None  # liveness model id; None: the installed one (loaded on first liveness check)
     liveness_calibration: Path | None = None  # an operator's liveness table; None: the shipped one
+    # "fp32" or "int8" (embedder and detectors quantized with shipped ranges; models without stay fp32);
+    # None: $FACEPRINT_PRECISION, else fp32. Accuracy: docs/models.md ("int8").
+    precision: str | None = None
     profile: ModelProfile = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "precision", resolve_precision(self.precision))
         profile = resolve_profile(self.registry(), self.embedder, detector=self.detector, landmarks=self.landmarks)
         object.__setattr__(self, "profile", profile)
 
@@ -107,6 +113,7 @@ class PipelineConfig:
             min_face=self.min_face,
             max_work_pixels=self.max_work_pixels,
             min_score=self.min_score,
+            precision=str(self.precision),
         )
 
 
@@ -159,7 +166,11 @@ class Pipeline:
         with self._lock:
             if self._embedder is None:
                 self._embedder = load_embedder(
-                    self.registry, self.profile.embedder, device=self.config.device, threads=self.config.threads
+                    self.registry,
+                    self.profile.embedder,
+                    device=self.config.device,
+                    threads=self.config.threads,
+                    precision=str(self.config.precision),
                 )
             return self._embedder
 
@@ -218,8 +229,19 @@ class Pipeline:
     def detect(self, image: ImageSource | Image) -> list[Detection]:
         """All faces in ``image`` with boxes, scores and 5 landmarks, highest score first."""
         img = load_image(image)
+        detector = self.detector
+        if self.landmarker_id == self.profile.detector and isinstance(detector, KeypointDetector):
+            s = float(img.scale)  # the detector's own 5 points (retinaface, scrfd, yunet families)
+            with span("detect", detector=self.detector_name):
+                found = detector.detect_landmarks(img.pixels)
+                set_attributes(faces=len(found))
+            return [
+                Detection(box=tuple(float(v) * s for v in box), score=score,  # type: ignore[arg-type]
+                          landmarks=points * np.float32(s), landmark_scheme=self.landmark_scheme)
+                for box, score, points in found
+            ]  # fmt: skip
         with span("detect", detector=self.detector_name):
-            raw = self.detector.detect(img.pixels)
+            raw = detector.detect(img.pixels)
             set_attributes(faces=len(raw))
         return self.landmark(img, raw)
 

@@ -373,9 +373,16 @@ def models_install(
 @handle_errors
 def models_add(
     source: Path = typer.Argument(..., help="A model spec (.toml/.json) next to its file, or a known model file."),
+    family: str | None = typer.Option(
+        None,
+        "--family",
+        help="SOURCE is an ONNX detector of this layout: retinaface, scrfd or yunet (boxes and 5 "
+        "landmarks); its spec is written for it.",
+    ),
+    model_id: str | None = typer.Option(None, "--id", help="With --family: the model id (default FAMILY-FILESTEM)."),
 ) -> None:
     """Register a model you have: the spec and file are checked (sha256, input size) and copied into the store."""
-    item = add_model(ModelRegistry(), source)
+    item = add_model(ModelRegistry(), source, family=family, model_id=model_id)
     typer.echo(f"added {item.spec.id} ({item.spec.task}, {item.spec.family}) → {item.path}")
 
 

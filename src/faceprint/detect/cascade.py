@@ -19,8 +19,10 @@ Stages, for one image:
 3. RNet, then ONet, on all remaining proposals in one batch each; P(face) ≥ ``rnet_threshold`` /
    ``onet_threshold`` survive, regressed and NMS-merged; overlapping survivors share one crop (:meth:`cover`);
 4. MMOD (:class:`~faceprint.detect.mmod.MMODDetector` without its own margin) on a square crop of
-   ``crop_factor`` × each proposal, resized so the proposal is ``crop_face`` px; detections from all crops
-   are merged with dlib's own non-max suppression and mapped back; those centred in the margin are dropped.
+   ``crop_factor`` × each proposal, resized so the proposal is ``crop_face`` px — all crops of a photo have
+   that one size, so their pyramids go through the network as one batch (one run per photo); detections from
+   all crops are merged with dlib's own non-max suppression and mapped back; those centred in the margin are
+   dropped.
 
 When proposals are many (a crowd), crops overlap and the work approaches a full scan: above
 ``max_crop_pixels`` (the crops' total area in pixels of the image MMOD would see) the detector falls back to
@@ -123,22 +125,27 @@ class CascadeDetector:
         edge_margin: float = 0.1,
         pnet_threshold: float = 0.5,
         rnet_threshold: float = 0.3,
-        onet_threshold: float = 0.3,
+        onet_threshold: float = 0.6,
         pyramid_factor: float = 0.709,
         crop_factor: float = 1.6,
         crop_face: float = 145.0,
         max_crop_pixels: float = 2e6,
         max_pnet_pixels: float = 4e6,
         mmod: MMODDetector | None = None,
+        precision: str = "fp32",
     ) -> None:
         """``min_face``: smallest face width (px) to find. ``min_score``: MMOD's detection threshold (dlib's
         ``adjust_threshold``). ``edge_margin``: mirrored margin, as :class:`MMODDetector`'s.
         ``pnet_threshold``/``rnet_threshold``: the proposal stages' P(face) cut-offs — lower finds more and
         costs more MMOD crops; MTCNN's own are 0.6/0.7, ours are lower because MMOD confirms.
+        ``onet_threshold``: what ONet rates below it is background and gets no MMOD crop. 0.6 (was 0.3) cuts
+        the crops by a quarter with every face kept on the shared photos and ``dlib_faces``; 0.8 loses one
+        (``benchmarks/cascade.py``; real faces rate ≥ 0.685 in detect/confirm.py's measurement).
         ``crop_factor``: MMOD crop side / proposal side. ``crop_face``: the proposal's side in the crop, px
         (MMOD's window is 80 px; MTCNN boxes are a little larger than MMOD's). ``max_crop_pixels``: above this
         total crop area a full MMOD scan is cheaper and is used instead. ``max_pnet_pixels``: the largest
-        pyramid level PNet scans (a huge photo then finds larger faces only)."""
+        pyramid level PNet scans (a huge photo then finds larger faces only). ``precision``: ``int8`` runs MMOD
+        quantized (:mod:`faceprint.models.quantize`); the proposal networks are small and stay fp32."""
         if min_face <= 0:
             raise InvalidArgument(f"min_face must be positive, got {min_face}")
         if not 0 <= edge_margin <= 0.5:
@@ -160,7 +167,10 @@ class CascadeDetector:
         self.rnet = create_session(_rnet_file(), device=device, threads=threads)
         self.onet = create_session(_onet_file(), device=device, threads=threads)
         # MMOD on crops: no margin (the cascade adds its own once), dlib's scale
-        self.mmod = mmod or MMODDetector(device=device, threads=threads, min_score=min_score, edge_margin=0.0)
+        self.precision = precision
+        self.mmod = mmod or MMODDetector(
+            device=device, threads=threads, min_score=min_score, edge_margin=0.0, precision=precision
+        )
         self._full_scan: MMODDetector | None = None
         self._device, self._threads = device, threads
         self._lock = threading.Lock()
@@ -253,10 +263,10 @@ class CascadeDetector:
         dlib's non-max suppression across all crops."""
         all_rects, all_scores = [], []
         side = round(self.crop_face * self.crop_factor)
-        for window in windows:
+        crops = [_crop(pixels, window, side) for window in windows]
+        # every crop has the same size: their pyramids go through the network as one batch
+        for window, (rects, scores) in zip(windows, self.mmod.detect_dlib_same_size(crops), strict=True):
             half = (window[2] - window[0]) / 2
-            crop = _crop(pixels, window, side)
-            rects, scores = self.mmod.detect_dlib(crop)
             if len(rects) == 0:
                 continue
             scale = (2 * half) / side  # crop px → image px
@@ -303,5 +313,6 @@ class CascadeDetector:
                 min_score=self.min_score,
                 edge_margin=self.edge_margin,
                 min_face=self.min_face,
+                precision=self.precision,
             )
         return self._full_scan

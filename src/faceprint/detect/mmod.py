@@ -45,6 +45,7 @@ from faceprint.models.mmod_onnx import (
     build_resize_onnx,
     read_mmod,
 )
+from faceprint.models.quantize import has_int8, int8_model
 from faceprint.models.runtime import create_session
 
 __all__ = ["MMODDetector", "TiledPyramid", "tiled_pyramid_layout"]
@@ -204,6 +205,7 @@ class MMODDetector:
         edge_margin: float = 0.1,
         min_face: float | None = None,
         max_work_pixels: float = 2e6,
+        precision: str = "fp32",
     ) -> None:
         """``upsample``: times the image is doubled first, as dlib's second argument: the detector window is
         80×80 px, so faces smaller than ~80 px need ``upsample=1`` (~40 px), at 4× the time per step.
@@ -215,7 +217,7 @@ class MMODDetector:
         ``min_face``: the smallest face width (px) to find; the image is resized by ``80 / min_face`` before
         the network sees it, but never to more than ``max_work_pixels`` — in a large photo the smallest face
         found grows instead (a 12 MP photo at 2 MP of work finds faces from ~200 px). None keeps dlib's own
-        scale (``upsample``)."""
+        scale (``upsample``). ``precision``: ``int8`` runs the graph quantized when ranges for it ship."""
         if min_face is not None and min_face <= 0:
             raise InvalidArgument(f"min_face must be positive, got {min_face}")
         self.min_face = min_face
@@ -226,7 +228,10 @@ class MMODDetector:
             raise InvalidArgument(f"edge_margin must be in [0, 0.5], got {edge_margin}")
         self.edge_margin = float(edge_margin)
         self.geometry = _geometry()
-        self.session = create_session(_model_file(), device=device, threads=threads)
+        # int8 only with shipped ranges (none yet: quantized, its boxes moved, IoU 0.69; docs/models.md "int8")
+        int8 = precision == "int8" and has_int8(self.model_id)
+        self.path = int8_model(self.model_id, _model_file()) if int8 else _model_file()
+        self.session = create_session(self.path, device=device, threads=threads)
         self._resizer = create_session(build_resize_onnx().SerializeToString(), device=device, threads=threads)
         self.upsample = int(upsample)
         self.min_score = float(min_score)
@@ -259,8 +264,12 @@ class MMODDetector:
 
     def scores(self, tensor: np.ndarray) -> np.ndarray:
         """The network's score map for a tiled input, windows×rows×cols float32."""
+        return self.batch_scores(tensor)[0]
+
+    def batch_scores(self, tensor: np.ndarray) -> np.ndarray:
+        """Score maps of N tiled inputs of one size in one run (N×3×R×C → N×windows×rows×cols)."""
         with self._lock:  # one run at a time per session keeps ORT's thread pool from oversubscribing
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: tensor})[0][0]
+            return self.session.run([OUTPUT_NAME], {INPUT_NAME: tensor})[0]
 
     def candidates(self, score_map: np.ndarray, layout: TiledPyramid) -> tuple[np.ndarray, np.ndarray]:
         """Score-map cells above the threshold as integer dlib rectangles in the (upsampled) image.
@@ -328,6 +337,24 @@ class MMODDetector:
                     continue
             kept.append(i)
         return kept
+
+    def detect_dlib_same_size(self, images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`detect_dlib` (``upsample=0``) of several H×W×3 images of one size with one network run (the
+        cascade's crops): the same rectangles and scores as one call per image."""
+        if self.upsample or not images:
+            return [self.detect_dlib(image) for image in images]
+        g = self.geometry
+        rows, cols = images[0].shape[:2]
+        layout = tiled_pyramid_layout(rows, cols, g.pyramid_padding, g.pyramid_outer_padding)
+        if len(layout.rects) == 0 or min(layout.rows, layout.cols) < g.min_input:
+            return [(np.zeros((0, 4), np.int64), np.zeros(0)) for _ in images]
+        tensor = np.concatenate([self.input_tensor(_as_rgb(image))[0] for image in images])
+        out = []
+        for score_map in self.batch_scores(tensor):
+            rects, scores = self.candidates(score_map, layout)
+            keep = self.suppress(rects, scores)
+            out.append((rects[keep], scores[keep]))
+        return out
 
     def detect_dlib(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """dlib's own output: (K, 4) int64 inclusive rectangles ``(left, top, right, bottom)`` and scores."""

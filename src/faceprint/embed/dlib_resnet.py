@@ -9,6 +9,7 @@ import numpy as np
 from faceprint.errors import InvalidImage
 from faceprint.models.convert import converted_model
 from faceprint.models.dlib_resnet_onnx import CONVERTER_VERSION, INPUT_NAME, OUTPUT_NAME, build_resnet_onnx
+from faceprint.models.quantize import int8_model
 from faceprint.models.runtime import create_session
 
 # dlib's input_rgb_image_sized<150> defaults, also stored in the .dat file (checked by the tests).
@@ -49,9 +50,12 @@ class DlibResNetEmbedder:
     dim = 128
     max_batch = 64  # larger inputs are run in slices of this many chips to bound memory
 
-    def __init__(self, *, device: str = "cpu", threads: int | None = None) -> None:
+    def __init__(self, *, device: str = "cpu", threads: int | None = None, precision: str = "fp32") -> None:
+        """``precision``: ``fp32``, or ``int8`` (the graph quantized with the shipped ranges, cached)."""
         path = converted_model(self.model_id, build_resnet_onnx, version=CONVERTER_VERSION)
-        self.session = create_session(path, device=device, threads=threads)
+        self.path = int8_model(self.model_id, path) if precision == "int8" else path
+        self.precision = precision
+        self.session = create_session(self.path, device=device, threads=threads)
         self.device = device
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:

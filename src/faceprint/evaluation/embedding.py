@@ -70,6 +70,12 @@ class Embeddings:
             )
 
 
+def cache_label(pipeline: Pipeline, face: str) -> str:
+    """What a cache's vectors were made with besides the model: ``detector/face``, plus ``/int8`` for int8."""
+    label = f"{pipeline.detector_name}/{face}"
+    return label if pipeline.config.precision == "fp32" else f"{label}/{pipeline.config.precision}"
+
+
 def key(path: Path | str) -> str:
     return str(Path(path).resolve())
 
@@ -96,7 +102,7 @@ def embed_images(
     """Embed each distinct path once (see the module docstring)."""
     if face not in FACE_CHOICES:
         raise FaceprintError(f"face must be one of {', '.join(FACE_CHOICES)}, got {face!r}")
-    detector = f"{pipeline.detector_name}/{face}"
+    detector = cache_label(pipeline, face)
     wanted = list(dict.fromkeys(key(p) for p in paths))
     keys: list[str] = []
     vectors: list[np.ndarray] = []

@@ -25,7 +25,7 @@ import platformdirs
 from faceprint.errors import ModelError
 from faceprint.models.catalogue import get_spec, model_path, sha256_file
 
-__all__ = ["CACHE_ENV", "FORMAT_VERSION", "cache_dir", "cached_paths", "converted_model"]
+__all__ = ["CACHE_ENV", "FORMAT_VERSION", "cache_dir", "cached_build", "cached_paths", "converted_model"]
 
 CACHE_ENV = "FACEPRINT_CACHE_DIR"
 FORMAT_VERSION = "1"
@@ -85,18 +85,43 @@ def converted_model(model_id: str, builder: Callable[[Path], onnx.ModelProto], *
     converter so that a change to it invalidates older cached files.
     """
     source = model_path(model_id)  # verifies the source file's sha256 against the catalogue
-    source_sha256 = get_spec(model_id).sha256
     onnx_path, sidecar = cached_paths(model_id, version)
+    return cached_build(
+        model_id,
+        source,
+        get_spec(model_id).sha256,
+        version,
+        lambda: builder(source),
+        (onnx_path, sidecar),
+        "converting",
+    )
+
+
+def cached_build(
+    model_id: str,
+    source: Path,
+    source_sha256: str,
+    version: str,
+    build: Callable[[], onnx.ModelProto],
+    paths: tuple[Path, Path] | None = None,
+    what: str = "building",
+) -> Path:
+    """The cached ONNX file made by ``build()`` from ``source`` (sha256 ``source_sha256``) with a builder of
+    ``version``, building it on first use; ``paths`` (``.onnx``, sidecar) default to
+    ``<cache>/<model_id>-<key>.onnx``. The one cache of derived graphs: conversions and quantized models."""
+    if paths is None:
+        stem = f"{model_id}-{_key(source_sha256, version)}"
+        paths = (cache_dir() / f"{stem}.onnx", cache_dir() / f"{stem}.json")
+    onnx_path, sidecar = paths
     if _is_valid(onnx_path, sidecar, source_sha256, version):
         return onnx_path
 
     try:
-        model = builder(source)
-        data = model.SerializeToString()
+        data = build().SerializeToString()
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"model {model_id!r}: converting {source} to ONNX failed: {exc}") from exc
+        raise ModelError(f"model {model_id!r}: {what} {source} to ONNX failed: {exc}") from exc
     meta = {
         "model_id": model_id,
         "source": source.name,

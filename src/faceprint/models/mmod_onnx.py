@@ -38,7 +38,7 @@ __all__ = [
     "records_to_onnx",
 ]
 
-CONVERTER_VERSION = "dlib-mmod-onnx-3"
+CONVERTER_VERSION = "dlib-mmod-onnx-4"  # 4: symbolic batch (the cascade runs all its crops at once)
 INPUT_NAME = "image"
 OUTPUT_NAME = "scores"
 OPSET = 17
@@ -203,8 +203,8 @@ def records_to_onnx(
     graph = helper.make_graph(
         nodes,
         "dlib_mmod_face_detector",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, 3, "height", "width"])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [1, channels, "rows", "cols"])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, "height", "width"])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", channels, "rows", "cols"])],
         inits,
     )
     model = helper.make_model(

@@ -61,6 +61,7 @@ class OnnxModel:
             raise ModelError(f"model {spec.id!r} ({spec.origin}): the spec has no [input] section")
         self.spec = spec
         self.model_id = spec.id
+        self.path = path
         self.input: InputSpec = spec.input
         try:
             proto = onnx.load(str(path))
