@@ -13,6 +13,7 @@ template a noisy copy of it (cosine ≈ 0.9 to the identity, ≈ 0.8 between two
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +37,8 @@ from faceprint.gallery import (
     import_gallery,
 )
 from faceprint.gallery.crypto import TemplateCipher
+from faceprint.gallery.errors import UnknownPurpose
+from faceprint.gallery.model import parse_duration
 from faceprint.matching import DEFAULT_FMR, Calibration, InvalidThresholdRule, fmr_for_fpir, shipped_calibration
 from faceprint.types import Detection, Faceprint
 from tests.conftest import identity_photos
@@ -158,7 +161,7 @@ class GalleryContract:
 
     # -- subjects ---------------------------------------------------------------------------------------
     def test_subject_round_trip(self, gallery: Gallery) -> None:
-        consent = Consent("ada herself", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "office door access")
+        consent = Consent("ada herself", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), ("access-control",))
         expires = datetime(2030, 1, 1, tzinfo=UTC)
         created = gallery.add_subject(
             "Ada Lovelace", metadata={"team": "R&D", "badge": 42}, consent=consent, expires_at=expires
@@ -182,8 +185,8 @@ class GalleryContract:
         gallery.add_subject("bob")
         u = gallery.update_subject(s.id, name="ada l.", metadata={"b": 2})
         assert (u.id, u.name, u.metadata) == (s.id, "ada l.", {"b": 2})
-        u = gallery.update_subject("ada l.", consent=Consent("ada", datetime(2026, 1, 1, tzinfo=UTC), "test"))
-        assert u.consent is not None and u.consent.purpose == "test"
+        u = gallery.update_subject("ada l.", consent=Consent("ada", datetime(2026, 1, 1, tzinfo=UTC), ("attendance",)))
+        assert u.consent is not None and u.consent.purposes == ("attendance",)
         u = gallery.update_subject(s.id, consent=None, expires_at=datetime(2031, 1, 1, tzinfo=UTC), name=UNSET)
         assert u.consent is None and u.expires_at is not None and u.name == "ada l."
         with pytest.raises(SubjectExists):
@@ -235,6 +238,111 @@ class GalleryContract:
         (ans,) = gallery.identify([people.print_of("old")], threshold=THRESHOLD)
         assert ans.candidates == () or all(c.subject != "old" for c in ans.candidates)
         assert [s.name for s in gallery.purge_expired(now=now + timedelta(days=2))] == ["current"]
+
+    # -- protection: retention, consent purposes, erasure (issue 18) ------------------------------------
+    def test_an_expired_subject_is_never_matched(self, gallery: Gallery, people: People) -> None:
+        now = datetime.now(UTC)
+        soon = gallery.add_subject("soon", expires_at=now + timedelta(seconds=2))
+        gallery.add_templates(soon.id, people.prints_of("soon", 3))
+        past = gallery.add_subject("past", expires_at=now - timedelta(seconds=1))
+        gallery.add_templates(past.id, people.prints_of("past", 3))
+        self.enrol(gallery, people, "kept", 3)
+        (ans,) = gallery.identify([people.print_of("soon")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "soon"
+        (ans,) = gallery.identify([people.print_of("past")], threshold=THRESHOLD)  # not purged, yet never found
+        assert ans.match is None and all(c.subject != "past" for c in ans.candidates)
+        while datetime.now(UTC) <= soon.expires_at:  # type: ignore[operator]
+            time.sleep(0.1)
+        (ans,) = gallery.identify([people.print_of("soon")], threshold=THRESHOLD)
+        assert ans.match is None and all(c.subject != "soon" for c in ans.candidates)
+        (ans,) = gallery.identify([people.print_of("kept")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "kept"
+        assert {s.name for s in gallery.purge_expired()} == {"soon", "past"}
+
+    def test_collection_retention_is_inherited_and_reported(self, gallery: Gallery) -> None:
+        assert gallery.collection_policy().retention is None
+        policy = gallery.set_collection_policy(retention=parse_duration("20d"))
+        assert policy.retention == timedelta(days=20) and gallery.collection_policy().retention == policy.retention
+        before = datetime.now(UTC)
+        inherits = gallery.add_subject("inherits")
+        assert inherits.expires_at is not None
+        assert before + timedelta(days=20) <= inherits.expires_at <= datetime.now(UTC) + timedelta(days=20)
+        own = gallery.add_subject("own", expires_at=before + timedelta(days=3))
+        assert own.expires_at == before + timedelta(days=3)
+        gallery.set_collection_policy(retention=None)
+        assert gallery.add_subject("forever").expires_at is None
+        stats = gallery.stats()
+        assert (stats.expiring_7d, stats.expiring_30d) == (1, 2)
+        with pytest.raises(FaceprintError, match="invalid retention '0d'"):
+            parse_duration("0d")
+        with pytest.raises(FaceprintError, match="invalid retention '1 year'"):
+            parse_duration("1 year")
+
+    def consenting(self, gallery: Gallery, people: People, name: str, purposes: tuple[str, ...] | None) -> str:
+        consent = None if purposes is None else Consent(name, datetime.now(UTC), purposes)
+        subject = gallery.add_subject(name, consent=consent)
+        gallery.add_templates(subject.id, people.prints_of(name, 3))
+        return subject.id
+
+    def test_purpose_bound_search_sees_only_consenting_subjects(self, gallery: Gallery, people: People) -> None:
+        self.consenting(gallery, people, "door", ("access-control",))
+        self.consenting(gallery, people, "both", ("access-control", "attendance"))
+        self.consenting(gallery, people, "none", None)
+        probes = {name: people.print_of(name) for name in ("door", "both", "none")}
+
+        def matched(purpose: str | None) -> dict[str, str | None]:
+            answers = gallery.identify(list(probes.values()), threshold=THRESHOLD, purpose=purpose, one_to_one=False)
+            return {name: a.match.subject if a.match else None for name, a in zip(probes, answers, strict=True)}
+
+        assert matched(None) == {"door": "door", "both": "both", "none": "none"}
+        assert matched("access-control") == {"door": "door", "both": "both", "none": None}
+        assert matched("attendance") == {"door": None, "both": "both", "none": None}
+        with pytest.raises(UnknownPurpose, match=r"unknown purpose 'marketing'.*access-control, attendance"):
+            gallery.identify([probes["door"]], threshold=THRESHOLD, purpose="marketing")
+        with pytest.raises(UnknownPurpose, match="unknown purpose 'payroll'"):
+            gallery.add_subject("x", consent=Consent("x", datetime.now(UTC), ("payroll",)))
+        with pytest.raises(UnknownPurpose, match="lower-case words"):
+            gallery.set_collection_policy(purposes=["Access Control"])
+        gallery.set_collection_policy(purposes=["access-control", "attendance", "payroll"])
+        assert matched("payroll") == {"door": None, "both": None, "none": None}
+
+    def test_consent_withdrawal_takes_effect_at_once(self, gallery: Gallery, people: People) -> None:
+        sid = self.consenting(gallery, people, "ada", ("access-control",))
+        self.consenting(gallery, people, "bob", None)
+        subject, erased = gallery.withdraw_consent("ada")
+        assert subject.consent is not None and subject.consent.withdrawn_at is not None and erased == []
+        assert subject.consent.purposes == ("access-control",)  # the record says what was withdrawn
+        for purpose in (None, "access-control"):
+            (ans,) = gallery.identify([people.print_of("ada")], threshold=THRESHOLD, purpose=purpose)
+            assert ans.match is None and all(c.subject_id != sid for c in ans.candidates)
+        subject, erased = gallery.withdraw_consent("bob", delete_templates=True)  # no record before: one now
+        assert subject.template_count == 0 and [e.templates for e in erased] == [1, 1, 1]
+        assert all(e.subject == "bob" and e.collection == "default" for e in erased)
+        assert gallery.get_subject("bob").consent.withdrawn_at is not None  # type: ignore[union-attr]
+
+    def test_consent_required_collection(self, gallery: Gallery, people: People) -> None:
+        self.consenting(gallery, people, "given", ("attendance",))
+        self.consenting(gallery, people, "none", None)
+        assert gallery.set_collection_policy(consent_required=True).consent_required
+        (given, none) = gallery.identify(
+            [people.print_of("given"), people.print_of("none")], threshold=THRESHOLD, one_to_one=False
+        )
+        assert given.match is not None and given.match.subject == "given" and none.match is None
+        assert gallery.collection_policy().consent_required
+
+    def test_erasure_says_what_was_deleted(self, gallery: Gallery, people: People) -> None:
+        sid = self.consenting(gallery, people, "ada", ("attendance",))
+        gallery.add_negative(people.stranger(), "ada")
+        tids = [t.id for t in gallery.list_templates(sid)]
+        one = gallery.delete_template(tids[0])
+        assert (one.subject_id, one.subject, one.collection, one.templates, one.template_ids) == (
+            sid, "ada", "default", 1, (tids[0],)
+        )  # fmt: skip
+        erasure = gallery.delete_subject("ada")
+        assert (erasure.subject_id, erasure.subject, erasure.collection) == (sid, "ada", "default")
+        assert (erasure.templates, erasure.negatives, erasure.consent_record) == (2, 1, True)
+        assert erasure.template_ids == tuple(tids[1:]) and erasure.index_entries >= 2
+        assert json.loads(json.dumps(erasure.to_dict()))["deleted"]["templates"] == 2
 
     # -- templates --------------------------------------------------------------------------------------
     def test_templates_are_stored_with_provenance(self, gallery: Gallery, people: People) -> None:
@@ -445,7 +553,7 @@ class GalleryContract:
         gallery.add_templates(ada.id, [people.print_of("ada", box=(1.0, 2.0, 30.0, 40.0)) for _ in range(3)])
         bob = self.enrol(gallery, people, "bob", 2)
         gallery.update_subject(
-            bob, metadata={"k": "v"}, consent=Consent("bob", datetime(2026, 5, 1, tzinfo=UTC), "demo")
+            bob, metadata={"k": "v"}, consent=Consent("bob", datetime(2026, 5, 1, tzinfo=UTC), ("attendance",))
         )
         gallery.add_negative(people.stranger(), "bob")
         cipher = TemplateCipher(EXPORT_KEY)

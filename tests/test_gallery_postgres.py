@@ -96,7 +96,7 @@ def test_migrations_are_versioned_and_idempotent(dsn: str) -> None:
     PostgresGallery(dsn, key=KEY).close()
     PostgresGallery(dsn, key=KEY).close()
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT version FROM faceprint_schema ORDER BY version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM faceprint_schema ORDER BY version").fetchall() == [(1,), (2,)]
         conn.execute("INSERT INTO faceprint_schema (version) VALUES (99)")
         conn.commit()
     with pytest.raises(GalleryError, match="newer than this faceprint"):
@@ -121,7 +121,7 @@ def test_templates_are_encrypted_and_the_hnsw_index_is_used(dsn: str) -> None:
                     r[0]
                     for r in conn.execute(
                         "EXPLAIN " + g._search_sql(cid, DIM),  # type: ignore[operator]
-                        {"q": fp.vector.astype(np.float32), "k": 64},
+                        {"q": fp.vector.astype(np.float32), "k": 64, "x": []},
                     ).fetchall()
                 )
         assert f"templates_hnsw_{cid}" in plan

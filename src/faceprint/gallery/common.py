@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
@@ -43,13 +43,17 @@ from faceprint.gallery.errors import (
 from faceprint.gallery.model import (
     Candidate,
     Collection,
+    CollectionPolicy,
     Consent,
+    Erasure,
     GalleryStats,
     Identification,
     Metadata,
     Page,
+    SearchScope,
     Subject,
     Template,
+    check_purpose,
     utcnow,
 )
 from faceprint.gallery.scoring import Hit, aggregate, apply_negatives, choose_matches
@@ -71,6 +75,13 @@ def check_contract(coll: Collection, faceprints: Sequence[Faceprint]) -> None:
     for fp in faceprints:
         if fp.model_id != coll.model_id or fp.dim != coll.dim:
             raise ContractMismatch(coll.name, f"{coll.model_id} ({coll.dim}-d)", f"{fp.model_id} ({fp.dim}-d)")
+
+
+def check_consent(consent: Consent | None, policy: CollectionPolicy) -> None:
+    """A consent may only name purposes the collection knows (UnknownPurpose)."""
+    if consent is not None:
+        for purpose in consent.purposes:
+            check_purpose(purpose, policy.purposes)
 
 
 def check_name(name: str) -> None:
@@ -260,9 +271,12 @@ class GalleryBase(ABC, Generic[H]):
     ) -> Subject:
         check_name(name)
         handle, _ = self._collection(collection)
-        new = Subject(
-            subject_id or uuid.uuid4().hex, name, collection, dict(metadata or {}), consent, utcnow(), expires_at
-        )
+        policy = self._load_policy(handle)
+        check_consent(consent, policy)
+        now = utcnow()
+        if expires_at is None and policy.retention is not None:
+            expires_at = now + policy.retention  # the collection's default retention
+        new = Subject(subject_id or uuid.uuid4().hex, name, collection, dict(metadata or {}), consent, now, expires_at)
         return self._insert_subject(handle, new)
 
     def find_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject | None:
@@ -305,6 +319,7 @@ class GalleryBase(ABC, Generic[H]):
         if not isinstance(metadata, Unset):
             changes["metadata"] = dict(metadata)
         if not isinstance(consent, Unset):
+            check_consent(consent, self._load_policy(handle))
             changes["consent"] = consent
         if not isinstance(expires_at, Unset):
             changes["expires_at"] = expires_at
@@ -312,11 +327,74 @@ class GalleryBase(ABC, Generic[H]):
             raise SubjectNotFound(ref, collection)  # deleted by another client meanwhile
         return self.get_subject(current.id, collection=collection)
 
-    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
-        """Delete the subject, its templates, negatives and consent record; gone from search at once."""
+    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Erasure:
+        """Delete the subject, its templates, negatives and consent record; gone from search at once. Returns
+        what was deleted (the facts of an erasure receipt)."""
         handle, _ = self._collection(collection)
-        if not self._delete_subject(handle, ref):
+        erasure = self._delete_subject(handle, ref)
+        if erasure is None:
             raise SubjectNotFound(ref, collection)
+        return erasure
+
+    def withdraw_consent(
+        self, ref: str, *, collection: str = DEFAULT_COLLECTION, delete_templates: bool = False
+    ) -> tuple[Subject, list[Erasure]]:
+        """Record that the subject withdrew consent: from now on it is matched for no purpose. With
+        ``delete_templates`` its templates are deleted too (the subject record stays, with the withdrawal)."""
+        subject = self.get_subject(ref, collection=collection)
+        now = utcnow()
+        given = subject.consent or Consent("", now)
+        withdrawn = Consent(given.given_by, given.given_at, given.purposes, given.withdrawn_at or now)
+        subject = self.update_subject(subject.id, collection=collection, consent=withdrawn)
+        erased: list[Erasure] = []
+        if delete_templates:
+            for template in self.list_templates(subject.id, collection=collection):
+                try:
+                    erased.append(self.delete_template(template.id))
+                except TemplateNotFound:
+                    continue  # deleted meanwhile
+            subject = self.get_subject(subject.id, collection=collection)
+        return subject, [replace(e, subject=subject.name, collection=collection) for e in erased]
+
+    # -- the collection's protection policy -------------------------------------------------------------
+    def collection_policy(self, collection: str = DEFAULT_COLLECTION) -> CollectionPolicy:
+        handle, _ = self._collection(collection)
+        return self._load_policy(handle)
+
+    def set_collection_policy(
+        self,
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        retention: timedelta | Unset | None = UNSET,
+        consent_required: bool | Unset = UNSET,
+        purposes: Sequence[str] | Unset = UNSET,
+    ) -> CollectionPolicy:
+        """Change the collection's default retention (``None``: none), ``consent_required`` or purposes.
+        A new retention applies to subjects created from now on."""
+        handle, _ = self._collection(collection)
+        policy = self._load_policy(handle)
+        changes: dict[str, Any] = {}
+        if not isinstance(retention, Unset):
+            if retention is not None and retention <= timedelta(0):
+                raise GalleryError(f"a retention must be positive, got {retention}")
+            changes["retention"] = retention
+        if not isinstance(consent_required, Unset):
+            changes["consent_required"] = bool(consent_required)
+        if not isinstance(purposes, Unset):
+            checked = tuple(dict.fromkeys(check_purpose(p) for p in purposes))
+            if not checked:
+                raise GalleryError("a collection needs at least one purpose")
+            changes["purposes"] = checked
+        policy = replace(policy, **changes)
+        self._store_policy(handle, collection, policy)
+        return policy
+
+    @abstractmethod
+    def _load_policy(self, handle: H) -> CollectionPolicy:
+        """The collection's policy as stored now (read fresh: another process may have changed it)."""
+
+    @abstractmethod
+    def _store_policy(self, handle: H, collection: str, policy: CollectionPolicy) -> None: ...
 
     @abstractmethod
     def purge_expired(self, *, now: datetime | None = None) -> list[Subject]: ...
@@ -341,8 +419,9 @@ class GalleryBase(ABC, Generic[H]):
         name another subject has."""
 
     @abstractmethod
-    def _delete_subject(self, handle: H, ref: str) -> bool:
-        """Delete the subject by id or name, with its templates and negatives; ``False`` when there is none."""
+    def _delete_subject(self, handle: H, ref: str) -> Erasure | None:
+        """Delete the subject by id or name, with its templates and negatives, and say what went; ``None``
+        when there is none."""
 
     # -- templates --------------------------------------------------------------------------------------
     def add_templates(
@@ -391,9 +470,13 @@ class GalleryBase(ABC, Generic[H]):
         sid, blob = found
         return None if blob is None else open_chip(self.cipher, blob, sid)
 
-    def delete_template(self, template_id: int) -> None:
-        if not self._delete_template(template_id):
+    def delete_template(self, template_id: int) -> Erasure:
+        """Delete one template (and its chip); returns what was deleted (subject and collection names are
+        left empty: a template id alone does not name them)."""
+        erasure = self._delete_template(template_id)
+        if erasure is None:
             raise TemplateNotFound(template_id)
+        return erasure
 
     @abstractmethod
     def _insert_templates(self, handle: H, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
@@ -412,7 +495,8 @@ class GalleryBase(ABC, Generic[H]):
         """``(subject id, encrypted chip or None)`` of a template; ``None`` when there is no such template."""
 
     @abstractmethod
-    def _delete_template(self, template_id: int) -> bool: ...
+    def _delete_template(self, template_id: int) -> Erasure | None:
+        """Delete the template and say what went; ``None`` when there is no such template."""
 
     # -- negatives --------------------------------------------------------------------------------------
     def add_negative(self, faceprint: Faceprint, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
@@ -452,6 +536,7 @@ class GalleryBase(ABC, Generic[H]):
         calibration: Calibration | None = None,
         one_to_one: bool = True,
         fpir: float | None = None,
+        purpose: str | None = None,
     ) -> list[Identification]:
         """One answer per probe (see :meth:`faceprint.gallery.base.Gallery.identify`)."""
         check_one_rule(fmr=fmr, fpir=fpir, threshold=threshold)
@@ -465,10 +550,14 @@ class GalleryBase(ABC, Generic[H]):
         rule = ThresholdRule.choose(
             coll.model_id, fmr=fmr, fpir=fpir, threshold=threshold, subjects=subjects, calibration=calibration
         )
+        scope = self.search_scope(handle, purpose)
+        excluded = frozenset(
+            sid for sid, expires_at, consent in self._scope_rows(handle, scope) if not scope.admits(expires_at, consent)
+        )
         probes = normalise(np.stack([fp.vector for fp in faceprints]))
-        found = self._nearest(handle, coll, probes, neighbours_wanted(top_k))
+        found = self._nearest(handle, coll, probes, neighbours_wanted(top_k), excluded)
         ranked = [
-            apply_negatives(probe, aggregate(hits), found.negatives)
+            apply_negatives(probe, aggregate([h for h in hits if h.subject_id not in excluded]), found.negatives)
             for probe, hits in zip(probes, found.hits, strict=True)
         ]
         matches = choose_matches(ranked, rule.threshold, one_to_one=one_to_one)
@@ -502,13 +591,29 @@ class GalleryBase(ABC, Generic[H]):
 
         return [[n for c in cands if (n := named(c)) is not None] for cands in ranked], [named(m) for m in matches]
 
+    def search_scope(self, handle: H, purpose: str | None) -> SearchScope:
+        """The subjects a search starting now may return (checks ``purpose`` against the collection's)."""
+        policy = self._load_policy(handle)
+        if purpose is not None:
+            check_purpose(purpose, policy.purposes)
+        return SearchScope(utcnow(), purpose, policy.consent_required)
+
+    @abstractmethod
+    def _scope_rows(self, handle: H, scope: SearchScope) -> Iterable[tuple[str, datetime | None, Consent | None]]:
+        """``(subject id, expires_at, consent)`` of every subject the scope might leave out: those expired at
+        ``scope.now`` or with a consent record, and when ``scope.strict`` every subject. The base decides."""
+
     @abstractmethod
     def _subject_count(self, handle: H) -> int:
         """How many subjects the collection holds (what an ``fpir`` is converted through)."""
 
     @abstractmethod
-    def _nearest(self, handle: H, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
-        """The ``k`` nearest templates of each (normalised) probe, and the negatives of the subjects found."""
+    def _nearest(
+        self, handle: H, coll: Collection, probes: np.ndarray, k: int, excluded: frozenset[str] = frozenset()
+    ) -> Neighbours:
+        """The ``k`` nearest templates of each (normalised) probe among subjects not ``excluded`` (expired,
+        without the consent asked for), and the negatives of the subjects found. A backend that filters after
+        its search must fetch enough more that ``k`` remain."""
 
     @abstractmethod
     def _subject_names(self, handle: H, subject_ids: Sequence[str]) -> dict[str, str]:
@@ -519,9 +624,15 @@ class GalleryBase(ABC, Generic[H]):
         handle, coll = self._collection(collection)
         subjects, templates, negatives = self._counts(handle)
         kind = self._index_kind(coll, templates)
+        now = utcnow()
         return GalleryStats(
-            coll.name, coll.model_id, coll.dim, subjects, templates, negatives, kind, self._disk_bytes()
-        )
+            coll.name, coll.model_id, coll.dim, subjects, templates, negatives, kind, self._disk_bytes(),
+            self._expiring(handle, now, now + timedelta(days=7)), self._expiring(handle, now, now + timedelta(days=30)),
+        )  # fmt: skip
+
+    @abstractmethod
+    def _expiring(self, handle: H, now: datetime, until: datetime) -> int:
+        """How many subjects of the collection expire after ``now`` and at or before ``until``."""
 
     @abstractmethod
     def _counts(self, handle: H) -> tuple[int, int, int]:

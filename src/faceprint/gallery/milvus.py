@@ -55,8 +55,11 @@ from faceprint.gallery.errors import GalleryError, SubjectExists
 from faceprint.gallery.location import redact_location
 from faceprint.gallery.model import (
     Collection,
+    CollectionPolicy,
     Consent,
+    Erasure,
     Metadata,
+    SearchScope,
     Subject,
     Template,
     from_iso,
@@ -133,6 +136,7 @@ class _Batch:
 class _Names:
     subjects: str
     templates: str
+    collection: str = ""
 
 
 def parse_uri(uri: str) -> tuple[str, dict[str, str]]:
@@ -267,7 +271,7 @@ class MilvusGallery(GalleryBase[_Names]):
 
     def _names(self, name: str) -> _Names:
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        return _Names(f"{self.prefix}_s_{digest}", f"{self.prefix}_t_{digest}")
+        return _Names(f"{self.prefix}_s_{digest}", f"{self.prefix}_t_{digest}", name)
 
     def _ready(self, name: str) -> str:
         """Load a collection once per process (a fresh Milvus Lite process starts with nothing loaded)."""
@@ -508,12 +512,23 @@ class MilvusGallery(GalleryBase[_Names]):
             self.client.delete(self._ready(names.templates), filter=_in("subject_id", chunk))
             self.client.delete(self._ready(names.subjects), ids=chunk)
 
-    def _delete_subject(self, handle: _Names, ref: str) -> bool:
+    def _delete_subject(self, handle: _Names, ref: str) -> Erasure | None:
         row = self._subject_rows(handle, ref)
         if row is None:
-            return False
-        self._delete_subjects(handle, [row["id"]])
-        return True
+            return None
+        collection = self._collection_of(handle)
+        subject = self._subject(handle, row, collection)
+        ids = [int(r["id"]) for r in self._template_rows(handle, [subject.id], TEMPLATE, ["id", "subject_id", "kind"])]
+        negatives = len(self._template_rows(handle, [subject.id], NEGATIVE, ["id", "subject_id", "kind"]))
+        self._delete_subjects(handle, [subject.id])
+        return Erasure(
+            subject.id, subject.name, collection, self.backend_name, len(ids), 0, negatives,
+            subject.consent is not None, len(ids) + negatives, 0, 0, tuple(ids),
+        )  # fmt: skip
+
+    @staticmethod
+    def _collection_of(names: _Names) -> str:
+        return names.collection
 
     def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
         """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
@@ -589,23 +604,30 @@ class MilvusGallery(GalleryBase[_Names]):
                 return row["subject_id"], None
         return None
 
-    def _delete_template(self, template_id: int) -> bool:
+    def _delete_template(self, template_id: int) -> Erasure | None:
         batch = self._batch()
         for coll in self.list_collections():
             names = self._names(coll.name)
             if batch is not None:
                 pending = batch.rows.get(names.templates, [])
-                if any(r["id"] == template_id and r["kind"] == TEMPLATE for r in pending):
+                found = [r for r in pending if r["id"] == template_id and r["kind"] == TEMPLATE]
+                if found:
                     batch.rows[names.templates] = [r for r in pending if r["id"] != template_id]
-                    return True
-            if self._stored_template(names, template_id) is None:
+                    return self._template_erasure(names, coll.name, found[0]["subject_id"], template_id)
+            stored = self._stored_template(names, template_id)
+            if stored is None:
                 continue
             if batch is not None:
                 batch.dropped.setdefault(names.templates, set()).add(int(template_id))
             else:
                 self.client.delete(self._ready(names.templates), ids=[int(template_id)])
-            return True
-        return False
+            return self._template_erasure(names, coll.name, stored["subject_id"], template_id)
+        return None
+
+    def _template_erasure(self, names: _Names, collection: str, subject_id: str, template_id: int) -> Erasure:
+        row = self._subject_rows(names, subject_id, by=("id",))
+        name = "" if row is None else row["name"]
+        return Erasure(subject_id, name, collection, self.backend_name, 1, 0, 0, False, 1, 0, 0, (template_id,))
 
     # -- negatives --------------------------------------------------------------------------------------
     def _insert_negative(self, handle: _Names, coll: Collection, ref: str, vector: np.ndarray) -> bool:
@@ -627,12 +649,14 @@ class MilvusGallery(GalleryBase[_Names]):
     def _subject_count(self, handle: _Names) -> int:
         return self._count(handle.subjects, 'id != ""')
 
-    def _nearest(self, handle: _Names, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
+    def _nearest(
+        self, handle: _Names, coll: Collection, probes: np.ndarray, k: int, excluded: frozenset[str] = frozenset()
+    ) -> Neighbours:
         try:
             results = self.client.search(
                 self._ready(handle.templates),
                 data=probes.astype(np.float32).tolist(),
-                filter=f"kind == {TEMPLATE}",
+                filter=f"kind == {TEMPLATE}" + (f" and not {_in('subject_id', sorted(excluded))}" if excluded else ""),
                 limit=k,
                 output_fields=["subject_id"],
                 search_params={"metric_type": "IP", "params": {"ef": max(self.ef_search, k)}},
@@ -649,6 +673,30 @@ class MilvusGallery(GalleryBase[_Names]):
             for face in results
         ]
         return Neighbours(hits, self._negatives_of(handle, coll, list(names)))
+
+    def _scope_rows(self, handle: _Names, scope: SearchScope) -> list[tuple[str, datetime | None, Consent | None]]:
+        """Milvus keeps consent inside the ``info`` text, so subjects with one are found with ``like``."""
+        expr = 'id != ""'
+        if not scope.strict:
+            expr = f'(expires >= 0 and expires <= {_micros(scope.now)}) or not (info like "%\\"consent\\": null%")'
+        out = []
+        for row in self._query(handle.subjects, expr, ["id", "info"]):
+            info = json.loads(row["info"])
+            consent = None if info["consent"] is None else Consent.from_dict(info["consent"])
+            out.append((row["id"], from_iso(info["expires_at"]), consent))
+        return out
+
+    def _expiring(self, handle: _Names, now: datetime, until: datetime) -> int:
+        return self._count(handle.subjects, f"expires > {_micros(now)} and expires <= {_micros(until)}")
+
+    def _load_policy(self, handle: _Names) -> CollectionPolicy:
+        name = self._collection_of(handle)
+        rows = self._query(self._catalog, f"key == {_q('policy:' + name)}")
+        return CollectionPolicy.from_json(rows[0]["value"] if rows else None)
+
+    def _store_policy(self, handle: _Names, collection: str, policy: CollectionPolicy) -> None:
+        row = {"key": f"policy:{collection}", "value": policy.to_json(), "placeholder": _PLACEHOLDER}
+        self.client.upsert(self._catalog, [row])
 
     def _subject_names(self, handle: _Names, subject_ids: Sequence[str]) -> dict[str, str]:
         names: dict[str, str] = {}

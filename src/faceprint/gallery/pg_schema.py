@@ -84,6 +84,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX negatives_subject ON negatives (subject_id);
     """,
+    # 0002: a collection's protection policy (faceprint.gallery.model.CollectionPolicy) as JSON text.
+    """
+    ALTER TABLE collections ADD COLUMN policy text;
+    """,
 )
 
 

@@ -31,7 +31,16 @@ from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate
 from faceprint.gallery.crypto import seal_vector
 from faceprint.gallery.errors import GalleryError, SubjectExists
 from faceprint.gallery.location import redact_location
-from faceprint.gallery.model import Collection, Subject, Template, utcnow
+from faceprint.gallery.model import (
+    Collection,
+    CollectionPolicy,
+    Consent,
+    Erasure,
+    SearchScope,
+    Subject,
+    Template,
+    utcnow,
+)
 from faceprint.gallery.pg_schema import (
     DISTANCE_OP,
     HNSW_EF_SEARCH,
@@ -251,13 +260,27 @@ class PostgresGallery(GalleryBase[int]):
             raise SubjectExists(updated.name, current.collection) from None
         return cur.rowcount > 0
 
-    def _delete_subject(self, handle: int, ref: str) -> bool:
+    def _delete_subject(self, handle: int, ref: str) -> Erasure | None:
         with self._tx() as conn:
             row = _subject_row(conn, ref, handle, lock="FOR UPDATE")
             if row is None:
-                return False
-            conn.execute("DELETE FROM subjects WHERE id = %s", (row[0],))  # templates, negatives cascade
-        return True
+                return None
+            name = conn.execute("SELECT name FROM collections WHERE id = %s", (handle,)).fetchone()
+            subject = sql.subject_from_row(row, str(name[0]) if name else "")
+            ids = [int(r[0]) for r in conn.execute(
+                "SELECT id FROM templates WHERE subject_id = %s ORDER BY id", (subject.id,)
+            ).fetchall()]  # fmt: skip
+            counts = conn.execute(
+                "SELECT (SELECT count(*) FROM templates WHERE subject_id = %(s)s AND chip IS NOT NULL), "
+                "(SELECT count(*) FROM negatives WHERE subject_id = %(s)s)",
+                {"s": subject.id},
+            ).fetchone()
+            assert counts is not None
+            conn.execute("DELETE FROM subjects WHERE id = %s", (subject.id,))  # templates, negatives cascade
+        return Erasure(
+            subject.id, subject.name, subject.collection, self.backend_name, len(ids), int(counts[0]),
+            int(counts[1]), subject.consent is not None, len(ids), 0, 0, tuple(ids),
+        )  # fmt: skip
 
     def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
         """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
@@ -325,10 +348,21 @@ class PostgresGallery(GalleryBase[int]):
             row = conn.execute("SELECT subject_id, chip FROM templates WHERE id = %s", (template_id,)).fetchone()
         return None if row is None else (str(row[0]), None if row[1] is None else bytes(row[1]))
 
-    def _delete_template(self, template_id: int) -> bool:
+    def _delete_template(self, template_id: int) -> Erasure | None:
         with self._tx() as conn:
-            row = conn.execute("DELETE FROM templates WHERE id = %s RETURNING id", (template_id,)).fetchone()
-        return row is not None
+            row = conn.execute(
+                "SELECT t.subject_id, s.name, c.name, t.chip IS NOT NULL FROM templates t "
+                "JOIN subjects s ON s.id = t.subject_id JOIN collections c ON c.id = t.collection_id "
+                "WHERE t.id = %s FOR UPDATE OF t",
+                (template_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM templates WHERE id = %s", (template_id,))
+        return Erasure(
+            str(row[0]), str(row[1]), str(row[2]), self.backend_name, 1, int(bool(row[3])), 0, False, 1, 0, 0,
+            (template_id,),
+        )  # fmt: skip
 
     # -- negatives --------------------------------------------------------------------------------------
     def _insert_negative(self, handle: int, coll: Collection, ref: str, vector: np.ndarray) -> bool:
@@ -361,7 +395,8 @@ class PostgresGallery(GalleryBase[int]):
         return (
             "SELECT n.id, n.subject_id, s.name, n.score FROM ("
             f"SELECT id, subject_id, -({expr} {DISTANCE_OP} {probe}) AS score FROM templates "
-            f"WHERE collection_id = {int(cid)} ORDER BY {expr} {DISTANCE_OP} {probe} LIMIT %(k)s"
+            f"WHERE collection_id = {int(cid)} AND subject_id <> ALL(%(x)s) "
+            f"ORDER BY {expr} {DISTANCE_OP} {probe} LIMIT %(k)s"
             ") n JOIN subjects s ON s.id = n.subject_id"
         )
 
@@ -370,16 +405,51 @@ class PostgresGallery(GalleryBase[int]):
             row = conn.execute("SELECT count(*) FROM subjects WHERE collection_id = %s", (handle,)).fetchone()
         return int(row[0]) if row else 0
 
-    def _nearest(self, handle: int, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
+    def _nearest(
+        self, handle: int, coll: Collection, probes: np.ndarray, k: int, excluded: frozenset[str] = frozenset()
+    ) -> Neighbours:
         sql = self._search_sql(handle, coll.dim)
+        left_out = sorted(excluded)
         with self._pinned() as conn:  # one snapshot for the hits, the names and the negatives
             conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(self.ef_search, k)),))
+            if left_out:  # HNSW filters after its walk; an iterative scan keeps walking until k rows pass
+                conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
             hits = [
-                [Hit(r[1], r[2], float(r[3])) for r in conn.execute(sql, {"q": probe, "k": k}).fetchall()]  # type: ignore[arg-type]
+                [
+                    Hit(r[1], r[2], float(r[3]))
+                    for r in conn.execute(sql, {"q": probe, "k": k, "x": left_out}).fetchall()  # type: ignore[arg-type]
+                ]
                 for probe in probes
             ]
             negatives = self._negatives_of(handle, coll, sorted({h.subject_id for face in hits for h in face}))
         return Neighbours(hits, negatives)
+
+    def _scope_rows(self, handle: int, scope: SearchScope) -> list[tuple[str, datetime | None, Consent | None]]:
+        where = "" if scope.strict else " AND ((expires_at IS NOT NULL AND expires_at <= %s) OR consent IS NOT NULL)"
+        args = (handle,) if scope.strict else (handle, scope.now)
+        with self._conn() as conn:
+            rows = conn.execute(
+                f"SELECT id, expires_at, consent FROM subjects WHERE collection_id = %s{where}",  # type: ignore[arg-type]
+                args,
+            ).fetchall()
+        return [(str(r[0]), r[1], None if r[2] is None else Consent.from_dict(r[2])) for r in rows]
+
+    def _expiring(self, handle: int, now: datetime, until: datetime) -> int:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM subjects WHERE collection_id = %s AND expires_at > %s AND expires_at <= %s",
+                (handle, now, until),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _load_policy(self, handle: int) -> CollectionPolicy:
+        with self._conn() as conn:
+            row = conn.execute("SELECT policy FROM collections WHERE id = %s", (handle,)).fetchone()
+        return CollectionPolicy.from_json(None if row is None else row[0])
+
+    def _store_policy(self, handle: int, collection: str, policy: CollectionPolicy) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE collections SET policy = %s WHERE id = %s", (policy.to_json(), handle))
 
     def _subject_names(self, handle: int, subject_ids: Sequence[str]) -> dict[str, str]:
         with self._conn() as conn:

@@ -127,6 +127,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX migration_staging_collection ON migration_staging(collection_id, model_id);
     ALTER TABLE templates ADD COLUMN chip_template TEXT;
     """,
+    # 0004: a collection's protection policy (default retention, consent required, purposes) as JSON
+    # (faceprint.gallery.model.CollectionPolicy); NULL: the defaults.
+    """
+    ALTER TABLE collections ADD COLUMN policy TEXT;
+    """,
 )
 
 
@@ -140,6 +145,8 @@ def connect(path: Path, *, readonly: bool = False, busy_timeout_ms: int = BUSY_T
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys = ON")
+    # Erased records are overwritten with zeros, not merely unlinked from the b-tree (see docs/privacy.md).
+    conn.execute("PRAGMA secure_delete = ON")
     if not readonly:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":

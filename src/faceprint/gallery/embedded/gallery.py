@@ -12,6 +12,7 @@ other processes: :mod:`.index_cache`. Re-embedding a collection: :mod:`.migratio
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 from collections.abc import Iterator, Sequence
@@ -30,7 +31,18 @@ from faceprint.gallery.embedded.index_cache import Delta, IndexCache, generation
 from faceprint.gallery.embedded.migration import SqliteMigration
 from faceprint.gallery.errors import GalleryError, StorageError, SubjectExists
 from faceprint.gallery.index import ANN_MIN_SIZE
-from faceprint.gallery.model import Collection, Subject, Template, from_iso, to_iso, utcnow
+from faceprint.gallery.model import (
+    Collection,
+    CollectionPolicy,
+    Consent,
+    Erasure,
+    SearchScope,
+    Subject,
+    Template,
+    from_iso,
+    to_iso,
+    utcnow,
+)
 from faceprint.gallery.private import make_private_dir, warn_if_shared
 from faceprint.gallery.schema import BUSY_TIMEOUT_MS
 
@@ -181,13 +193,43 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
             raise SubjectExists(updated.name, current.collection) from None
         return cur.rowcount > 0
 
-    def _delete_subject(self, handle: int, ref: str) -> bool:
+    def _delete_subject(self, handle: int, ref: str) -> Erasure | None:
         with self._db.write() as conn:
             row = sql.subject_row(conn, ref, handle)
             if row is None:
-                return False
-            self._index.record(self._delete_subjects(conn, handle, [str(row[0])]), conn)
-        return True
+                return None
+            subject = sql.subject_from_row(row, self._collection_name(conn, handle))
+            erasure = self._erasure_counts(conn, subject)
+            self._index.record(self._delete_subjects(conn, handle, [subject.id]), conn)
+        return erasure
+
+    def _collection_name(self, conn: sqlite3.Connection, handle: int) -> str:
+        return str(conn.execute("SELECT name FROM collections WHERE id = ?", (handle,)).fetchone()[0])
+
+    def _erasure_counts(self, conn: sqlite3.Connection, subject: Subject) -> Erasure:
+        """What deleting ``subject`` removes, counted inside the deleting transaction."""
+        ids = [int(r[0]) for r in conn.execute("SELECT id FROM templates WHERE subject_id = ?", (subject.id,))]
+        chips, staged = conn.execute(
+            "SELECT (SELECT COUNT(*) FROM templates WHERE subject_id = ?1 AND chip IS NOT NULL), "
+            "(SELECT COUNT(*) FROM migration_staging m JOIN templates t ON t.id = m.template_id "
+            "WHERE t.subject_id = ?1)",
+            (subject.id,),
+        ).fetchone()
+        negatives = conn.execute("SELECT COUNT(*) FROM negatives WHERE subject_id = ?", (subject.id,)).fetchone()[0]
+        return Erasure(
+            subject.id, subject.name, subject.collection, self.backend_name, len(ids), int(chips), int(negatives),
+            subject.consent is not None, len(ids), int(staged), self._forget_logged_adds(conn, ids), tuple(ids),
+        )  # fmt: skip
+
+    def _forget_logged_adds(self, conn: sqlite3.Connection, template_ids: Sequence[int]) -> int:
+        """Delete the change-log rows that recorded these templates being added (their removal is logged by
+        the delete itself, which is all an index catching up needs: a template never seen is never added)."""
+        dropped = 0
+        for chunk in chunks(list(template_ids)):
+            dropped += conn.execute(
+                f"DELETE FROM index_log WHERE op = 1 AND template_id IN ({marks(chunk)})", chunk
+            ).rowcount
+        return dropped
 
     def _delete_subjects(self, conn: sqlite3.Connection, handle: int, subject_ids: list[str]) -> Delta:
         delta = self._index.begin(conn, handle, removed_subjects=list(subject_ids))
@@ -196,7 +238,22 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
                 int(r[0]) for r in conn.execute(f"SELECT id FROM templates WHERE subject_id IN ({marks(chunk)})", chunk)
             ]
             conn.execute(f"DELETE FROM subjects WHERE id IN ({marks(chunk)})", chunk)
+        self._db.after_commit(lambda: self._scrub(handle))
         return delta
+
+    def _scrub(self, handle: int) -> None:
+        """After an erasure: drop the collection's index snapshot (it held the erased vectors; the index in
+        memory no longer does and is saved again on close) and move the WAL's pages into the database and
+        truncate it (its frames held the rows as they were written). Deleted cells were already zeroed
+        (``secure_delete``). Best effort: a reader in another process may delay the truncation."""
+        self._index.snapshot_path(handle).unlink(missing_ok=True)
+        try:
+            busy = self._db.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("could not checkpoint %s after an erasure: %s", self.path, exc)
+            return
+        if busy:
+            log.warning("the WAL of %s could not be truncated after an erasure (a reader held it)", self.path)
 
     def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
         """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
@@ -212,6 +269,8 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
             for row in rows:
                 purged.append(sql.subject_from_row(row, str(row[7])))
                 by_collection.setdefault(int(row[8]), []).append(str(row[0]))
+            for subject in purged:
+                self._erasure_counts(conn, subject)  # forgets the logged adds of its templates
             for cid, ids in by_collection.items():
                 self._index.record(self._delete_subjects(conn, cid, ids), conn)
         return purged
@@ -259,18 +318,26 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
         found = row.fetchone()
         return None if found is None else (str(found[0]), found[1])
 
-    def _delete_template(self, template_id: int) -> bool:
+    def _delete_template(self, template_id: int) -> Erasure | None:
         with self._db.write() as conn:
             row = conn.execute(
-                "SELECT s.collection_id FROM templates t JOIN subjects s ON s.id = t.subject_id WHERE t.id = ?",
+                "SELECT s.collection_id, s.id, s.name, t.chip IS NOT NULL, c.name, "
+                "(SELECT COUNT(*) FROM migration_staging m WHERE m.template_id = t.id) FROM templates t "
+                "JOIN subjects s ON s.id = t.subject_id JOIN collections c ON c.id = s.collection_id WHERE t.id = ?",
                 (template_id,),
             ).fetchone()
             if row is None:
-                return False
-            delta = self._index.begin(conn, int(row[0]), remove_keys=[template_id])
+                return None
+            cid = int(row[0])
+            delta = self._index.begin(conn, cid, remove_keys=[template_id])
+            logged = self._forget_logged_adds(conn, [template_id])
             conn.execute("DELETE FROM templates WHERE id = ?", (template_id,))
             self._index.record(delta, conn)
-        return True
+            self._db.after_commit(lambda: self._scrub(cid))
+        return Erasure(
+            str(row[1]), str(row[2]), str(row[4]), self.backend_name, 1, int(row[3]), 0, False, 1, int(row[5]),
+            logged, (template_id,),
+        )  # fmt: skip
 
     # -- negatives --------------------------------------------------------------------------------------
     def _insert_negative(self, handle: int, coll: Collection, ref: str, vector: np.ndarray) -> bool:
@@ -301,8 +368,35 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
         row = self._db.reader().execute("SELECT COUNT(*) FROM subjects WHERE collection_id = ?", (handle,))
         return int(row.fetchone()[0])
 
-    def _nearest(self, handle: int, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
-        return self._index.search(handle, coll, probes, k)
+    def _nearest(
+        self, handle: int, coll: Collection, probes: np.ndarray, k: int, excluded: frozenset[str] = frozenset()
+    ) -> Neighbours:
+        return self._index.search(handle, coll, probes, k, excluded)
+
+    def _scope_rows(self, handle: int, scope: SearchScope) -> list[tuple[str, datetime | None, Consent | None]]:
+        where = "" if scope.strict else " AND ((expires_at IS NOT NULL AND expires_at <= ?) OR consent IS NOT NULL)"
+        args = (handle,) if scope.strict else (handle, to_iso(scope.now))
+        rows = self._db.reader().execute(
+            f"SELECT id, expires_at, consent FROM subjects WHERE collection_id = ?{where}", args
+        )
+        return [(str(r[0]), from_iso(r[1]), None if r[2] is None else Consent.from_dict(json.loads(r[2])))
+                for r in rows.fetchall()]  # fmt: skip
+
+    def _expiring(self, handle: int, now: datetime, until: datetime) -> int:
+        row = self._db.reader().execute(
+            "SELECT COUNT(*) FROM subjects WHERE collection_id = ? AND expires_at > ? AND expires_at <= ?",
+            (handle, to_iso(now), to_iso(until)),
+        )
+        return int(row.fetchone()[0])
+
+    # -- policy -----------------------------------------------------------------------------------------
+    def _load_policy(self, handle: int) -> CollectionPolicy:
+        row = self._db.reader().execute("SELECT policy FROM collections WHERE id = ?", (handle,)).fetchone()
+        return CollectionPolicy.from_json(None if row is None else row[0])
+
+    def _store_policy(self, handle: int, collection: str, policy: CollectionPolicy) -> None:
+        with self._db.write() as conn:
+            conn.execute("UPDATE collections SET policy = ? WHERE id = ?", (policy.to_json(), handle))
 
     def _subject_names(self, handle: int, subject_ids: Sequence[str]) -> dict[str, str]:
         names: dict[str, str] = {}

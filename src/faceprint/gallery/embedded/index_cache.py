@@ -74,6 +74,11 @@ class Owners:
         ids = np.asarray(template_ids, dtype=np.int64)
         self.by_template[ids[ids < len(self.by_template)]] = -1
 
+    def count(self, subject_ids: frozenset[str]) -> int:
+        """How many templates these subjects own in the index."""
+        slots = [self._slot[s] for s in subject_ids if s in self._slot]
+        return int(np.isin(self.by_template, slots).sum()) if slots else 0
+
     def lookup(self, template_ids: np.ndarray) -> np.ndarray:
         """Subject slots of ``template_ids`` (-1 for unknown or missing ids); any shape."""
         ids = np.asarray(template_ids, dtype=np.int64)
@@ -169,13 +174,20 @@ class IndexCache:
         self.snapshot_path(collection_id).unlink(missing_ok=True)
 
     # -- reads ------------------------------------------------------------------------------------------
-    def search(self, collection_id: int, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
-        """The ``k`` nearest templates of each probe as hits without names (the index keeps ids only)."""
+    def search(
+        self, collection_id: int, coll: Collection, probes: np.ndarray, k: int, excluded: frozenset[str] = frozenset()
+    ) -> Neighbours:
+        """The ``k`` nearest templates of each probe as hits without names (the index keeps ids only); the
+        templates of ``excluded`` subjects are left out (fetched, then dropped: as many more are fetched)."""
         with self.lock:
             state = self.current(collection_id, coll)
+            k += state.owners.count(excluded)
             keys, scores = state.index.search(probes, min(k, max(1, len(state.index))))
             slots = state.owners.lookup(keys)
             owner_of = {int(s): state.owners.subjects[s] for s in np.unique(slots[slots >= 0]).tolist()}
+            for slot, sid in list(owner_of.items()):
+                if sid in excluded:
+                    slots[slots == slot] = -1
             negatives = state.negatives
         hits = [
             [
