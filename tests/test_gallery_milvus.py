@@ -4,6 +4,7 @@ talks to a Milvus server for ``milvus://host:19530``)."""
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +99,48 @@ def test_galleries_with_different_prefixes_share_one_milvus(tmp_path: Path) -> N
 def test_cli_identify_with_fpir(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`faceprint identify --gallery faces.db --fpir 0.01` answers, and says which rule it used."""
     check_cli_identify_with_fpir(str(tmp_path / "faces.db"), KEY, monkeypatch, tmp_path / "home")
+
+
+def test_erasure_then_scrub_leaves_no_template_bytes_in_milvus_lite_files(tmp_path: Path) -> None:
+    """Milvus deletes are tombstones: after delete_subject the vectors are still in the sealed segment files
+    (shown here, so the limit is documented by a test); scrub rebuilds the collections and then no file of the
+    Milvus Lite directory holds them."""
+    people = People()
+    path = tmp_path / "g.db"
+    with MilvusGallery(str(path), key=KEY) as g:
+        g.ensure_collection("default", MODEL, DIM)
+        ada = g.add_subject("Adalinde Quist")
+        g.add_templates(ada.id, people.prints_of("ada", 3))
+        bob = g.add_subject("bob")
+        g.add_templates(bob.id, people.prints_of("bob", 3))
+        names = g._names("default")
+        rows = g._query(names.templates, "id >= 0", ["subject_id", "enc", "vector"])
+        hers = [np.asarray(r["vector"], dtype="<f4").tobytes() for r in rows if r["subject_id"] == ada.id]
+        hers += [r["enc"].encode() for r in rows if r["subject_id"] == ada.id]
+        kept = [r["enc"].encode() for r in rows if r["subject_id"] == bob.id]
+        for name in (names.subjects, names.templates):
+            g.client.flush(name)  # sealed segments on disk
+        assert _holding(path, hers)  # the scan sees them
+        g.delete_subject(ada.id)
+        assert _holding(path, hers)  # a tombstone only: the engine's limit
+        assert g.scrub() == "2 Milvus collection(s) rebuilt without deleted rows"
+        assert _holding(path, hers) == set()
+        assert _holding(path, kept) == set(range(len(kept)))  # the control: bob's rows were copied back
+        (ans,) = g.identify([people.print_of("bob")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "bob"
+        assert g.get_subject("bob").template_count == 3 and g.find_subject(ada.id) is None
+    with MilvusGallery(str(path), key=KEY) as g:  # reopened: the rebuilt collections load
+        (ans,) = g.identify([people.print_of("bob")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "bob"
+
+
+def _holding(root: Path, needles: list[bytes]) -> set[int]:
+    found: set[int] = set()
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            try:
+                data = (Path(dirpath) / name).read_bytes()
+            except OSError:
+                continue
+            found |= {i for i, needle in enumerate(needles) if needle in data}
+    return found

@@ -108,6 +108,10 @@ class Gallery(Protocol):
         """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
         ...
 
+    def erase_expired(self, *, now: datetime | None = None) -> list[tuple[Subject, Erasure]]:
+        """:meth:`purge_expired`, with what each deletion removed (for erasure receipts)."""
+        ...
+
     def withdraw_consent(
         self, ref: str, *, collection: str = DEFAULT_COLLECTION, delete_templates: bool = False
     ) -> tuple[Subject, list[Erasure]]:
@@ -190,6 +194,17 @@ class Gallery(Protocol):
         ...
 
     def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats: ...
+
+    def scrub(self) -> str:
+        """Rewrite storage so the bytes of what was deleted are gone from the backend's files, as far as the
+        engine allows (docs/privacy.md says how far); returns what was done, in words. Slow: run it after
+        erasures, not per request."""
+        ...
+
+    @property
+    def template_key_id(self) -> str:
+        """The id of the key templates are encrypted under (a fingerprint, never the key)."""
+        ...
 
     def close(self) -> None: ...
 

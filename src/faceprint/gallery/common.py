@@ -194,6 +194,11 @@ class GalleryBase(ABC, Generic[H]):
         cipher.verify(*stored)
         return cipher
 
+    @property
+    def template_key_id(self) -> str:
+        """The id of the key templates are encrypted under (a fingerprint, never the key)."""
+        return self.cipher.key_id
+
     def _key_setup(self) -> AbstractContextManager[object]:
         """Serialises the first-time key setup between processes (a transaction, a lock); none by default."""
         return nullcontext()
@@ -396,8 +401,23 @@ class GalleryBase(ABC, Generic[H]):
     @abstractmethod
     def _store_policy(self, handle: H, collection: str, policy: CollectionPolicy) -> None: ...
 
+    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
+        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
+        return [subject for subject, _ in self.erase_expired(now=now)]
+
+    def erase_expired(self, *, now: datetime | None = None) -> list[tuple[Subject, Erasure]]:
+        """:meth:`purge_expired`, saying what each deletion removed (one deletion per subject, each atomic)."""
+        out: list[tuple[Subject, Erasure]] = []
+        for subject in self._expired(now or utcnow()):
+            handle, _ = self._collection(subject.collection)
+            erasure = self._delete_subject(handle, subject.id)
+            if erasure is not None:  # else deleted meanwhile
+                out.append((subject, erasure))
+        return out
+
     @abstractmethod
-    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]: ...
+    def _expired(self, now: datetime) -> list[Subject]:
+        """Every subject (all collections) whose ``expires_at`` is at or before ``now``, by collection and name."""
 
     @abstractmethod
     def _insert_subject(self, handle: H, new: Subject) -> Subject:
@@ -633,6 +653,10 @@ class GalleryBase(ABC, Generic[H]):
     @abstractmethod
     def _expiring(self, handle: H, now: datetime, until: datetime) -> int:
         """How many subjects of the collection expire after ``now`` and at or before ``until``."""
+
+    @abstractmethod
+    def scrub(self) -> str:
+        """Rewrite storage so deleted records' bytes are gone from the backend's files (see the protocol)."""
 
     @abstractmethod
     def _counts(self, handle: H) -> tuple[int, int, int]:

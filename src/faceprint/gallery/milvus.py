@@ -37,7 +37,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -252,13 +252,19 @@ class MilvusGallery(GalleryBase[_Names]):
         self._loaded.add(name)
 
     def _create_collection_pair(self, names: _Names, dim: int) -> None:
+        self._create_subjects(names.subjects)
+        self._create_templates(names.templates, dim)
+
+    def _create_subjects(self, name: str) -> None:
         subjects = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         subjects.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
         subjects.add_field("name", DataType.VARCHAR, max_length=_NAME_MAX)
         subjects.add_field("expires", DataType.INT64)  # µs since the epoch, -1: never
         subjects.add_field("info", DataType.VARCHAR, max_length=_TEXT_MAX)
         subjects.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
-        self._create(names.subjects, subjects, "placeholder", "FLAT", {}, scalars=["name"])
+        self._create(name, subjects, "placeholder", "FLAT", {}, scalars=["name"])
+
+    def _create_templates(self, name: str, dim: int) -> None:
         templates = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         templates.add_field("id", DataType.INT64, is_primary=True)
         templates.add_field("kind", DataType.INT8)
@@ -267,7 +273,7 @@ class MilvusGallery(GalleryBase[_Names]):
         templates.add_field("enc", DataType.VARCHAR, max_length=_TEXT_MAX)
         templates.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
         params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
-        self._create(names.templates, templates, "vector", "HNSW", params, scalars=["subject_id"])
+        self._create(name, templates, "vector", "HNSW", params, scalars=["subject_id"])
 
     def _names(self, name: str) -> _Names:
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
@@ -530,17 +536,14 @@ class MilvusGallery(GalleryBase[_Names]):
     def _collection_of(names: _Names) -> str:
         return names.collection
 
-    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
-        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
-        cutoff = _micros(now or utcnow())
-        purged: list[Subject] = []
+    def _expired(self, now: datetime) -> list[Subject]:
+        cutoff = _micros(now)
+        expired: list[Subject] = []
         for coll in self.list_collections():
             names = self._names(coll.name)
             rows = self._query(names.subjects, f"expires >= 0 and expires <= {cutoff}")
-            subjects = sorted((self._subject(names, r, coll.name) for r in rows), key=lambda s: s.name)
-            self._delete_subjects(names, [s.id for s in subjects])
-            purged += subjects
-        return purged
+            expired += sorted((self._subject(names, r, coll.name) for r in rows), key=lambda s: s.name)
+        return expired
 
     # -- templates --------------------------------------------------------------------------------------
     def _insert_templates(self, handle: _Names, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
@@ -712,6 +715,47 @@ class MilvusGallery(GalleryBase[_Names]):
             self._count(handle.templates, f"kind == {TEMPLATE}"),
             self._count(handle.templates, f"kind == {NEGATIVE}"),
         )
+
+    def scrub(self) -> str:
+        """Rebuild every collection of the gallery without its deleted rows.
+
+        Milvus deletes are tombstones: the rows stay in sealed segment files until a compaction rewrites
+        them, which Milvus decides on its own (Milvus Lite never does). So each collection's live rows are
+        copied into a staging collection (a catalog row marks it complete), the collection is dropped, with
+        its files, made again and refilled from the copy, and the copy dropped. A crash leaves the marker and
+        the copy; the next scrub restores from them before anything else.
+        """
+        rebuilt = 0
+        for coll in self.list_collections():
+            names = self._names(coll.name)
+            self._rebuild(names.subjects, self._create_subjects, 'id != ""')
+            self._rebuild(names.templates, lambda name, dim=coll.dim: self._create_templates(name, dim), "id >= 0")
+            rebuilt += 2
+        return f"{rebuilt} Milvus collection(s) rebuilt without deleted rows"
+
+    def _rebuild(self, name: str, create: Callable[[str], None], every: str) -> None:
+        client, staging, marker = self.client, f"{name}_scrub", f"scrub:{name}"
+        if not self._query(self._catalog, f"key == {_q(marker)}"):  # no complete copy yet: make one
+            if client.has_collection(staging):
+                client.drop_collection(staging)
+            self._loaded.discard(staging)
+            create(staging)
+            self._copy(name, staging, every)
+            client.upsert(self._catalog, [{"key": marker, "value": name, "placeholder": _PLACEHOLDER}])
+        if client.has_collection(name):
+            client.drop_collection(name)  # its segment files go with it
+        self._loaded.discard(name)
+        create(name)
+        self._copy(staging, name, every)
+        client.delete(self._catalog, ids=[marker])
+        client.drop_collection(staging)
+        self._loaded.discard(staging)
+
+    def _copy(self, source: str, target: str, every: str) -> None:
+        rows = self._query(source, every, ["*"])
+        for chunk in _chunks(rows):
+            self.client.insert(self._ready(target), chunk)
+        self.client.flush(target)
 
     def _index_kind(self, coll: Collection, templates: int) -> str:
         return "milvus-hnsw"

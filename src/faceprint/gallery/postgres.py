@@ -282,19 +282,15 @@ class PostgresGallery(GalleryBase[int]):
             int(counts[1]), subject.consent is not None, len(ids), 0, 0, tuple(ids),
         )  # fmt: skip
 
-    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
-        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
-        with self._tx() as conn:
+    def _expired(self, now: datetime) -> list[Subject]:
+        with self._conn() as conn:
             rows = conn.execute(
                 f"SELECT {sql.SUBJECT_COLUMNS}, c.name FROM subjects s JOIN collections c "  # type: ignore[arg-type]
                 "ON c.id = s.collection_id WHERE s.expires_at IS NOT NULL AND s.expires_at <= %s "
-                'ORDER BY c.name COLLATE "C", s.name COLLATE "C" FOR UPDATE OF s',
-                (now or utcnow(),),
+                'ORDER BY c.name COLLATE "C", s.name COLLATE "C"',
+                (now,),
             ).fetchall()
-            purged = [sql.subject_from_row(r, r[7]) for r in rows]
-            if purged:
-                conn.execute("DELETE FROM subjects WHERE id = ANY(%s)", ([s.id for s in purged],))
-        return purged
+        return [sql.subject_from_row(r, r[7]) for r in rows]
 
     # -- templates --------------------------------------------------------------------------------------
     def _insert_templates(self, handle: int, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
@@ -468,6 +464,20 @@ class PostgresGallery(GalleryBase[int]):
             ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2])
+
+    def scrub(self) -> str:
+        """VACUUM FULL the gallery's tables (each is rewritten into a new file, its indexes rebuilt; the old
+        files are truncated at commit and unlinked at the next checkpoint), then CHECKPOINT when allowed. Takes
+        an exclusive lock per table while it runs. The WAL keeps the old rows until its segments are recycled."""
+        with self._conn() as conn:
+            for table in ("templates", "negatives", "subjects"):
+                conn.execute(f"VACUUM FULL {table}")  # type: ignore[arg-type]
+            try:
+                conn.execute("CHECKPOINT")
+                done = "checkpointed"
+            except pg_errors.InsufficientPrivilege:
+                done = "not checkpointed (needs the pg_checkpoint role): old files go at the next checkpoint"
+        return f"tables rewritten (VACUUM FULL); {done}"
 
     def _index_kind(self, coll: Collection, templates: int) -> str:
         return "pgvector-hnsw" if coll.dim <= HNSW_MAX_DIM else "exact"

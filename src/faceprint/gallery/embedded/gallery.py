@@ -49,6 +49,8 @@ from faceprint.gallery.schema import BUSY_TIMEOUT_MS
 log = logging.getLogger(__name__)
 
 DB_NAME = "gallery.sqlite3"
+#: Generations of change log kept per collection (an index further behind is rebuilt, not caught up).
+CHANGE_LOG_KEEP = 50_000
 
 
 class EmbeddedGallery(GalleryBase[int], SqliteMigration):
@@ -101,6 +103,7 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
 
     def _before_close(self) -> None:
         try:
+            self.prune_change_log()
             self.flush_index()
         except (GalleryError, OSError, sqlite3.Error):  # a cache that could not be saved is rebuilt later
             log.warning("could not save the vector index of %s; it will be rebuilt", self.path, exc_info=True)
@@ -255,25 +258,13 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
         if busy:
             log.warning("the WAL of %s could not be truncated after an erasure (a reader held it)", self.path)
 
-    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
-        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
-        cutoff = to_iso(now or utcnow())
-        purged: list[Subject] = []
-        with self._db.write() as conn:
-            rows = conn.execute(
-                f"SELECT {sql.SUBJECT_COLUMNS}, c.name, c.id FROM subjects s JOIN collections c "
-                "ON c.id = s.collection_id WHERE s.expires_at IS NOT NULL AND s.expires_at <= ?",
-                (cutoff,),
-            ).fetchall()
-            by_collection: dict[int, list[str]] = {}
-            for row in rows:
-                purged.append(sql.subject_from_row(row, str(row[7])))
-                by_collection.setdefault(int(row[8]), []).append(str(row[0]))
-            for subject in purged:
-                self._erasure_counts(conn, subject)  # forgets the logged adds of its templates
-            for cid, ids in by_collection.items():
-                self._index.record(self._delete_subjects(conn, cid, ids), conn)
-        return purged
+    def _expired(self, now: datetime) -> list[Subject]:
+        rows = self._db.reader().execute(
+            f"SELECT {sql.SUBJECT_COLUMNS}, c.name FROM subjects s JOIN collections c ON c.id = s.collection_id "
+            "WHERE s.expires_at IS NOT NULL AND s.expires_at <= ? ORDER BY c.name, s.name",
+            (to_iso(now),),
+        )
+        return [sql.subject_from_row(r, str(r[7])) for r in rows.fetchall()]
 
     # -- templates --------------------------------------------------------------------------------------
     def _insert_templates(self, handle: int, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
@@ -432,6 +423,35 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
 
     def _disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+    def prune_change_log(self, *, keep: int = CHANGE_LOG_KEEP) -> int:
+        """Delete the change-log rows of all but the newest ``keep`` generations of each collection, and raise
+        its ``log_since`` to match: an index (a snapshot, another process's) older than that is rebuilt from
+        the templates instead of caught up. Run on close; returns the rows deleted."""
+        if keep < 0:
+            raise GalleryError(f"keep must be at least 0, got {keep}")
+        dropped = 0
+        with self._db.write() as conn:
+            for cid, gen, since in conn.execute("SELECT id, generation, log_since FROM collections").fetchall():
+                floor = max(int(since), int(gen) - keep)
+                if floor > int(since):
+                    dropped += conn.execute(
+                        "DELETE FROM index_log WHERE collection_id = ? AND generation <= ?", (cid, floor)
+                    ).rowcount
+                    conn.execute("UPDATE collections SET log_since = ? WHERE id = ?", (floor, cid))
+        return dropped
+
+    def scrub(self) -> str:
+        """VACUUM (the database file is rewritten without free pages), truncate the WAL, and save fresh index
+        snapshots. Deleted cells were already zeroed on delete (``secure_delete``)."""
+        cids = [int(r[0]) for r in self._db.reader().execute("SELECT id FROM collections").fetchall()]
+        for cid in cids:
+            self._index.snapshot_path(cid).unlink(missing_ok=True)
+        self.prune_change_log()
+        busy = self._db.vacuum()
+        with self._index.lock:
+            self._index.states.clear()  # rebuilt (and saved on close) from what remains
+        return "database vacuumed, WAL truncated" + (" (a reader delayed the truncation)" if busy else "")
 
     def integrity_check(self) -> list[str]:
         """SQLite's own integrity and foreign-key checks; an empty list means consistent."""
