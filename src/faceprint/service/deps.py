@@ -13,6 +13,7 @@ from faceprint.matching import Calibration
 from faceprint.service.audit import AuditEntry, AuditLog
 from faceprint.service.auth import Principal
 from faceprint.service.engines import Engine, Engines
+from faceprint.service.erasures import ErasureLog
 from faceprint.service.errors import ApiError
 from faceprint.service.inference import Inference
 from faceprint.service.metrics import Metrics
@@ -27,6 +28,7 @@ class Services:
     gallery: Gallery
     audit: AuditLog
     metrics: Metrics
+    erasures: ErasureLog
 
     def collection(self, name: str | None) -> str:
         return name or self.settings.default_collection
@@ -62,7 +64,9 @@ def services(request: Request) -> Services:
     state = request.app.state
     if not getattr(state, "ready", False):
         raise ApiError(503, "not_ready", "the service is starting or stopping; retry shortly")
-    return Services(state.settings, state.inference, state.engines, state.gallery, state.audit, state.metrics)
+    return Services(
+        state.settings, state.inference, state.engines, state.gallery, state.audit, state.metrics, state.erasures
+    )
 
 
 async def record(

@@ -87,6 +87,8 @@ class Settings:
     keepalive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this long
     max_connections: int | None = None  # None: default_max_connections() (see `connection_limit`)
     liveness: str = "off"  # liveness policy of verify/identify/enrolment when a request names none
+    purge_interval_s: float = 3600.0  # expired subjects are purged (with receipts) this often; 0: never
+    withdrawal_deletes_templates: bool = False  # DELETE /v1/subjects/{id}/consent also deletes the faces
 
     def __post_init__(self) -> None:
         for name in (
@@ -116,6 +118,8 @@ class Settings:
             raise SettingsError(f"FACEPRINT_LIVENESS: must be one of {modes}, got {self.liveness!r}")
         if self.max_connections is not None and self.max_connections < 1:
             raise SettingsError(f"FACEPRINT_MAX_CONNECTIONS: must be at least 1, got {self.max_connections}")
+        if not 0 <= self.purge_interval_s <= 86400 * 7:  # also refuses NaN
+            raise SettingsError(f"FACEPRINT_PURGE_INTERVAL_S: must be 0 (off) to 604800, got {self.purge_interval_s}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -195,6 +199,8 @@ _ENV = {
     "keepalive_timeout_s": "FACEPRINT_KEEPALIVE_TIMEOUT_S",
     "max_connections": "FACEPRINT_MAX_CONNECTIONS",
     "liveness": "FACEPRINT_LIVENESS",
+    "purge_interval_s": "FACEPRINT_PURGE_INTERVAL_S",
+    "withdrawal_deletes_templates": "FACEPRINT_WITHDRAWAL_DELETES_TEMPLATES",
 }
 
 
