@@ -247,6 +247,8 @@ def test_cli_purposes_receipts_withdrawal_and_access(cli_home: Path, tmp_path: P
     code, out, err = run("subjects", "delete", "bob")
     assert code == 0, err
     receipt_id = out.rsplit("receipt ", 1)[1].strip()
+    code, out, err = run("gallery", "scrub")
+    assert code == 0 and out.startswith("database vacuumed, WAL truncated"), err
     saved = tmp_path / "receipt.json"
     code, _, err = run("audit", "receipt", receipt_id, "--out", str(saved))
     assert code == 0, err

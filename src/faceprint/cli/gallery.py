@@ -516,7 +516,9 @@ def subjects_not(
 
 
 # -- gallery-wide -------------------------------------------------------------------------------------------
-gallery_app = typer.Typer(help="Gallery-wide operations: stats, export, import.", no_args_is_help=True)
+gallery_app = typer.Typer(
+    help="Gallery-wide operations: stats, export, import, protection policy, scrub.", no_args_is_help=True
+)
 app.add_typer(gallery_app, name="gallery")
 
 
@@ -540,6 +542,15 @@ def gallery_stats(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
             f"correction(s); {s['model_id']} {s['dim']}-d; {s['index']} search; {s['disk_bytes'] / 1e6:.1f} MB on disk"
             f"; expiring: {s['expiring_7d']} in 7 days, {s['expiring_30d']} in 30 days"
         )
+
+
+@gallery_app.command("scrub")
+@handle_errors
+def gallery_scrub(ctx: typer.Context) -> None:
+    """Rewrite the gallery's storage so the bytes of deleted subjects are gone from its files, as far as the
+    backend allows (docs/privacy.md). Slow, and PostgreSQL locks each table while it is rewritten."""
+    with _open(ctx.obj, create=False) as store:
+        typer.echo(store.scrub())
 
 
 @gallery_app.command("policy")
