@@ -13,6 +13,9 @@ template a noisy copy of it (cosine ≈ 0.9 to the identity, ≈ 0.8 between two
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -35,9 +38,10 @@ from faceprint.gallery import (
     TemplateNotFound,
     export_gallery,
     import_gallery,
+    open_gallery,
 )
 from faceprint.gallery.crypto import TemplateCipher
-from faceprint.gallery.errors import UnknownPurpose
+from faceprint.gallery.errors import GalleryKeyError, UnknownPurpose, WrongKey
 from faceprint.gallery.model import parse_duration
 from faceprint.matching import DEFAULT_FMR, Calibration, InvalidThresholdRule, fmr_for_fpir, shipped_calibration
 from faceprint.types import Detection, Faceprint
@@ -47,6 +51,20 @@ MODEL = "test-model-v1"
 DIM = 128
 THRESHOLD = 0.5
 EXPORT_KEY = bytes(range(32))
+NEW_KEY = bytes(range(100, 132))
+#: Rotates the gallery at argv[1] from key argv[2] to argv[3] in batches of 2, SIGKILLing itself when the
+#: rotation reaches phase argv[4] with at least argv[5] values re-encrypted.
+ROTATE_SCRIPT = """
+import os, signal, sys
+from faceprint.gallery import open_gallery
+where, old, new, phase, at = sys.argv[1:]
+def progress(p, n):
+    if p == phase and n >= int(at):
+        os.kill(os.getpid(), signal.SIGKILL)
+g = open_gallery(where, key=bytes.fromhex(old))
+g.rotate_key(bytes.fromhex(new), batch=2, progress=progress)
+g.close()
+"""
 
 OpenStore = Callable[[], Gallery]
 
@@ -112,6 +130,15 @@ class GalleryContract:
     @pytest.fixture
     def open_store(self, tmp_path: Path) -> OpenStore:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    @pytest.fixture
+    def location(self) -> tuple[str, bytes]:  # pragma: no cover - overridden
+        """Where ``open_store``'s store is, for ``open_gallery`` in another process, and its key."""
+        raise NotImplementedError
+
+    def release(self, where: str) -> None:
+        """Let another process open the store at ``where`` once this one closed it (Milvus Lite keeps its
+        embedded server, and the directory's lock, until told)."""
 
     @pytest.fixture
     def gallery(self, open_store: OpenStore) -> Iterator[Gallery]:
@@ -343,6 +370,86 @@ class GalleryContract:
         assert (erasure.templates, erasure.negatives, erasure.consent_record) == (2, 1, True)
         assert erasure.template_ids == tuple(tids[1:]) and erasure.index_entries >= 2
         assert json.loads(json.dumps(erasure.to_dict()))["deleted"]["templates"] == 2
+
+    # -- key rotation (issue 18) -----------------------------------------------------------------------
+    def rotation_fixture(self, gallery: Gallery, people: People) -> dict[str, dict[int, np.ndarray]]:
+        chips = getattr(gallery, "keeps_chips", False)
+        for name in ("ada", "bob", "cyd"):
+            s = gallery.add_subject(name)
+            prints = people.prints_of(name, 3)
+            extra = {"chips": [np.full((8, 8, 3), i, dtype=np.uint8) for i in range(3)]} if chips else {}
+            gallery.add_templates(s.id, prints, **extra)  # type: ignore[arg-type]
+        gallery.add_negative(people.stranger(), "bob")
+        return {name: gallery.template_vectors(name) for name in ("ada", "bob", "cyd")}
+
+    def assert_readable(self, g: Gallery, people: People, vectors: dict[str, dict[int, np.ndarray]]) -> None:
+        for name, before in vectors.items():
+            after = g.template_vectors(name)
+            assert after.keys() == before.keys()
+            for tid, vec in before.items():
+                np.testing.assert_array_equal(after[tid], vec)
+        assert len(g.negative_vectors("bob")) == 1
+        (ans,) = g.identify([people.print_of("cyd")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "cyd"
+
+    def test_key_rotation(self, gallery: Gallery, open_store: OpenStore, location: tuple[str, bytes],
+                          people: People) -> None:  # fmt: skip
+        vectors = self.rotation_fixture(gallery, people)
+        _, old = location
+        chips = 9 if getattr(gallery, "keeps_chips", False) else 0
+        other = open_store()  # another client, holding the old key only, that keeps serving meanwhile
+        other.identify([people.print_of("ada")], threshold=THRESHOLD)
+        during: list[int] = []
+
+        def midway(phase: str, count: int) -> None:
+            if phase == "batch" and not during:  # some values are under the new key now, some not
+                self.assert_readable(other, people, vectors)  # it takes the new key up from the rotation record
+                during.extend(t.id for t in other.add_templates("cyd", people.prints_of("cyd", 1)))
+
+        report = gallery.rotate_key(NEW_KEY, batch=4, progress=midway)
+        assert report.new_key_id == TemplateCipher(NEW_KEY).key_id and len(during) == 1
+        assert 9 + chips + 1 <= report.reencrypted <= 9 + chips + 2  # the template added meanwhile: new key already
+        vectors["cyd"] = gallery.template_vectors("cyd")
+        self.assert_readable(gallery, people, vectors)  # online: the same client goes on
+        self.assert_readable(other, people, vectors)
+        other.close()
+        late = gallery.add_subject("late")
+        gallery.add_templates(late.id, people.prints_of("late", 1))
+        gallery.close()
+        with open_gallery(location[0], key=NEW_KEY) as g:
+            self.assert_readable(g, people, vectors)
+            assert len(g.template_vectors("late")) == 1
+            assert g.rotate_key(NEW_KEY).reencrypted == 0  # a sweep: nothing left under the old key
+        with pytest.raises(WrongKey, match="is not this gallery's key"):
+            open_gallery(location[0], key=old)
+
+    def test_key_rotation_killed_at_any_point_resumes(
+        self, gallery: Gallery, location: tuple[str, bytes], people: People, tmp_path: Path
+    ) -> None:
+        vectors = self.rotation_fixture(gallery, people)
+        gallery.close()
+        where, old = location
+        self.release(where)
+        for phase, at in (("started", 0), ("batch", 2), ("batch", 6), ("reencrypted", 0)):
+            run = subprocess.run(
+                [sys.executable, "-c", ROTATE_SCRIPT, where, old.hex(), NEW_KEY.hex(), phase, str(at)],
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert run.returncode == -signal.SIGKILL, run.stderr
+            with open_gallery(where, key=old) as g:  # mid-rotation: the old key reads everything
+                self.assert_readable(g, people, vectors)
+            with pytest.raises(GalleryKeyError, match=r"rotation of this gallery.s key to key id .* is under way"):
+                open_gallery(where, key=NEW_KEY)
+            with open_gallery(where, key=old) as g, pytest.raises(GalleryKeyError, match="finish it with that key"):
+                g.rotate_key(bytes(range(1, 33)))
+            self.release(where)
+        run = subprocess.run([sys.executable, "-c", ROTATE_SCRIPT, where, old.hex(), NEW_KEY.hex(), "-", "0"],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        with open_gallery(where, key=NEW_KEY) as g:
+            self.assert_readable(g, people, vectors)
+        with pytest.raises(WrongKey):
+            open_gallery(where, key=old)
 
     # -- templates --------------------------------------------------------------------------------------
     def test_templates_are_stored_with_provenance(self, gallery: Gallery, people: People) -> None:

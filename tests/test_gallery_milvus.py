@@ -13,6 +13,8 @@ import pytest
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
+from milvus_lite.server_manager import server_manager_instance
+
 from faceprint.gallery import GalleryError, WrongKey, open_gallery
 from faceprint.gallery.milvus import MilvusGallery, parse_uri
 from tests.gallery_contract import (
@@ -32,6 +34,13 @@ class TestMilvusContract(GalleryContract):
     @pytest.fixture
     def open_store(self, tmp_path: Path) -> OpenStore:
         return lambda: MilvusGallery(str(tmp_path / "gallery.db"), key=KEY)
+
+    @pytest.fixture
+    def location(self, tmp_path: Path) -> tuple[str, bytes]:
+        return str(tmp_path / "gallery.db"), KEY
+
+    def release(self, where: str) -> None:
+        server_manager_instance.release_server(where)
 
 
 # -- what only this backend promises ------------------------------------------------------------------------
@@ -66,7 +75,7 @@ def test_vectors_are_encrypted_and_enrolment_is_searchable_at_once(tmp_path: Pat
         assert ans.match is not None and ans.match.subject_id == s.id
         names = g._names("default")
         (row,) = g._query(names.templates, f"id == {t.id}", ["enc"])
-        assert len(row["enc"]) == len(base64.b64encode(bytes(12 + 4 * DIM + 16)))  # nonce ‖ AES-GCM(float32) ‖ tag
+        assert len(row["enc"]) == len(base64.b64encode(bytes(9 + 12 + 4 * DIM + 16)))  # key id ‖ nonce ‖ ct ‖ tag
         np.testing.assert_allclose(g.template_vectors("ada")[t.id], fp.vector, atol=1e-6)
 
 
@@ -105,7 +114,7 @@ def test_erasure_then_scrub_leaves_no_template_bytes_in_milvus_lite_files(tmp_pa
     """Milvus deletes are tombstones: after delete_subject the vectors are still in the sealed segment files
     (shown here, so the limit is documented by a test); scrub rebuilds the collections and then no file of the
     Milvus Lite directory holds them."""
-    people = People()
+    people = People(seed=1818)  # vectors no other test of the shared server stores
     path = tmp_path / "g.db"
     with MilvusGallery(str(path), key=KEY) as g:
         g.ensure_collection("default", MODEL, DIM)

@@ -76,6 +76,10 @@ class TestPostgresContract(GalleryContract):
     def open_store(self, dsn: str) -> OpenStore:
         return lambda: PostgresGallery(dsn, key=KEY, pool_size=4)
 
+    @pytest.fixture
+    def location(self, dsn: str) -> tuple[str, bytes]:
+        return dsn, KEY
+
 
 # -- what only this backend promises ------------------------------------------------------------------------
 def test_open_gallery_dispatches_on_the_scheme(dsn: str) -> None:
@@ -115,7 +119,7 @@ def test_templates_are_encrypted_and_the_hnsw_index_is_used(dsn: str) -> None:
         with g._conn() as conn:
             (blob,) = conn.execute("SELECT vector_enc FROM templates").fetchone()  # type: ignore[misc]
             assert fp.vector.astype("<f4").tobytes()[:16] not in bytes(blob)
-            assert len(bytes(blob)) == 12 + 4 * DIM + 16  # nonce ‖ AES-GCM(float32) ‖ tag
+            assert len(bytes(blob)) == 9 + 12 + 4 * DIM + 16  # key id header ‖ nonce ‖ AES-GCM(float32) ‖ tag
             cid = conn.execute("SELECT id FROM collections").fetchone()[0]  # type: ignore[index]
             with conn.transaction():
                 conn.execute("SET LOCAL enable_seqscan = off")
@@ -173,7 +177,7 @@ def test_erasure_then_scrub_leaves_no_template_bytes_in_the_data_directory(dsn: 
     """After delete_subject + scrub (VACUUM FULL, CHECKPOINT) no file of the server's data directory outside
     pg_wal holds the subject's plaintext vectors (the ``embedding`` column) or their encrypted copies. The WAL
     is left out: PostgreSQL keeps its segments until they are recycled (docs/privacy.md)."""
-    people = People()
+    people = People(seed=1818)  # vectors no other test of the shared server stores
     with PostgresGallery(dsn, key=KEY) as g:
         g.ensure_collection("default", MODEL, DIM)
         ada = g.add_subject("Adalinde Quist")

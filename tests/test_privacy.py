@@ -271,6 +271,15 @@ def test_cli_purposes_receipts_withdrawal_and_access(cli_home: Path, tmp_path: P
     assert code == 0 and "2 face(s) deleted; receipts " in out, err
     code, out, _ = run("identify", str(ada[2]), "--json", *hog)
     assert json.loads(out)["faces"][0]["match"] is None
+    code, _, err = run("enroll", "--subject", "dee", *map(str, bob[:2]), *hog)
+    assert code == 0, err
+    (tmp_path / "new.key").write_text(bytes(range(50, 82)).hex())
+    code, out, err = run("gallery", "rotate-key", "--new-key-file", str(tmp_path / "new.key"))
+    assert code == 0 and out.startswith("re-encrypted 2 value(s) under key "), err  # dee's two templates
+    code, _, err = run("subjects", "list")
+    assert code == 2 and "wrong key" in err  # the old key (FACEPRINT_KEY) is refused now
+    code, _, err = run("gallery", "rotate-key", "--new-key-file", str(tmp_path / "junk.json"))
+    assert code == 2 and "does not hold a 256-bit key" in err
     code, out, _ = run("audit", "rotate-signing-key")
     assert code == 0 and "receipt signing key: " in out
     code, out, err = run("audit", "verify-receipt", str(saved))  # signed by the retired key: still valid

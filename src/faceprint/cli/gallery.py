@@ -45,7 +45,7 @@ from faceprint.gallery import (
     open_gallery,
 )
 from faceprint.gallery.base import Gallery as GalleryProtocol
-from faceprint.gallery.crypto import TemplateCipher, resolve_key
+from faceprint.gallery.crypto import TemplateCipher, parse_key, resolve_key
 from faceprint.gallery.enrol import EnrolReport, ImageOutcome, pick_face
 from faceprint.gallery.location import is_server_location
 from faceprint.gallery.model import Consent, parse_duration
@@ -551,6 +551,30 @@ def gallery_scrub(ctx: typer.Context) -> None:
     backend allows (docs/privacy.md). Slow, and PostgreSQL locks each table while it is rewritten."""
     with _open(ctx.obj, create=False) as store:
         typer.echo(store.scrub())
+
+
+@gallery_app.command("rotate-key")
+@handle_errors
+def gallery_rotate_key(
+    ctx: typer.Context,
+    new_key_file: Path = typer.Option(
+        ..., "--new-key-file", help="The new 256-bit key: 64 hex digits or base64 (e.g. `openssl rand -hex 32`)."
+    ),
+    batch: int = typer.Option(256, "--batch", min=1, help="Values re-encrypted per transaction."),
+) -> None:
+    """Re-encrypt every template, chip and negative under a new key while the gallery stays in use; rerun
+    after an interruption to finish. The old key (FACEPRINT_KEY / FACEPRINT_KEY_FILE) opens it until then."""
+    try:
+        text = new_key_file.read_bytes()
+    except OSError as exc:
+        raise fail(f"{new_key_file}: cannot read the new key ({exc.strerror})") from None
+    new_key = parse_key(text, str(new_key_file))
+    with _open(ctx.obj, create=False) as store:
+        report = store.rotate_key(new_key, batch=batch)
+    typer.echo(
+        f"re-encrypted {report.reencrypted} value(s) under key {report.new_key_id} (was {report.old_key_id}); "
+        f"the old key no longer opens the gallery: set FACEPRINT_KEY or FACEPRINT_KEY_FILE to {new_key_file}"
+    )
 
 
 @gallery_app.command("policy")

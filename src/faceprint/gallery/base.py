@@ -27,6 +27,7 @@ from faceprint.gallery.model import (
     MigrationSwitch,
     Page,
     PendingChip,
+    RotationReport,
     Subject,
     Template,
 )
@@ -194,6 +195,13 @@ class Gallery(Protocol):
         ...
 
     def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats: ...
+
+    def rotate_key(
+        self, new_key: bytes, *, batch: int = 256, progress: Callable[[str, int], None] | None = None
+    ) -> RotationReport:
+        """Re-encrypt every template, chip and negative under ``new_key``, online and crash-safe (a rerun
+        resumes); afterwards the old key no longer opens the gallery (see docs/privacy.md#keys)."""
+        ...
 
     def scrub(self) -> str:
         """Rewrite storage so the bytes of what was deleted are gone from the backend's files, as far as the

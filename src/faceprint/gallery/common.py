@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from base64 import b64decode, b64encode
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -32,11 +33,20 @@ from typing import Any, ClassVar, Generic, Self, TypeVar
 import numpy as np
 
 from faceprint.gallery.base import DEFAULT_COLLECTION, UNSET, Unset
-from faceprint.gallery.crypto import TemplateCipher, open_chip, open_vector, resolve_key, seal_chip, seal_vector
+from faceprint.gallery.crypto import (
+    TemplateCipher,
+    key_id,
+    open_chip,
+    open_vector,
+    resolve_key,
+    seal_chip,
+    seal_vector,
+)
 from faceprint.gallery.errors import (
     CollectionNotFound,
     ContractMismatch,
     GalleryError,
+    GalleryKeyError,
     SubjectNotFound,
     TemplateNotFound,
 )
@@ -50,6 +60,8 @@ from faceprint.gallery.model import (
     Identification,
     Metadata,
     Page,
+    RotationReport,
+    Sealed,
     SearchScope,
     Subject,
     Template,
@@ -176,6 +188,7 @@ class GalleryBase(ABC, Generic[H]):
         """Check the template key (set it up for a new gallery); on failure the storage is released."""
         try:
             self.cipher = self._open_cipher(key)
+            self.cipher.refresh = self._refresh_keys
         except BaseException:  # a wrong or missing key must not leave connections open
             self._closed = True
             self._release()
@@ -191,8 +204,116 @@ class GalleryBase(ABC, Generic[H]):
                     self._store_key_check(cipher.check_value(), cipher.key_id)
                     return cipher
         cipher = TemplateCipher(*resolve_key(key, create=False))
+        state = self._rotation_state()
+        if state is not None and cipher.key_id == state["target"] and cipher.matches(b64decode(state["check"])):
+            raise GalleryKeyError(
+                f"a rotation of this gallery's key to key id {cipher.key_id} is under way: finish it with "
+                "`faceprint gallery rotate-key --new-key-file FILE`, holding the old key (FACEPRINT_KEY or "
+                "FACEPRINT_KEY_FILE); the new key opens the gallery once it is done"
+            )
         cipher.verify(*stored)
+        self.cipher = cipher
+        self._refresh_keys()
         return cipher
+
+    # -- key rotation -----------------------------------------------------------------------------------
+    def _rotation_state(self) -> dict[str, str] | None:
+        raw = self._load_meta("rotation")
+        return None if raw is None else json.loads(raw)
+
+    def _refresh_keys(self) -> None:
+        """Take up the keys another process's rotation left for us: the new key of a rotation under way
+        (wrapped under the old one: from now on this process writes with it) and retired keys (wrapped under
+        the current one, for rows written with them meanwhile)."""
+        state = self._rotation_state()
+        if state is not None:
+            target = state["target"]
+            if not self.cipher.holds(target):
+                new = self.cipher.unwrap(b64decode(state["wrapped"]), target)
+                if new is not None:
+                    self.cipher.add(new)
+            if self.cipher.holds(target):
+                self.cipher.use(target)
+        raw = self._load_meta("retired")
+        for kid, wrapped in (json.loads(raw) if raw else {}).items():
+            if not self.cipher.holds(kid):
+                old = self.cipher.unwrap(b64decode(wrapped), kid)
+                if old is not None:
+                    self.cipher.add(old)
+
+    def rotate_key(
+        self, new_key: bytes, *, batch: int = 256, progress: Callable[[str, int], None] | None = None
+    ) -> RotationReport:
+        """Re-encrypt every template, chip, negative and staged vector under ``new_key``, online.
+
+        Crash-safe: the rotation is recorded first (the new key wrapped under the old one, so every client
+        holding the old key reads and writes with both); then values are re-encrypted batch by batch, each
+        batch one compare-and-swap (a value changed meanwhile is left for the next pass), so every value is at
+        all times under the old key or the new one; last, one write makes the new key the gallery's. A rerun
+        with the same new key resumes. Afterwards the old key is refused; it is kept wrapped under the new key
+        for values a client unaware of the rotation wrote meanwhile, until ``rotate_key`` is run again with
+        the new key (a sweep), which re-encrypts those and forgets it. ``progress(phase, count)``: after
+        ``started``, each ``batch``, ``reencrypted`` and ``finished``.
+        """
+        if batch < 1:
+            raise GalleryError(f"batch must be at least 1, got {batch}")
+        step = progress or (lambda phase, count: None)
+        new_id = key_id(new_key)
+        self._refresh_keys()
+        stored = self._load_key_check()
+        assert stored is not None
+        old_id = stored[1] or self.cipher.legacy_id
+        state = self._rotation_state()
+        resumed = state is not None
+        if state is not None and state["target"] != new_id:
+            raise GalleryKeyError(f"a rotation to key id {state['target']} is under way; finish it with that key first")
+        if state is None and new_id != old_id:
+            record = {
+                "target": new_id,
+                "from": old_id,
+                "wrapped": b64encode(self.cipher.wrap(new_key)).decode(),
+                "check": b64encode(TemplateCipher(new_key).check_value()).decode(),
+            }
+            self._store_meta({"rotation": json.dumps(record).encode()})
+        self.cipher.add(new_key)
+        self.cipher.use(new_id)
+        step("started", 0)
+        done = 0
+        while rows := self._sealed_rows(new_id, batch):
+            swaps = [(row, self.cipher.encrypt(self.cipher.decrypt(row.blob, row.aad), row.aad)) for row in rows]
+            done += self._swap_sealed(swaps)
+            step("batch", done)
+        step("reencrypted", done)
+        retired = {} if new_id == old_id else {old_id: b64encode(self.cipher.wrap(self.cipher.raw(old_id))).decode()}
+        self._store_meta({
+            "key_check": TemplateCipher(new_key).check_value(),
+            "key_id": new_id.encode(),
+            "retired": json.dumps(retired).encode() if retired else None,
+            "rotation": None,
+        })  # fmt: skip
+        self._after_rotation()
+        step("finished", done)
+        return RotationReport(old_id, new_id, done, resumed)
+
+    def _after_rotation(self) -> None:
+        """Drop what is still encrypted under the old key outside the rows (the embedded index snapshots)."""
+
+    @abstractmethod
+    def _load_meta(self, name: str) -> bytes | None:
+        """A value of the gallery's own settings (``key_check``, ``key_id``, ``rotation``, ``retired``)."""
+
+    @abstractmethod
+    def _store_meta(self, values: Mapping[str, bytes | None]) -> None:
+        """Set (``None``: delete) several settings at once (in one transaction where the engine has them)."""
+
+    @abstractmethod
+    def _sealed_rows(self, exclude_key_id: str, limit: int) -> list[Sealed]:
+        """Up to ``limit`` encrypted values (vectors, chips, negatives, staged vectors) not under that key."""
+
+    @abstractmethod
+    def _swap_sealed(self, swaps: Sequence[tuple[Sealed, bytes]]) -> int:
+        """Replace each value by its new ciphertext where it still holds the old one (compare-and-swap), in
+        one transaction where the engine has them; returns how many were replaced."""
 
     @property
     def template_key_id(self) -> str:

@@ -37,7 +37,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,7 +50,7 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate
-from faceprint.gallery.crypto import seal_vector
+from faceprint.gallery.crypto import key_header, seal_vector, vector_aad
 from faceprint.gallery.errors import GalleryError, SubjectExists
 from faceprint.gallery.location import redact_location
 from faceprint.gallery.model import (
@@ -59,6 +59,7 @@ from faceprint.gallery.model import (
     Consent,
     Erasure,
     Metadata,
+    Sealed,
     SearchScope,
     Subject,
     Template,
@@ -225,6 +226,81 @@ class MilvusGallery(GalleryBase[_Names]):
                 {"key": "key_id", "value": key_id, "placeholder": _PLACEHOLDER},
             ],
         )
+
+    @staticmethod
+    def _meta_key(name: str) -> str:
+        return name if name in ("key_check", "key_id") else f"meta:{name}"
+
+    def _load_meta(self, name: str) -> bytes | None:
+        rows = self._query(self._catalog, f"key == {_q(self._meta_key(name))}")
+        if not rows:
+            return None
+        value = rows[0]["value"]
+        return value.encode() if name == "key_id" else base64.b64decode(value)
+
+    def _store_meta(self, values: Mapping[str, bytes | None]) -> None:
+        """Upserts in one request, then deletes: a crash between leaves the rotation record, which a rerun
+        finishes."""
+        upserts = [
+            {
+                "key": self._meta_key(name),
+                "value": value.decode() if name == "key_id" else _b64(value),
+                "placeholder": _PLACEHOLDER,
+            }
+            for name, value in values.items()
+            if value is not None
+        ]
+        if upserts:
+            self.client.upsert(self._catalog, upserts)
+        gone = [self._meta_key(name) for name, value in values.items() if value is None]
+        if gone:
+            self.client.delete(self._catalog, ids=gone)
+
+    def _sealed_rows(self, exclude_key_id: str, limit: int) -> list[Sealed]:
+        head = _b64(key_header(exclude_key_id))  # 9 bytes: 12 base64 characters, a prefix of every such value
+        out: list[Sealed] = []
+        for coll in self.list_collections():
+            names = self._names(coll.name)
+            for row in self._query(
+                names.templates, f'not (enc like "{head}%")', ["id", "kind", "subject_id", "info", "enc"]
+            ):
+                model = coll.model_id if row["kind"] == NEGATIVE else json.loads(row["info"])["model_id"]
+                kind = "neg" if row["kind"] == NEGATIVE else "tpl"
+                aad = vector_aad(row["subject_id"], model, kind)
+                out.append(Sealed(names.templates, int(row["id"]), "enc", aad, base64.b64decode(row["enc"])))
+                if len(out) >= limit:
+                    return out
+        return out
+
+    def _swap_sealed(self, swaps: Sequence[tuple[Sealed, bytes]]) -> int:
+        """Milvus has no compare-and-swap: each row is read again, upserted with its new ``enc`` only if it
+        still holds the old one, and deleted again if its subject was deleted meanwhile (an upsert of a row
+        deleted since would otherwise bring it back)."""
+        done = 0
+        by_table: dict[str, list[tuple[Sealed, bytes]]] = {}
+        for row, new in swaps:
+            by_table.setdefault(row.table, []).append((row, new))
+        for table, items in by_table.items():
+            current = {
+                int(r["id"]): r
+                for r in self._query(table, f"id in [{', '.join(str(int(row.row)) for row, _ in items)}]", ["*"])
+            }
+            upserts = []
+            for row, new in items:
+                stored = current.get(int(row.row))
+                if stored is not None and base64.b64decode(stored["enc"]) == row.blob:
+                    upserts.append({**stored, "enc": _b64(new)})
+            if not upserts:
+                continue
+            self.client.upsert(self._ready(table), upserts)
+            subjects_table = table.replace(f"{self.prefix}_t_", f"{self.prefix}_s_", 1)
+            sids = sorted({r["subject_id"] for r in upserts})
+            alive = {r["id"] for r in self._query(subjects_table, _in("id", sids), ["id"])}
+            dead = [int(r["id"]) for r in upserts if r["subject_id"] not in alive]
+            if dead:
+                self.client.delete(self._ready(table), ids=dead)
+            done += len(upserts) - len(dead)
+        return done
 
     # -- schema -----------------------------------------------------------------------------------------
     def _create_catalog(self) -> None:

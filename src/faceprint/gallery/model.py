@@ -404,3 +404,26 @@ class MigrationSwitch:
     dropped_templates: int
     dropped_negatives: int
     embedded_at_switch: int  # enrolled while the migration ran, embedded inside the switch transaction
+
+
+# -- key rotation (GalleryBase.rotate_key) -------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sealed:
+    """One encrypted value of a gallery: where it is (``table``, ``row``, ``column``: the backend's own
+    address), the associated data it is bound to, and its ciphertext."""
+
+    table: str
+    row: int | str
+    column: str
+    aad: bytes
+    blob: bytes
+
+
+@dataclass(frozen=True)
+class RotationReport:
+    """What a key rotation did: from which key to which, how many values it re-encrypted in this run."""
+
+    old_key_id: str
+    new_key_id: str
+    reencrypted: int
+    resumed: bool

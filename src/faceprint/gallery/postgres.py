@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -28,7 +28,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from faceprint.gallery import sql
 from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate
-from faceprint.gallery.crypto import seal_vector
+from faceprint.gallery.crypto import chip_aad, key_header, seal_vector, vector_aad
 from faceprint.gallery.errors import GalleryError, SubjectExists
 from faceprint.gallery.location import redact_location
 from faceprint.gallery.model import (
@@ -36,6 +36,7 @@ from faceprint.gallery.model import (
     CollectionPolicy,
     Consent,
     Erasure,
+    Sealed,
     SearchScope,
     Subject,
     Template,
@@ -125,6 +126,59 @@ class PostgresGallery(GalleryBase[int]):
             conn.execute(
                 "INSERT INTO faceprint_meta VALUES ('key_check', %s), ('key_id', %s)", (check, key_id.encode())
             )
+
+    def _load_meta(self, name: str) -> bytes | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT value FROM faceprint_meta WHERE key = %s", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _store_meta(self, values: Mapping[str, bytes | None]) -> None:
+        with self._tx() as conn:
+            for name, value in values.items():
+                if value is None:
+                    conn.execute("DELETE FROM faceprint_meta WHERE key = %s", (name,))
+                else:
+                    conn.execute(
+                        "INSERT INTO faceprint_meta (key, value) VALUES (%s, %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        (name, value),
+                    )
+
+    def _sealed_rows(self, exclude_key_id: str, limit: int) -> list[Sealed]:
+        head = key_header(exclude_key_id)
+        out: list[Sealed] = []
+        with self._conn() as conn:
+            for tid, sid, model, blob in conn.execute(
+                "SELECT id, subject_id, model_id, vector_enc FROM templates "
+                "WHERE substring(vector_enc from 1 for 9) <> %s LIMIT %s",
+                (head, limit),
+            ).fetchall():
+                out.append(Sealed("templates", int(tid), "vector_enc", vector_aad(sid, model), bytes(blob)))
+            for tid, sid, blob in conn.execute(
+                "SELECT id, subject_id, chip FROM templates WHERE chip IS NOT NULL "
+                "AND substring(chip from 1 for 9) <> %s LIMIT %s",
+                (head, limit),
+            ).fetchall():
+                out.append(Sealed("templates", int(tid), "chip", chip_aad(sid), bytes(blob)))
+            for nid, sid, model, blob in conn.execute(
+                "SELECT n.id, n.subject_id, c.model_id, n.vector_enc FROM negatives n JOIN subjects s "
+                "ON s.id = n.subject_id JOIN collections c ON c.id = s.collection_id "
+                "WHERE substring(n.vector_enc from 1 for 9) <> %s LIMIT %s",
+                (head, limit),
+            ).fetchall():
+                out.append(Sealed("negatives", int(nid), "vector_enc", vector_aad(sid, model, "neg"), bytes(blob)))
+        return out[:limit]
+
+    def _swap_sealed(self, swaps: Sequence[tuple[Sealed, bytes]]) -> int:
+        done = 0
+        with self._tx() as conn:
+            for row, new in swaps:
+                cur = conn.execute(
+                    f"UPDATE {row.table} SET {row.column} = %s WHERE id = %s AND {row.column} = %s",  # type: ignore[arg-type]
+                    (new, row.row, row.blob),
+                )
+                done += cur.rowcount
+        return done
 
     @contextmanager
     def _key_setup(self) -> Iterator[None]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ import numpy as np
 from faceprint.gallery import sql
 from faceprint.gallery.base import DEFAULT_COLLECTION
 from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate
-from faceprint.gallery.crypto import seal_vector
+from faceprint.gallery.crypto import chip_aad, key_header, seal_vector, vector_aad
 from faceprint.gallery.embedded.database import Database, chunks, marks
 from faceprint.gallery.embedded.index_cache import Delta, IndexCache, generation
 from faceprint.gallery.embedded.migration import SqliteMigration
@@ -36,6 +36,7 @@ from faceprint.gallery.model import (
     CollectionPolicy,
     Consent,
     Erasure,
+    Sealed,
     SearchScope,
     Subject,
     Template,
@@ -100,6 +101,65 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
 
     def _key_setup(self) -> AbstractContextManager[object]:
         return self._db.write()
+
+    def _load_meta(self, name: str) -> bytes | None:
+        return self._db.meta(name)
+
+    def _store_meta(self, values: Mapping[str, bytes | None]) -> None:
+        with self._db.write() as conn:
+            for name, value in values.items():
+                if value is None:
+                    conn.execute("DELETE FROM meta WHERE key = ?", (name,))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (name, value))
+
+    def _sealed_rows(self, exclude_key_id: str, limit: int) -> list[Sealed]:
+        head = key_header(exclude_key_id)
+        out: list[Sealed] = []
+        with self._db.read() as conn:
+            for tid, sid, model, blob in conn.execute(
+                "SELECT id, subject_id, model_id, vector FROM templates WHERE substr(vector, 1, 9) != ? LIMIT ?",
+                (head, limit),
+            ):
+                out.append(Sealed("templates", int(tid), "vector", vector_aad(sid, model), bytes(blob)))
+            for tid, sid, blob in conn.execute(
+                "SELECT id, subject_id, chip FROM templates WHERE chip IS NOT NULL AND substr(chip, 1, 9) != ? LIMIT ?",
+                (head, limit),
+            ):
+                out.append(Sealed("templates", int(tid), "chip", chip_aad(sid), bytes(blob)))
+            for nid, sid, model, blob in conn.execute(
+                "SELECT n.id, n.subject_id, c.model_id, n.vector FROM negatives n JOIN subjects s ON s.id = "
+                "n.subject_id JOIN collections c ON c.id = s.collection_id WHERE substr(n.vector, 1, 9) != ? LIMIT ?",
+                (head, limit),
+            ):
+                out.append(Sealed("negatives", int(nid), "vector", vector_aad(sid, model, "neg"), bytes(blob)))
+            for tid, sid, model, blob in conn.execute(
+                "SELECT m.template_id, t.subject_id, m.model_id, m.vector FROM migration_staging m JOIN templates t "
+                "ON t.id = m.template_id WHERE substr(m.vector, 1, 9) != ? LIMIT ?",
+                (head, limit),
+            ):
+                out.append(Sealed("migration_staging", int(tid), "vector", vector_aad(sid, model), bytes(blob)))
+        return out[:limit]
+
+    def _swap_sealed(self, swaps: Sequence[tuple[Sealed, bytes]]) -> int:
+        done = 0
+        with self._db.write() as conn:
+            for row, new in swaps:
+                key = "template_id" if row.table == "migration_staging" else "id"
+                done += conn.execute(
+                    f"UPDATE {row.table} SET {row.column} = ? WHERE {key} = ? AND {row.column} = ?",
+                    (new, row.row, row.blob),
+                ).rowcount
+        return done
+
+    def _after_rotation(self) -> None:
+        """Index snapshots were encrypted under the old key: delete them (saved again, under the new key)."""
+        with self._index.lock:
+            for cid, state in self._index.states.items():
+                state.dirty = True
+                self._index.snapshot_path(cid).unlink(missing_ok=True)
+        for path in self.path.glob("index-*.fpidx"):
+            path.unlink(missing_ok=True)
 
     def _before_close(self) -> None:
         try:
