@@ -742,7 +742,8 @@ class GalleryBase(ABC, Generic[H]):
     @abstractmethod
     def _scope_rows(self, handle: H, scope: SearchScope) -> Iterable[tuple[str, datetime | None, Consent | None]]:
         """``(subject id, expires_at, consent)`` of every subject the scope might leave out: those expired at
-        ``scope.now`` or with a consent record, and when ``scope.strict`` every subject. The base decides."""
+        ``scope.now`` or whose consent was withdrawn, and when ``scope.strict`` every subject (so a search
+        without a purpose reads only the few that are left out). The base decides."""
 
     @abstractmethod
     def _subject_count(self, handle: H) -> int:

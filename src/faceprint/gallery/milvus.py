@@ -754,10 +754,10 @@ class MilvusGallery(GalleryBase[_Names]):
         return Neighbours(hits, self._negatives_of(handle, coll, list(names)))
 
     def _scope_rows(self, handle: _Names, scope: SearchScope) -> list[tuple[str, datetime | None, Consent | None]]:
-        """Milvus keeps consent inside the ``info`` text, so subjects with one are found with ``like``."""
+        """Milvus keeps consent inside the ``info`` text, so withdrawn ones are found with ``like``."""
         expr = 'id != ""'
         if not scope.strict:
-            expr = f'(expires >= 0 and expires <= {_micros(scope.now)}) or not (info like "%\\"consent\\": null%")'
+            expr = f'(expires >= 0 and expires <= {_micros(scope.now)}) or (info like "%\\"withdrawn_at\\": \\"%")'
         out = []
         for row in self._query(handle.subjects, expr, ["id", "info"]):
             info = json.loads(row["info"])

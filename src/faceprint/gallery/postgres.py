@@ -475,7 +475,11 @@ class PostgresGallery(GalleryBase[int]):
         return Neighbours(hits, negatives)
 
     def _scope_rows(self, handle: int, scope: SearchScope) -> list[tuple[str, datetime | None, Consent | None]]:
-        where = "" if scope.strict else " AND ((expires_at IS NOT NULL AND expires_at <= %s) OR consent IS NOT NULL)"
+        where = (
+            ""
+            if scope.strict
+            else (" AND ((expires_at IS NOT NULL AND expires_at <= %s) OR consent->>'withdrawn_at' IS NOT NULL)")
+        )
         args = (handle,) if scope.strict else (handle, scope.now)
         with self._conn() as conn:
             rows = conn.execute(

@@ -425,7 +425,13 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
         return self._index.search(handle, coll, probes, k, excluded)
 
     def _scope_rows(self, handle: int, scope: SearchScope) -> list[tuple[str, datetime | None, Consent | None]]:
-        where = "" if scope.strict else " AND ((expires_at IS NOT NULL AND expires_at <= ?) OR consent IS NOT NULL)"
+        where = (
+            ""
+            if scope.strict
+            else (
+                " AND ((expires_at IS NOT NULL AND expires_at <= ?) OR json_extract(consent, '$.withdrawn_at') IS NOT NULL)"
+            )
+        )
         args = (handle,) if scope.strict else (handle, to_iso(scope.now))
         rows = self._db.reader().execute(
             f"SELECT id, expires_at, consent FROM subjects WHERE collection_id = ?{where}", args
