@@ -96,6 +96,11 @@ def check_consent(consent: Consent | None, policy: CollectionPolicy) -> None:
             check_purpose(purpose, policy.purposes)
 
 
+def excluded_by(scope: SearchScope, rows: Iterable[tuple[str, datetime | None, Consent | None]]) -> frozenset[str]:
+    """The subjects among ``rows`` (id, expires_at, consent) that ``scope`` does not admit."""
+    return frozenset(sid for sid, expires_at, consent in rows if not scope.admits(expires_at, consent))
+
+
 def check_name(name: str) -> None:
     if not name or not name.strip():
         raise GalleryError("a subject needs a non-empty name")
@@ -692,9 +697,7 @@ class GalleryBase(ABC, Generic[H]):
             coll.model_id, fmr=fmr, fpir=fpir, threshold=threshold, subjects=subjects, calibration=calibration
         )
         scope = self.search_scope(handle, purpose)
-        excluded = frozenset(
-            sid for sid, expires_at, consent in self._scope_rows(handle, scope) if not scope.admits(expires_at, consent)
-        )
+        excluded = self._excluded(handle, scope)
         probes = normalise(np.stack([fp.vector for fp in faceprints]))
         found = self._nearest(handle, coll, probes, neighbours_wanted(top_k), excluded)
         ranked = [
@@ -740,10 +743,9 @@ class GalleryBase(ABC, Generic[H]):
         return SearchScope(utcnow(), purpose, policy.consent_required)
 
     @abstractmethod
-    def _scope_rows(self, handle: H, scope: SearchScope) -> Iterable[tuple[str, datetime | None, Consent | None]]:
-        """``(subject id, expires_at, consent)`` of every subject the scope might leave out: those expired at
-        ``scope.now`` or whose consent was withdrawn, and when ``scope.strict`` every subject (so a search
-        without a purpose reads only the few that are left out). The base decides."""
+    def _excluded(self, handle: H, scope: SearchScope) -> frozenset[str]:
+        """The ids of the collection's subjects ``scope`` leaves out (:meth:`SearchScope.admits` is the rule;
+        a backend that cannot ask its engine computes it with :func:`excluded_by`)."""
 
     @abstractmethod
     def _subject_count(self, handle: H) -> int:

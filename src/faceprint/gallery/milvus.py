@@ -49,7 +49,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate
+from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate, excluded_by
 from faceprint.gallery.crypto import key_header, seal_vector, vector_aad
 from faceprint.gallery.errors import GalleryError, SubjectExists
 from faceprint.gallery.location import redact_location
@@ -752,6 +752,9 @@ class MilvusGallery(GalleryBase[_Names]):
             for face in results
         ]
         return Neighbours(hits, self._negatives_of(handle, coll, list(names)))
+
+    def _excluded(self, handle: _Names, scope: SearchScope) -> frozenset[str]:
+        return excluded_by(scope, self._scope_rows(handle, scope))
 
     def _scope_rows(self, handle: _Names, scope: SearchScope) -> list[tuple[str, datetime | None, Consent | None]]:
         """Milvus keeps consent inside the ``info`` text, so withdrawn ones are found with ``like``."""

@@ -34,7 +34,6 @@ from faceprint.gallery.location import redact_location
 from faceprint.gallery.model import (
     Collection,
     CollectionPolicy,
-    Consent,
     Erasure,
     Sealed,
     SearchScope,
@@ -474,19 +473,28 @@ class PostgresGallery(GalleryBase[int]):
             negatives = self._negatives_of(handle, coll, sorted({h.subject_id for face in hits for h in face}))
         return Neighbours(hits, negatives)
 
-    def _scope_rows(self, handle: int, scope: SearchScope) -> list[tuple[str, datetime | None, Consent | None]]:
-        where = (
-            ""
-            if scope.strict
-            else (" AND ((expires_at IS NOT NULL AND expires_at <= %s) OR consent->>'withdrawn_at' IS NOT NULL)")
-        )
-        args = (handle,) if scope.strict else (handle, scope.now)
+    def _excluded(self, handle: int, scope: SearchScope) -> frozenset[str]:
+        """:meth:`SearchScope.admits` in SQL (jsonb). Without a purpose or required consent only the expired
+        and the withdrawn are read, each through an index; otherwise every subject's consent is checked."""
+        args = {"c": handle, "now": scope.now, "purpose": scope.purpose}
+        if not scope.strict:
+            sql = (
+                "SELECT id FROM subjects WHERE collection_id = %(c)s AND expires_at IS NOT NULL "
+                "AND expires_at <= %(now)s UNION SELECT id FROM subjects WHERE collection_id = %(c)s "
+                "AND (consent->>'withdrawn_at') IS NOT NULL"
+            )
+        else:
+            sql = (
+                "SELECT id FROM subjects WHERE collection_id = %(c)s AND ("
+                "(expires_at IS NOT NULL AND expires_at <= %(now)s) OR consent IS NULL "
+                "OR (consent->>'withdrawn_at') IS NOT NULL "
+                "OR (%(purpose)s::text IS NOT NULL "
+                "AND NOT coalesce(consent->'purposes', '[]'::jsonb) @> jsonb_build_array(%(purpose)s::text) "
+                "AND coalesce(consent->>'purpose', '') <> %(purpose)s::text))"
+            )
         with self._conn() as conn:
-            rows = conn.execute(
-                f"SELECT id, expires_at, consent FROM subjects WHERE collection_id = %s{where}",  # type: ignore[arg-type]
-                args,
-            ).fetchall()
-        return [(str(r[0]), r[1], None if r[2] is None else Consent.from_dict(r[2])) for r in rows]
+            rows = conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
+        return frozenset(str(r[0]) for r in rows)
 
     def _expiring(self, handle: int, now: datetime, until: datetime) -> int:
         with self._conn() as conn:

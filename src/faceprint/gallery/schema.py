@@ -128,9 +128,13 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE templates ADD COLUMN chip_template TEXT;
     """,
     # 0004: a collection's protection policy (default retention, consent required, purposes) as JSON
-    # (faceprint.gallery.model.CollectionPolicy); NULL: the defaults.
+    # (faceprint.gallery.model.CollectionPolicy); NULL: the defaults. The two indexes let every search find
+    # the subjects it must leave out (expired, consent withdrawn) without reading the others.
     """
     ALTER TABLE collections ADD COLUMN policy TEXT;
+    CREATE INDEX subjects_withdrawn ON subjects(collection_id)
+        WHERE json_extract(consent, '$.withdrawn_at') IS NOT NULL;
+    CREATE INDEX subjects_collection_expiry ON subjects(collection_id, expires_at) WHERE expires_at IS NOT NULL;
     """,
 )
 

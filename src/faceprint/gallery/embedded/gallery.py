@@ -12,7 +12,6 @@ other processes: :mod:`.index_cache`. Re-embedding a collection: :mod:`.migratio
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
@@ -34,7 +33,6 @@ from faceprint.gallery.index import ANN_MIN_SIZE
 from faceprint.gallery.model import (
     Collection,
     CollectionPolicy,
-    Consent,
     Erasure,
     Sealed,
     SearchScope,
@@ -424,20 +422,26 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
     ) -> Neighbours:
         return self._index.search(handle, coll, probes, k, excluded)
 
-    def _scope_rows(self, handle: int, scope: SearchScope) -> list[tuple[str, datetime | None, Consent | None]]:
-        where = (
-            ""
-            if scope.strict
-            else (
-                " AND ((expires_at IS NOT NULL AND expires_at <= ?) OR json_extract(consent, '$.withdrawn_at') IS NOT NULL)"
+    def _excluded(self, handle: int, scope: SearchScope) -> frozenset[str]:
+        """:meth:`SearchScope.admits` in SQL (JSON1). Without a purpose or required consent only the expired
+        and the withdrawn are read, each through an index; otherwise every subject's consent is checked."""
+        args = {"c": handle, "now": to_iso(scope.now), "purpose": scope.purpose}
+        if not scope.strict:
+            sql = (
+                "SELECT id FROM subjects WHERE collection_id = :c AND expires_at IS NOT NULL AND expires_at <= :now "
+                "UNION SELECT id FROM subjects WHERE collection_id = :c "
+                "AND json_extract(consent, '$.withdrawn_at') IS NOT NULL"
             )
-        )
-        args = (handle,) if scope.strict else (handle, to_iso(scope.now))
-        rows = self._db.reader().execute(
-            f"SELECT id, expires_at, consent FROM subjects WHERE collection_id = ?{where}", args
-        )
-        return [(str(r[0]), from_iso(r[1]), None if r[2] is None else Consent.from_dict(json.loads(r[2])))
-                for r in rows.fetchall()]  # fmt: skip
+        else:
+            sql = (
+                "SELECT id FROM subjects WHERE collection_id = :c AND ("
+                "(expires_at IS NOT NULL AND expires_at <= :now) OR consent IS NULL "
+                "OR json_extract(consent, '$.withdrawn_at') IS NOT NULL "
+                "OR (:purpose IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM json_each(consent, '$.purposes') WHERE value = :purpose) "
+                "AND coalesce(json_extract(consent, '$.purpose'), '') != :purpose))"
+            )
+        return frozenset(str(r[0]) for r in self._db.reader().execute(sql, args).fetchall())
 
     def _expiring(self, handle: int, now: datetime, until: datetime) -> int:
         row = self._db.reader().execute(
