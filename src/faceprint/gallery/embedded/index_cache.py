@@ -74,10 +74,9 @@ class Owners:
         ids = np.asarray(template_ids, dtype=np.int64)
         self.by_template[ids[ids < len(self.by_template)]] = -1
 
-    def count(self, subject_ids: frozenset[str]) -> int:
-        """How many templates these subjects own in the index."""
-        slots = [self._slot[s] for s in subject_ids if s in self._slot]
-        return int(np.isin(self.by_template, slots).sum()) if slots else 0
+    def slots_of(self, subject_ids: frozenset[str]) -> np.ndarray:
+        """The slots of those of these subjects the index knows."""
+        return np.fromiter((self._slot[s] for s in subject_ids if s in self._slot), dtype=np.int32)
 
     def lookup(self, template_ids: np.ndarray) -> np.ndarray:
         """Subject slots of ``template_ids`` (-1 for unknown or missing ids); any shape."""
@@ -181,20 +180,20 @@ class IndexCache:
         templates of ``excluded`` subjects are left out (fetched, then dropped: as many more are fetched)."""
         with self.lock:
             state = self.current(collection_id, coll)
-            k += state.owners.count(excluded)
-            keys, scores = state.index.search(probes, min(k, max(1, len(state.index))))
+            left_out = state.owners.slots_of(excluded)
+            fetch = k + (int(np.isin(state.owners.by_template, left_out).sum()) if len(left_out) else 0)
+            keys, scores = state.index.search(probes, min(fetch, max(1, len(state.index))))
             slots = state.owners.lookup(keys)
+            if len(left_out):
+                slots[np.isin(slots, left_out)] = -1
             owner_of = {int(s): state.owners.subjects[s] for s in np.unique(slots[slots >= 0]).tolist()}
-            for slot, sid in list(owner_of.items()):
-                if sid in excluded:
-                    slots[slots == slot] = -1
             negatives = state.negatives
         hits = [
             [
                 Hit(owner_of[slot], "", float(score))
                 for slot, score in zip(slots[face].tolist(), scores[face].tolist(), strict=True)
                 if slot >= 0
-            ]
+            ][:k]  # as many as asked for: the over-fetch only made room for those left out
             for face in range(len(probes))
         ]
         return Neighbours(hits, negatives)
