@@ -280,6 +280,12 @@ def test_cli_purposes_receipts_withdrawal_and_access(cli_home: Path, tmp_path: P
     assert code == 2 and "wrong key" in err  # the old key (FACEPRINT_KEY) is refused now
     code, _, err = run("gallery", "rotate-key", "--new-key-file", str(tmp_path / "junk.json"))
     assert code == 2 and "does not hold a 256-bit key" in err
+    code, _, err = run("keys", "create", "--scope", "recognize", "--purpose", "attendance")
+    assert code == 0 and "purpose attendance" in err
+    code, out, _ = run("keys", "list")
+    assert code == 0 and "purpose attendance" in out
+    code, _, err = run("keys", "create", "--scope", "recognize", "--purpose", "Door Access")
+    assert code == 2 and "unknown purpose 'Door Access'" in err
     code, out, _ = run("audit", "rotate-signing-key")
     assert code == 0 and "receipt signing key: " in out
     code, out, err = run("audit", "verify-receipt", str(saved))  # signed by the retired key: still valid

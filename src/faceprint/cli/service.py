@@ -165,7 +165,8 @@ def keys_list(
         typer.echo("no keys; create one with `faceprint keys create --scope admin`", err=True)
     for k in keys:
         state = f"revoked {k.revoked_at}" if k.revoked_at else f"last used {k.last_used_at or 'never'}"
-        typer.echo(f"{k.id}  {','.join(k.scopes):<24} {k.name or '-':<20} created {k.created_at}  {state}")
+        bound = f"  purpose {k.purpose}" if k.purpose else ""
+        typer.echo(f"{k.id}  {','.join(k.scopes):<24} {k.name or '-':<20} created {k.created_at}  {state}{bound}")
 
 
 @keys_app.command("revoke")
