@@ -153,3 +153,33 @@ def _holding(root: Path, needles: list[bytes]) -> set[int]:
                 continue
             found |= {i for i, needle in enumerate(needles) if needle in data}
     return found
+
+
+def test_an_interrupted_scrub_is_finished_by_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scrub that dies after dropping a collection (while refilling it from the staging copy) leaves the
+    copy and its marker; the next scrub restores from them, and nothing is lost."""
+    people = People(seed=99)
+    with MilvusGallery(str(tmp_path / "g.db"), key=KEY) as g:
+        g.ensure_collection("default", MODEL, DIM)
+        for name in ("ada", "bob"):
+            s = g.add_subject(name)
+            g.add_templates(s.id, people.prints_of(name, 2))
+        g.delete_subject("ada")
+        copies = []
+        real_copy = g._copy
+
+        def dying_copy(source: str, target: str, every: str) -> None:
+            copies.append(target)
+            if "_t_" in target and not target.endswith("_scrub"):  # refilling the templates after the drop
+                raise RuntimeError("killed while refilling")
+            real_copy(source, target, every)
+
+        monkeypatch.setattr(g, "_copy", dying_copy)
+        with pytest.raises(RuntimeError, match="killed while refilling"):
+            g.scrub()
+        monkeypatch.setattr(g, "_copy", real_copy)
+        assert g.scrub() == "2 Milvus collection(s) rebuilt without deleted rows"
+        (ans,) = g.identify([people.print_of("bob")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "bob"
+        assert g.get_subject("bob").template_count == 2 and g.find_subject("ada") is None
+        assert not [c for c in g.client.list_collections() if c.endswith("_scrub")]
