@@ -273,6 +273,8 @@ def test_cli_purposes_receipts_withdrawal_and_access(cli_home: Path, tmp_path: P
     assert json.loads(out)["faces"][0]["match"] is None
     code, _, err = run("enroll", "--subject", "dee", *map(str, bob[:2]), *hog)
     assert code == 0, err
+    code, out, _ = run("gallery", "stats")  # dee inherited the collection's 30-day retention
+    assert code == 0 and "expiring: 0 in 7 days, 1 in 30 days" in out
     (tmp_path / "new.key").write_text(bytes(range(50, 82)).hex())
     code, out, err = run("gallery", "rotate-key", "--new-key-file", str(tmp_path / "new.key"))
     assert code == 0 and out.startswith("re-encrypted 2 value(s) under key "), err  # dee's two templates
