@@ -13,6 +13,10 @@ template a noisy copy of it (cosine ≈ 0.9 to the identity, ≈ 0.8 between two
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,8 +38,11 @@ from faceprint.gallery import (
     TemplateNotFound,
     export_gallery,
     import_gallery,
+    open_gallery,
 )
 from faceprint.gallery.crypto import TemplateCipher
+from faceprint.gallery.errors import GalleryKeyError, UnknownPurpose, WrongKey
+from faceprint.gallery.model import parse_duration
 from faceprint.matching import DEFAULT_FMR, Calibration, InvalidThresholdRule, fmr_for_fpir, shipped_calibration
 from faceprint.types import Detection, Faceprint
 from tests.conftest import identity_photos
@@ -44,6 +51,20 @@ MODEL = "test-model-v1"
 DIM = 128
 THRESHOLD = 0.5
 EXPORT_KEY = bytes(range(32))
+NEW_KEY = bytes(range(100, 132))
+#: Rotates the gallery at argv[1] from key argv[2] to argv[3] in batches of 2, SIGKILLing itself when the
+#: rotation reaches phase argv[4] with at least argv[5] values re-encrypted.
+ROTATE_SCRIPT = """
+import os, signal, sys
+from faceprint.gallery import open_gallery
+where, old, new, phase, at = sys.argv[1:]
+def progress(p, n):
+    if p == phase and n >= int(at):
+        os.kill(os.getpid(), signal.SIGKILL)
+g = open_gallery(where, key=bytes.fromhex(old))
+g.rotate_key(bytes.fromhex(new), batch=2, progress=progress)
+g.close()
+"""
 
 OpenStore = Callable[[], Gallery]
 
@@ -111,6 +132,15 @@ class GalleryContract:
         raise NotImplementedError
 
     @pytest.fixture
+    def location(self) -> tuple[str, bytes]:  # pragma: no cover - overridden
+        """Where ``open_store``'s store is, for ``open_gallery`` in another process, and its key."""
+        raise NotImplementedError
+
+    def release(self, where: str) -> None:
+        """Let another process open the store at ``where`` once this one closed it (Milvus Lite keeps its
+        embedded server, and the directory's lock, until told)."""
+
+    @pytest.fixture
     def gallery(self, open_store: OpenStore) -> Iterator[Gallery]:
         g = open_store()
         g.ensure_collection("default", MODEL, DIM)
@@ -158,7 +188,7 @@ class GalleryContract:
 
     # -- subjects ---------------------------------------------------------------------------------------
     def test_subject_round_trip(self, gallery: Gallery) -> None:
-        consent = Consent("ada herself", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "office door access")
+        consent = Consent("ada herself", datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), ("access-control",))
         expires = datetime(2030, 1, 1, tzinfo=UTC)
         created = gallery.add_subject(
             "Ada Lovelace", metadata={"team": "R&D", "badge": 42}, consent=consent, expires_at=expires
@@ -182,8 +212,8 @@ class GalleryContract:
         gallery.add_subject("bob")
         u = gallery.update_subject(s.id, name="ada l.", metadata={"b": 2})
         assert (u.id, u.name, u.metadata) == (s.id, "ada l.", {"b": 2})
-        u = gallery.update_subject("ada l.", consent=Consent("ada", datetime(2026, 1, 1, tzinfo=UTC), "test"))
-        assert u.consent is not None and u.consent.purpose == "test"
+        u = gallery.update_subject("ada l.", consent=Consent("ada", datetime(2026, 1, 1, tzinfo=UTC), ("attendance",)))
+        assert u.consent is not None and u.consent.purposes == ("attendance",)
         u = gallery.update_subject(s.id, consent=None, expires_at=datetime(2031, 1, 1, tzinfo=UTC), name=UNSET)
         assert u.consent is None and u.expires_at is not None and u.name == "ada l."
         with pytest.raises(SubjectExists):
@@ -235,6 +265,191 @@ class GalleryContract:
         (ans,) = gallery.identify([people.print_of("old")], threshold=THRESHOLD)
         assert ans.candidates == () or all(c.subject != "old" for c in ans.candidates)
         assert [s.name for s in gallery.purge_expired(now=now + timedelta(days=2))] == ["current"]
+
+    # -- protection: retention, consent purposes, erasure (issue 18) ------------------------------------
+    def test_an_expired_subject_is_never_matched(self, gallery: Gallery, people: People) -> None:
+        now = datetime.now(UTC)
+        soon = gallery.add_subject("soon", expires_at=now + timedelta(seconds=2))
+        gallery.add_templates(soon.id, people.prints_of("soon", 3))
+        past = gallery.add_subject("past", expires_at=now - timedelta(seconds=1))
+        gallery.add_templates(past.id, people.prints_of("past", 3))
+        self.enrol(gallery, people, "kept", 3)
+        (ans,) = gallery.identify([people.print_of("soon")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "soon"
+        (ans,) = gallery.identify([people.print_of("past")], threshold=THRESHOLD)  # not purged, yet never found
+        assert ans.match is None and all(c.subject != "past" for c in ans.candidates)
+        while datetime.now(UTC) <= soon.expires_at:  # type: ignore[operator]
+            time.sleep(0.1)
+        (ans,) = gallery.identify([people.print_of("soon")], threshold=THRESHOLD)
+        assert ans.match is None and all(c.subject != "soon" for c in ans.candidates)
+        (ans,) = gallery.identify([people.print_of("kept")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "kept"
+        assert {s.name for s in gallery.purge_expired()} == {"soon", "past"}
+
+    def test_collection_retention_is_inherited_and_reported(self, gallery: Gallery) -> None:
+        assert gallery.collection_policy().retention is None
+        policy = gallery.set_collection_policy(retention=parse_duration("20d"))
+        assert policy.retention == timedelta(days=20) and gallery.collection_policy().retention == policy.retention
+        before = datetime.now(UTC)
+        inherits = gallery.add_subject("inherits")
+        assert inherits.expires_at is not None
+        assert before + timedelta(days=20) <= inherits.expires_at <= datetime.now(UTC) + timedelta(days=20)
+        own = gallery.add_subject("own", expires_at=before + timedelta(days=3))
+        assert own.expires_at == before + timedelta(days=3)
+        gallery.set_collection_policy(retention=None)
+        assert gallery.add_subject("forever").expires_at is None
+        stats = gallery.stats()
+        assert (stats.expiring_7d, stats.expiring_30d) == (1, 2)
+        with pytest.raises(FaceprintError, match="invalid retention '0d'"):
+            parse_duration("0d")
+        with pytest.raises(FaceprintError, match="invalid retention '1 year'"):
+            parse_duration("1 year")
+
+    def consenting(self, gallery: Gallery, people: People, name: str, purposes: tuple[str, ...] | None) -> str:
+        consent = None if purposes is None else Consent(name, datetime.now(UTC), purposes)
+        subject = gallery.add_subject(name, consent=consent)
+        gallery.add_templates(subject.id, people.prints_of(name, 3))
+        return subject.id
+
+    def test_purpose_bound_search_sees_only_consenting_subjects(self, gallery: Gallery, people: People) -> None:
+        self.consenting(gallery, people, "door", ("access-control",))
+        self.consenting(gallery, people, "both", ("access-control", "attendance"))
+        self.consenting(gallery, people, "none", None)
+        probes = {name: people.print_of(name) for name in ("door", "both", "none")}
+
+        def matched(purpose: str | None) -> dict[str, str | None]:
+            answers = gallery.identify(list(probes.values()), threshold=THRESHOLD, purpose=purpose, one_to_one=False)
+            return {name: a.match.subject if a.match else None for name, a in zip(probes, answers, strict=True)}
+
+        assert matched(None) == {"door": "door", "both": "both", "none": "none"}
+        assert matched("access-control") == {"door": "door", "both": "both", "none": None}
+        assert matched("attendance") == {"door": None, "both": "both", "none": None}
+        with pytest.raises(UnknownPurpose, match=r"unknown purpose 'marketing'.*access-control, attendance"):
+            gallery.identify([probes["door"]], threshold=THRESHOLD, purpose="marketing")
+        with pytest.raises(UnknownPurpose, match="unknown purpose 'payroll'"):
+            gallery.add_subject("x", consent=Consent("x", datetime.now(UTC), ("payroll",)))
+        with pytest.raises(UnknownPurpose, match="lower-case words"):
+            gallery.set_collection_policy(purposes=["Access Control"])
+        gallery.set_collection_policy(purposes=["access-control", "attendance", "payroll"])
+        assert matched("payroll") == {"door": None, "both": None, "none": None}
+
+    def test_consent_withdrawal_takes_effect_at_once(self, gallery: Gallery, people: People) -> None:
+        sid = self.consenting(gallery, people, "ada", ("access-control",))
+        self.consenting(gallery, people, "bob", None)
+        subject, erased = gallery.withdraw_consent("ada")
+        assert subject.consent is not None and subject.consent.withdrawn_at is not None and erased == []
+        assert subject.consent.purposes == ("access-control",)  # the record says what was withdrawn
+        for purpose in (None, "access-control"):
+            (ans,) = gallery.identify([people.print_of("ada")], threshold=THRESHOLD, purpose=purpose)
+            assert ans.match is None and all(c.subject_id != sid for c in ans.candidates)
+        subject, erased = gallery.withdraw_consent("bob", delete_templates=True)  # no record before: one now
+        assert subject.template_count == 0 and [e.templates for e in erased] == [1, 1, 1]
+        assert all(e.subject == "bob" and e.collection == "default" for e in erased)
+        assert gallery.get_subject("bob").consent.withdrawn_at is not None  # type: ignore[union-attr]
+
+    def test_consent_required_collection(self, gallery: Gallery, people: People) -> None:
+        self.consenting(gallery, people, "given", ("attendance",))
+        self.consenting(gallery, people, "none", None)
+        assert gallery.set_collection_policy(consent_required=True).consent_required
+        (given, none) = gallery.identify(
+            [people.print_of("given"), people.print_of("none")], threshold=THRESHOLD, one_to_one=False
+        )
+        assert given.match is not None and given.match.subject == "given" and none.match is None
+        assert gallery.collection_policy().consent_required
+
+    def test_erasure_says_what_was_deleted(self, gallery: Gallery, people: People) -> None:
+        sid = self.consenting(gallery, people, "ada", ("attendance",))
+        gallery.add_negative(people.stranger(), "ada")
+        tids = [t.id for t in gallery.list_templates(sid)]
+        one = gallery.delete_template(tids[0])
+        assert (one.subject_id, one.subject, one.collection, one.templates, one.template_ids) == (
+            sid, "ada", "default", 1, (tids[0],)
+        )  # fmt: skip
+        erasure = gallery.delete_subject("ada")
+        assert (erasure.subject_id, erasure.subject, erasure.collection) == (sid, "ada", "default")
+        assert (erasure.templates, erasure.negatives, erasure.consent_record) == (2, 1, True)
+        assert erasure.template_ids == tuple(tids[1:]) and erasure.index_entries >= 2
+        assert json.loads(json.dumps(erasure.to_dict()))["deleted"]["templates"] == 2
+
+    # -- key rotation (issue 18) -----------------------------------------------------------------------
+    def rotation_fixture(self, gallery: Gallery, people: People) -> dict[str, dict[int, np.ndarray]]:
+        chips = getattr(gallery, "keeps_chips", False)
+        for name in ("ada", "bob", "cyd"):
+            s = gallery.add_subject(name)
+            prints = people.prints_of(name, 3)
+            extra = {"chips": [np.full((8, 8, 3), i, dtype=np.uint8) for i in range(3)]} if chips else {}
+            gallery.add_templates(s.id, prints, **extra)  # type: ignore[arg-type]
+        gallery.add_negative(people.stranger(), "bob")
+        return {name: gallery.template_vectors(name) for name in ("ada", "bob", "cyd")}
+
+    def assert_readable(self, g: Gallery, people: People, vectors: dict[str, dict[int, np.ndarray]]) -> None:
+        for name, before in vectors.items():
+            after = g.template_vectors(name)
+            assert after.keys() == before.keys()
+            for tid, vec in before.items():
+                np.testing.assert_array_equal(after[tid], vec)
+        assert len(g.negative_vectors("bob")) == 1
+        (ans,) = g.identify([people.print_of("cyd")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "cyd"
+
+    def test_key_rotation(self, gallery: Gallery, open_store: OpenStore, location: tuple[str, bytes],
+                          people: People) -> None:  # fmt: skip
+        vectors = self.rotation_fixture(gallery, people)
+        _, old = location
+        chips = 9 if getattr(gallery, "keeps_chips", False) else 0
+        other = open_store()  # another client, holding the old key only, that keeps serving meanwhile
+        other.identify([people.print_of("ada")], threshold=THRESHOLD)
+        during: list[int] = []
+
+        def midway(phase: str, count: int) -> None:
+            if phase == "batch" and not during:  # some values are under the new key now, some not
+                self.assert_readable(other, people, vectors)  # it takes the new key up from the rotation record
+                during.extend(t.id for t in other.add_templates("cyd", people.prints_of("cyd", 1)))
+
+        report = gallery.rotate_key(NEW_KEY, batch=4, progress=midway)
+        assert report.new_key_id == TemplateCipher(NEW_KEY).key_id and len(during) == 1
+        assert 9 + chips + 1 <= report.reencrypted <= 9 + chips + 2  # the template added meanwhile: new key already
+        vectors["cyd"] = gallery.template_vectors("cyd")
+        self.assert_readable(gallery, people, vectors)  # online: the same client goes on
+        self.assert_readable(other, people, vectors)
+        other.close()
+        late = gallery.add_subject("late")
+        gallery.add_templates(late.id, people.prints_of("late", 1))
+        gallery.close()
+        with open_gallery(location[0], key=NEW_KEY) as g:
+            self.assert_readable(g, people, vectors)
+            assert len(g.template_vectors("late")) == 1
+            assert g.rotate_key(NEW_KEY).reencrypted == 0  # a sweep: nothing left under the old key
+        with pytest.raises(WrongKey, match="is not this gallery's key"):
+            open_gallery(location[0], key=old)
+
+    def test_key_rotation_killed_at_any_point_resumes(
+        self, gallery: Gallery, location: tuple[str, bytes], people: People, tmp_path: Path
+    ) -> None:
+        vectors = self.rotation_fixture(gallery, people)
+        gallery.close()
+        where, old = location
+        self.release(where)
+        for phase, at in (("started", 0), ("batch", 2), ("batch", 6), ("reencrypted", 0)):
+            run = subprocess.run(
+                [sys.executable, "-c", ROTATE_SCRIPT, where, old.hex(), NEW_KEY.hex(), phase, str(at)],
+                capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert run.returncode == -signal.SIGKILL, run.stderr
+            with open_gallery(where, key=old) as g:  # mid-rotation: the old key reads everything
+                self.assert_readable(g, people, vectors)
+            with pytest.raises(GalleryKeyError, match=r"rotation of this gallery.s key to key id .* is under way"):
+                open_gallery(where, key=NEW_KEY)
+            with open_gallery(where, key=old) as g, pytest.raises(GalleryKeyError, match="finish it with that key"):
+                g.rotate_key(bytes(range(1, 33)))
+            self.release(where)
+        run = subprocess.run([sys.executable, "-c", ROTATE_SCRIPT, where, old.hex(), NEW_KEY.hex(), "-", "0"],
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        with open_gallery(where, key=NEW_KEY) as g:
+            self.assert_readable(g, people, vectors)
+        with pytest.raises(WrongKey):
+            open_gallery(where, key=old)
 
     # -- templates --------------------------------------------------------------------------------------
     def test_templates_are_stored_with_provenance(self, gallery: Gallery, people: People) -> None:
@@ -445,7 +660,7 @@ class GalleryContract:
         gallery.add_templates(ada.id, [people.print_of("ada", box=(1.0, 2.0, 30.0, 40.0)) for _ in range(3)])
         bob = self.enrol(gallery, people, "bob", 2)
         gallery.update_subject(
-            bob, metadata={"k": "v"}, consent=Consent("bob", datetime(2026, 5, 1, tzinfo=UTC), "demo")
+            bob, metadata={"k": "v"}, consent=Consent("bob", datetime(2026, 5, 1, tzinfo=UTC), ("attendance",))
         )
         gallery.add_negative(people.stranger(), "bob")
         cipher = TemplateCipher(EXPORT_KEY)

@@ -95,7 +95,7 @@ LAYERS = [
     {"matching"},
     {"factory"},
     {"pipeline", "verify"},
-    {"gallery", "evaluation", "cluster", "video"},
+    {"gallery", "evaluation", "cluster", "video", "privacy"},
     {"service", "scale", "cli", "__init__"},
 ]
 

@@ -172,6 +172,9 @@ OPERATIONS = [
     ("POST", "/v1/clusters/{clustering_id}/name"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/drift"),
+    ("DELETE", "/v1/subjects/{subject_id}/consent"),
+    ("GET", "/v1/subjects/{subject_id}/personal-data"),
+    ("GET", "/v1/erasures/{receipt_id}"),
 ]
 #: Operations without parameters or a body: nothing to generate a negative example from.
 NO_INPUT = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/info")}

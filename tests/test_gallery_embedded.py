@@ -17,6 +17,10 @@ class TestEmbeddedContract(GalleryContract):
     def open_store(self, tmp_path: Path) -> OpenStore:
         return lambda: EmbeddedGallery(tmp_path / "gallery", key=KEY)
 
+    @pytest.fixture
+    def location(self, tmp_path: Path) -> tuple[str, bytes]:
+        return str(tmp_path / "gallery"), KEY
+
 
 class TestEmbeddedContractOnHNSW(GalleryContract):
     """The same contract with the ANN index forced on from the first template."""
@@ -24,6 +28,10 @@ class TestEmbeddedContractOnHNSW(GalleryContract):
     @pytest.fixture
     def open_store(self, tmp_path: Path) -> OpenStore:
         return lambda: EmbeddedGallery(tmp_path / "gallery", key=KEY, ann_min_size=1)
+
+    @pytest.fixture
+    def location(self, tmp_path: Path) -> tuple[str, bytes]:
+        return str(tmp_path / "gallery"), KEY
 
 
 def test_cli_identify_with_fpir(tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,6 +10,8 @@ in the DSN).
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -74,6 +76,10 @@ class TestPostgresContract(GalleryContract):
     def open_store(self, dsn: str) -> OpenStore:
         return lambda: PostgresGallery(dsn, key=KEY, pool_size=4)
 
+    @pytest.fixture
+    def location(self, dsn: str) -> tuple[str, bytes]:
+        return dsn, KEY
+
 
 # -- what only this backend promises ------------------------------------------------------------------------
 def test_open_gallery_dispatches_on_the_scheme(dsn: str) -> None:
@@ -96,7 +102,7 @@ def test_migrations_are_versioned_and_idempotent(dsn: str) -> None:
     PostgresGallery(dsn, key=KEY).close()
     PostgresGallery(dsn, key=KEY).close()
     with psycopg.connect(dsn) as conn:
-        assert conn.execute("SELECT version FROM faceprint_schema ORDER BY version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM faceprint_schema ORDER BY version").fetchall() == [(1,), (2,)]
         conn.execute("INSERT INTO faceprint_schema (version) VALUES (99)")
         conn.commit()
     with pytest.raises(GalleryError, match="newer than this faceprint"):
@@ -113,7 +119,7 @@ def test_templates_are_encrypted_and_the_hnsw_index_is_used(dsn: str) -> None:
         with g._conn() as conn:
             (blob,) = conn.execute("SELECT vector_enc FROM templates").fetchone()  # type: ignore[misc]
             assert fp.vector.astype("<f4").tobytes()[:16] not in bytes(blob)
-            assert len(bytes(blob)) == 12 + 4 * DIM + 16  # nonce ‖ AES-GCM(float32) ‖ tag
+            assert len(bytes(blob)) == 9 + 12 + 4 * DIM + 16  # key id header ‖ nonce ‖ AES-GCM(float32) ‖ tag
             cid = conn.execute("SELECT id FROM collections").fetchone()[0]  # type: ignore[index]
             with conn.transaction():
                 conn.execute("SET LOCAL enable_seqscan = off")
@@ -121,7 +127,7 @@ def test_templates_are_encrypted_and_the_hnsw_index_is_used(dsn: str) -> None:
                     r[0]
                     for r in conn.execute(
                         "EXPLAIN " + g._search_sql(cid, DIM),  # type: ignore[operator]
-                        {"q": fp.vector.astype(np.float32), "k": 64},
+                        {"q": fp.vector.astype(np.float32), "k": 64, "x": []},
                     ).fetchall()
                 )
         assert f"templates_hnsw_{cid}" in plan
@@ -165,3 +171,51 @@ def test_migrate_refuses_postgres_clearly(dsn: str, tmp_path: Path) -> None:
         g.ensure_collection("default", MODEL, DIM)
         with pytest.raises(MigrationUnsupported, match="not supported on the PostgreSQL backend yet"):
             plan_migration(g, "default", "faceplugin-mbf")
+
+
+def test_erasure_then_scrub_leaves_no_template_bytes_in_the_data_directory(dsn: str, pg_server: object) -> None:
+    """After delete_subject + scrub (VACUUM FULL, CHECKPOINT) no file of the server's data directory outside
+    pg_wal holds the subject's plaintext vectors (the ``embedding`` column) or their encrypted copies. The WAL
+    is left out: PostgreSQL keeps its segments until they are recycled (docs/privacy.md)."""
+    people = People(seed=1818)  # vectors no other test of the shared server stores
+    with PostgresGallery(dsn, key=KEY) as g:
+        g.ensure_collection("default", MODEL, DIM)
+        ada = g.add_subject("Adalinde Quist")
+        g.add_templates(ada.id, people.prints_of("ada", 3))
+        g.add_negative(people.stranger(), ada.id)
+        bob = g.add_subject("bob")
+        g.add_templates(bob.id, people.prints_of("bob", 3))
+        with psycopg.connect(dsn) as conn:
+            data_dir = Path(conn.execute("SHOW data_directory").fetchone()[0])  # type: ignore[index]
+            rows = conn.execute("SELECT subject_id, vector_enc, embedding::text FROM templates").fetchall()
+            negs = [bytes(r[0]) for r in conn.execute("SELECT vector_enc FROM negatives").fetchall()]
+
+        def plain(text: str) -> bytes:
+            return np.asarray(json.loads(text), dtype="<f4").tobytes()
+
+        hers = [bytes(r[1]) for r in rows if r[0] == ada.id] + [plain(r[2]) for r in rows if r[0] == ada.id] + negs
+        hers.append(b"Adalinde Quist")
+        kept = [plain(r[2]) for r in rows if r[0] == bob.id]
+        g.scrub()  # everything on disk in heap files now (and checkpointed)
+        assert len(_holding(data_dir, hers)) == len(hers)  # the scan sees every one of them before
+        erasure = g.delete_subject(ada.id)
+        assert (erasure.templates, erasure.negatives) == (3, 1)
+        assert g.scrub().startswith("tables rewritten (VACUUM FULL); checkpointed")
+        assert _holding(data_dir, hers) == set()
+        assert _holding(data_dir, kept) == set(range(len(kept)))  # the control
+        (ans,) = g.identify([people.print_of("bob")], threshold=THRESHOLD)
+        assert ans.match is not None and ans.match.subject == "bob"
+
+
+def _holding(root: Path, needles: list[bytes]) -> set[int]:
+    """Indexes of the needles found in any file under ``root`` except the WAL."""
+    found: set[int] = set()
+    for dirpath, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "pg_wal"]
+        for name in names:
+            try:
+                data = (Path(dirpath) / name).read_bytes()
+            except OSError:
+                continue
+            found |= {i for i, needle in enumerate(needles) if needle in data}
+    return found

@@ -25,6 +25,7 @@ from faceprint.gallery import (
     WrongKey,
 )
 from faceprint.gallery.index import AdaptiveIndex, ExactIndex, HNSWIndex
+from faceprint.gallery.model import CollectionPolicy
 from faceprint.gallery.schema import MIGRATIONS
 from faceprint.types import Faceprint
 from tests.gallery_contract import DIM, MODEL, THRESHOLD, People
@@ -204,6 +205,7 @@ def test_a_gallery_made_before_the_change_log_is_migrated(tmp_path: Path, monkey
     people = People()
     with monkeypatch.context() as m:
         m.setattr(schema, "MIGRATIONS", MIGRATIONS[:1])
+        m.setattr(EmbeddedGallery, "_load_policy", lambda self, handle: CollectionPolicy())  # a writer from then
         make(tmp_path / "g", people, ["ada", "bob"]).close()  # written by the schema-1 triggers
     with EmbeddedGallery(tmp_path / "g", key=KEY) as g:
         conn = g._db.reader()

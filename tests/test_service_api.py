@@ -291,7 +291,7 @@ def test_oversized_uploads_are_413(service) -> None:
         413,
         "too_many_images",
     )
-    assert client.delete(f"/v1/subjects/{subject['id']}", headers=h(keys, "enroll")).status_code == 204
+    assert client.delete(f"/v1/subjects/{subject['id']}", headers=h(keys, "enroll")).status_code == 200
 
 
 def test_unknown_routes_and_methods(service) -> None:
@@ -353,7 +353,7 @@ def test_subject_lifecycle_enrol_identify_delete(service) -> None:
         json={
             "name": "Ada",
             "metadata": {"team": "blue", "badge": 7},
-            "consent": {"given_by": "Ada", "purpose": "door"},
+            "consent": {"given_by": "Ada", "purpose": "access-control"},
         },
         headers=enroll,
     )
@@ -415,7 +415,7 @@ def test_subject_lifecycle_enrol_identify_delete(service) -> None:
         f"/v1/subjects/{ada['id']}", json={"name": "Ada Lovelace", "metadata": {"team": "green"}}, headers=enroll
     )
     assert patched.status_code == 200 and patched.json()["name"] == "Ada Lovelace"
-    assert patched.json()["consent"]["purpose"] == "door"  # untouched fields stay
+    assert patched.json()["consent"]["purposes"] == ["access-control"]  # untouched fields stay
     assert_problem(
         client.patch(f"/v1/subjects/{ada['id']}", json={"name": "Bob"}, headers=enroll), 409, "subject_exists"
     )
@@ -447,9 +447,11 @@ def test_subject_lifecycle_enrol_identify_delete(service) -> None:
     # delete one face, then the subject: gone from search at once
     tid = shown["faces"][0]["id"]
     assert_problem(client.delete(f"/v1/subjects/{bob['id']}/faces/{tid}", headers=enroll), 404, "not_found")
-    assert client.delete(f"/v1/subjects/{ada['id']}/faces/{tid}", headers=enroll).status_code == 204
+    receipt = client.delete(f"/v1/subjects/{ada['id']}/faces/{tid}", headers=enroll)
+    assert receipt.status_code == 200 and receipt.json()["receipt"]["template_ids"] == [tid]
     assert client.get(f"/v1/subjects/{ada['id']}", headers=h(keys, "read")).json()["templates"] == 1
-    assert client.delete(f"/v1/subjects/{ada['id']}", headers=enroll).status_code == 204
+    receipt = client.delete(f"/v1/subjects/{ada['id']}", headers=enroll)
+    assert receipt.status_code == 200 and receipt.json()["receipt"]["deleted"]["templates"] == 1
     assert_problem(client.get(f"/v1/subjects/{ada['id']}", headers=h(keys, "read")), 404, "not_found")
     after = client.post(
         "/v1/identify", files=files(image=ADA_PROBE), data={"threshold": str(THRESHOLD)}, headers=recognize

@@ -3,8 +3,10 @@ app)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -31,6 +33,7 @@ from faceprint.cli.core import (
     make_pipeline,
     resolve_model,
 )
+from faceprint.cli.privacy import issue_receipts, personal_records
 from faceprint.gallery import (
     DEFAULT_COLLECTION,
     CollectionNotFound,
@@ -42,14 +45,15 @@ from faceprint.gallery import (
     open_gallery,
 )
 from faceprint.gallery.base import Gallery as GalleryProtocol
-from faceprint.gallery.crypto import TemplateCipher, resolve_key
+from faceprint.gallery.crypto import TemplateCipher, parse_key, resolve_key
 from faceprint.gallery.enrol import EnrolReport, ImageOutcome, pick_face
 from faceprint.gallery.location import is_server_location
-from faceprint.gallery.model import Consent
+from faceprint.gallery.model import Consent, parse_duration
 from faceprint.image import Image, load_image
 from faceprint.liveness import LivenessPolicy, LivenessResult, refused_match
 from faceprint.matching import check_one_rule
 from faceprint.pipeline import Pipeline
+from faceprint.privacy import access
 from faceprint.types import Faceprint
 
 GalleryOpt = typer.Option(
@@ -96,7 +100,9 @@ def enroll(
     collection: str = CollectionOpt,
     expires_in_days: float | None = typer.Option(None, "--expires-in-days", help="Retention: delete after N days."),
     consent_by: str | None = typer.Option(None, "--consent-by", help="Who gave consent (recorded with the subject)."),
-    consent_purpose: str | None = typer.Option(None, "--consent-purpose", help="What the consent covers."),
+    consent_purpose: str | None = typer.Option(
+        None, "--consent-purpose", help="The purposes consented to, comma-separated (e.g. access-control,attendance)."
+    ),
     keep_chips: bool = typer.Option(False, "--keep-chips", help="Also keep each aligned face chip, encrypted."),
     json_out: bool = JsonOpt,
     detector: str | None = DetectorOpt,
@@ -142,7 +148,8 @@ def enroll(
         if not jobs:
             raise fail(f"{from_folders}: no subfolders with images")
     now = datetime.now(UTC)
-    consent = None if consent_by is None else Consent(consent_by, now, str(consent_purpose))
+    purposes = tuple(p.strip() for p in str(consent_purpose).split(",") if p.strip())
+    consent = None if consent_by is None else Consent(consent_by, now, purposes)
     expires = None if expires_in_days is None else now + timedelta(days=expires_in_days)
     reports: list[EnrolReport] = []
     with _open(gallery, create=True) as store:
@@ -295,6 +302,9 @@ def identify(
     model: str | None = ModelOpt,
     liveness_mode: str = LivenessModeOpt,
     liveness_threshold: float | None = LivenessThresholdOpt,
+    purpose: str | None = typer.Option(
+        None, "--purpose", help="Search only subjects who consented to this purpose (e.g. attendance)."
+    ),
 ) -> None:
     """Who is in the photo? Each face gets a match (or none: nobody known) and ranked candidates. With
     --liveness require, a face judged an attack is not searched: its match is null, with the reason."""
@@ -313,7 +323,15 @@ def identify(
             checks = _liveness_of(pipeline, img, prints, policy)
             searched = [fp for fp, r in zip(prints, checks, strict=True) if not policy.refuses(r)]
             answers = iter(
-                store.identify(searched, collection=collection, top_k=top_k, fmr=fmr, threshold=threshold, fpir=fpir)
+                store.identify(
+                    searched,
+                    collection=collection,
+                    top_k=top_k,
+                    fmr=fmr,
+                    threshold=threshold,
+                    fpir=fpir,
+                    purpose=purpose,
+                )
                 if searched
                 else []
             )
@@ -419,26 +437,59 @@ def subjects_delete(
         if template is not None:
             if template not in {t.id for t in store.list_templates(s.id, collection=collection)}:
                 raise fail(f"subject {s.name!r} has no template {template}")
-            store.delete_template(template)
-            typer.echo(f"deleted template {template} of {s.name}")
+            erasure = replace(store.delete_template(template), subject=s.name, collection=collection)
+            (receipt,) = issue_receipts(store, [erasure], "face", "template.delete")
+            typer.echo(f"deleted template {template} of {s.name}; receipt {receipt['receipt']['id']}")
             return
-        store.delete_subject(s.id, collection=collection)
-    typer.echo(f"deleted {s.name} ({s.id}) and {s.template_count} template(s)")
+        erasure = store.delete_subject(s.id, collection=collection)
+        (receipt,) = issue_receipts(store, [erasure], "subject", "subject.delete")
+    typer.echo(f"deleted {s.name} ({s.id}) and {erasure.templates} template(s); receipt {receipt['receipt']['id']}")
 
 
 @subjects_app.command("purge-expired")
 @handle_errors
 def subjects_purge(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
-    """Delete every subject (all collections) whose retention period has ended."""
+    """Delete every subject (all collections) whose retention period has ended, each with a signed receipt
+    (`faceprint serve` does this on a schedule: FACEPRINT_PURGE_INTERVAL_S)."""
     gallery, _ = ctx.obj
     with _open(gallery, create=False) as store:
-        purged = store.purge_expired()
+        erased = store.erase_expired()
+        receipts = issue_receipts(store, [e for _, e in erased], "retention", "subject.purge")
     if json_out:
-        emit_json([s.to_dict() for s in purged])
+        emit_json([{**s.to_dict(), "receipt": r["receipt"]["id"]} for (s, _), r in zip(erased, receipts, strict=True)])
         return
-    for s in purged:
-        typer.echo(f"purged {s.name} ({s.id}, {s.collection})")
-    typer.echo(f"{len(purged)} expired subject(s) purged", err=True)
+    for (s, _), r in zip(erased, receipts, strict=True):
+        typer.echo(f"purged {s.name} ({s.id}, {s.collection}); receipt {r['receipt']['id']}")
+    typer.echo(f"{len(erased)} expired subject(s) purged", err=True)
+
+
+@subjects_app.command("withdraw-consent")
+@handle_errors
+def subjects_withdraw_consent(
+    ctx: typer.Context,
+    subject: str = typer.Argument(..., help="Name or id."),
+    delete_faces: bool = typer.Option(False, "--delete-faces", help="Also delete the enrolled faces (receipts)."),
+) -> None:
+    """Record that the subject withdrew consent: matched for no purpose from now on."""
+    gallery, collection = ctx.obj
+    with _open(gallery, create=False) as store:
+        updated, erased = store.withdraw_consent(subject, collection=collection, delete_templates=delete_faces)
+        receipts = issue_receipts(store, erased, "consent-withdrawal", "template.delete")
+    ids = ", ".join(r["receipt"]["id"] for r in receipts)
+    done = f"consent of {updated.name} withdrawn; {len(erased)} face(s) deleted"
+    typer.echo(done + (f"; receipts {ids}" if ids else ""))
+
+
+@subjects_app.command("export-personal-data")
+@handle_errors
+def subjects_export_personal_data(ctx: typer.Context, subject: str = typer.Argument(..., help="Name or id.")) -> None:
+    """Everything stored about the subject, as JSON (a subject access request): record, consent, faces'
+    provenance, audit entries and erasure receipts naming them — never vectors or chips."""
+    gallery, collection = ctx.obj
+    with _open(gallery, create=False) as store:
+        s = store.get_subject(subject, collection=collection)
+        audit, receipts = personal_records(s.id)
+        emit_json(access.personal_data(store, s.id, collection=collection, audit=audit, erasures=receipts))
 
 
 @subjects_app.command("not")
@@ -465,7 +516,9 @@ def subjects_not(
 
 
 # -- gallery-wide -------------------------------------------------------------------------------------------
-gallery_app = typer.Typer(help="Gallery-wide operations: stats, export, import.", no_args_is_help=True)
+gallery_app = typer.Typer(
+    help="Gallery-wide operations: stats, export, import, protection policy, scrub.", no_args_is_help=True
+)
 app.add_typer(gallery_app, name="gallery")
 
 
@@ -487,7 +540,75 @@ def gallery_stats(ctx: typer.Context, json_out: bool = JsonOpt) -> None:
         typer.echo(
             f"{s['collection']}: {s['subjects']} subject(s), {s['templates']} template(s), {s['negatives']} "
             f"correction(s); {s['model_id']} {s['dim']}-d; {s['index']} search; {s['disk_bytes'] / 1e6:.1f} MB on disk"
+            f"; expiring: {s['expiring_7d']} in 7 days, {s['expiring_30d']} in 30 days"
         )
+
+
+@gallery_app.command("scrub")
+@handle_errors
+def gallery_scrub(ctx: typer.Context) -> None:
+    """Rewrite the gallery's storage so the bytes of deleted subjects are gone from its files, as far as the
+    backend allows (docs/privacy.md). Slow, and PostgreSQL locks each table while it is rewritten."""
+    with _open(ctx.obj, create=False) as store:
+        typer.echo(store.scrub())
+
+
+@gallery_app.command("rotate-key")
+@handle_errors
+def gallery_rotate_key(
+    ctx: typer.Context,
+    new_key_file: Path = typer.Option(
+        ..., "--new-key-file", help="The new 256-bit key: 64 hex digits or base64 (e.g. `openssl rand -hex 32`)."
+    ),
+    batch: int = typer.Option(256, "--batch", min=1, help="Values re-encrypted per transaction."),
+) -> None:
+    """Re-encrypt every template, chip and negative under a new key while the gallery stays in use; rerun
+    after an interruption to finish. The old key (FACEPRINT_KEY / FACEPRINT_KEY_FILE) opens it until then."""
+    try:
+        text = new_key_file.read_bytes()
+    except OSError as exc:
+        raise fail(f"{new_key_file}: cannot read the new key ({exc.strerror})") from None
+    new_key = parse_key(text, str(new_key_file))
+    with _open(ctx.obj, create=False) as store:
+        report = store.rotate_key(new_key, batch=batch)
+    typer.echo(
+        f"re-encrypted {report.reencrypted} value(s) under key {report.new_key_id} (was {report.old_key_id}); "
+        f"the old key no longer opens the gallery: set FACEPRINT_KEY or FACEPRINT_KEY_FILE to {new_key_file}"
+    )
+
+
+@gallery_app.command("policy")
+@handle_errors
+def gallery_policy(
+    ctx: typer.Context,
+    collection: str = CollectionOpt,
+    retention: str | None = typer.Option(
+        None, "--retention", help="Default retention of new subjects: 365d, 12w, 36h … or 'none'."
+    ),
+    consent_required: bool | None = typer.Option(
+        None, "--consent-required/--consent-optional", help="Match only subjects with an active consent."
+    ),
+    purposes: str | None = typer.Option(None, "--purposes", help="The purposes consents may name, comma-separated."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Show the collection's protection policy, or change it (docs/privacy.md)."""
+    with _open(ctx.obj, create=False) as store:
+        changes: dict[str, Any] = {}
+        if retention is not None:
+            changes["retention"] = None if retention.strip().lower() == "none" else parse_duration(retention)
+        if consent_required is not None:
+            changes["consent_required"] = consent_required
+        if purposes is not None:
+            changes["purposes"] = [p.strip() for p in purposes.split(",") if p.strip()]
+        policy = store.set_collection_policy(collection, **changes) if changes else store.collection_policy(collection)
+    if json_out:
+        emit_json({"collection": collection, **policy.to_dict()})
+        return
+    days = "none" if policy.retention is None else f"{policy.retention.total_seconds() / 86400:g} days"
+    typer.echo(
+        f"{collection}: retention {days}; consent {'required' if policy.consent_required else 'optional'}; "
+        f"purposes {', '.join(policy.purposes)}"
+    )
 
 
 @gallery_app.command("export")

@@ -11,9 +11,11 @@ import typer
 
 from faceprint.cli import app
 from faceprint.cli.common import emit_json, fail, handle_errors
+from faceprint.cli.privacy import audit_app
 
 keys_app = typer.Typer(help="API keys for the HTTP service (stored hashed in $FACEPRINT_HOME/service.sqlite3).")
 app.add_typer(keys_app, name="keys")
+app.add_typer(audit_app, name="audit")
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -149,15 +151,20 @@ def _configure_logging(level: str, request_ids: logging.Filter, formatter: type[
 def keys_create(
     scope: Annotated[list[str], typer.Option("--scope", help="admin, enroll, recognize or read; repeat for several.")],
     name: Annotated[str, typer.Option("--name", help="A label for lists and audit reading.")] = "",
+    purpose: Annotated[
+        str | None,
+        typer.Option("--purpose", help="Bind the key: it identifies only subjects who consented to this purpose."),
+    ] = None,
 ) -> None:
     """Create a key; it is printed alone on stdout, once — store it now."""
     from faceprint.service.auth import ApiKeyError, KeyStore
 
     try:
-        key, text = KeyStore(_store()).create(scope, name)
+        key, text = KeyStore(_store()).create(scope, name, purpose)
     except ApiKeyError as exc:
         raise fail(str(exc)) from None
-    typer.echo(f"created key {key.id} ({', '.join(key.scopes)}); it will not be shown again", err=True)
+    bound = f", purpose {key.purpose}" if key.purpose else ""
+    typer.echo(f"created key {key.id} ({', '.join(key.scopes)}{bound}); it will not be shown again", err=True)
     typer.echo(text)
 
 
@@ -178,7 +185,8 @@ def keys_list(
         typer.echo("no keys; create one with `faceprint keys create --scope admin`", err=True)
     for k in keys:
         state = f"revoked {k.revoked_at}" if k.revoked_at else f"last used {k.last_used_at or 'never'}"
-        typer.echo(f"{k.id}  {','.join(k.scopes):<24} {k.name or '-':<20} created {k.created_at}  {state}")
+        bound = f"  purpose {k.purpose}" if k.purpose else ""
+        typer.echo(f"{k.id}  {','.join(k.scopes):<24} {k.name or '-':<20} created {k.created_at}  {state}{bound}")
 
 
 @keys_app.command("revoke")
@@ -194,9 +202,10 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `
     typer.echo(f"revoked key {key.id} ({key.name or 'unnamed'})", err=True)
 
 
-@app.command()
+@audit_app.callback()
 @handle_errors
 def audit(
+    ctx: typer.Context,
     limit: Annotated[int, typer.Option(min=1, help="Entries to show, newest first.")] = 50,
     action: Annotated[str | None, typer.Option(help="verify, identify, enrol, subject.delete, …")] = None,
     key: Annotated[str | None, typer.Option("--key", help="Only this key id.")] = None,
@@ -205,6 +214,8 @@ def audit(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Read the service's audit log (who verified, identified, enrolled or deleted whom, and when)."""
+    if ctx.invoked_subcommand is not None:
+        return
     from faceprint.service.audit import AuditLog
 
     entries = AuditLog(_store()).query(limit=limit, action=action, key_id=key, subject_id=subject, since=since)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from faceprint.gallery.model import (
     Collection,
+    CollectionPolicy,
     Consent,
+    Erasure,
     GalleryStats,
     Identification,
     Metadata,
@@ -25,6 +27,7 @@ from faceprint.gallery.model import (
     MigrationSwitch,
     Page,
     PendingChip,
+    RotationReport,
     Subject,
     Template,
 )
@@ -97,12 +100,38 @@ class Gallery(Protocol):
         expires_at: datetime | Unset | None = UNSET,
     ) -> Subject: ...
 
-    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
-        """Delete the subject, its templates, negatives and consent record; gone from search at once."""
+    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Erasure:
+        """Delete the subject, its templates, negatives and consent record; gone from search at once. Returns
+        what was deleted, counted (what an erasure receipt states)."""
         ...
 
     def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
         """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
+        ...
+
+    def erase_expired(self, *, now: datetime | None = None) -> list[tuple[Subject, Erasure]]:
+        """:meth:`purge_expired`, with what each deletion removed (for erasure receipts)."""
+        ...
+
+    def withdraw_consent(
+        self, ref: str, *, collection: str = DEFAULT_COLLECTION, delete_templates: bool = False
+    ) -> tuple[Subject, list[Erasure]]:
+        """Record a withdrawal of consent (the subject is matched for no purpose from now on); with
+        ``delete_templates`` its templates go too. Returns the subject and what was deleted."""
+        ...
+
+    # -- protection policy ------------------------------------------------------------------------------
+    def collection_policy(self, collection: str = DEFAULT_COLLECTION) -> CollectionPolicy: ...
+
+    def set_collection_policy(
+        self,
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        retention: timedelta | Unset | None = UNSET,
+        consent_required: bool | Unset = UNSET,
+        purposes: Sequence[str] | Unset = UNSET,
+    ) -> CollectionPolicy:
+        """Default retention of new subjects, whether consent is required, the purposes consents may name."""
         ...
 
     # -- templates --------------------------------------------------------------------------------------
@@ -124,7 +153,7 @@ class Gallery(Protocol):
         """Decrypted vectors of the subject's templates by template id (for export and migration)."""
         ...
 
-    def delete_template(self, template_id: int) -> None: ...
+    def delete_template(self, template_id: int) -> Erasure: ...
 
     # -- search -----------------------------------------------------------------------------------------
     def identify(
@@ -138,8 +167,14 @@ class Gallery(Protocol):
         calibration: Calibration | None = None,
         one_to_one: bool = True,
         fpir: float | None = None,
+        purpose: str | None = None,
     ) -> list[Identification]:
         """One answer per probe; probes are faces of one photo (matched one-to-one) unless told otherwise.
+
+        Expired subjects are never returned (from the moment they expire, purged or not), nor subjects whose
+        consent was withdrawn. With a ``purpose`` (one the collection knows: UnknownPurpose) only subjects
+        with an active consent to it are considered; in a ``consent_required`` collection only subjects with
+        an active consent.
 
         The threshold follows at most one of ``threshold``, a per-comparison ``fmr`` (default 1e-3), or
         ``fpir``: the false-positive identification rate for the collection's current number of subjects
@@ -160,6 +195,24 @@ class Gallery(Protocol):
         ...
 
     def stats(self, collection: str = DEFAULT_COLLECTION) -> GalleryStats: ...
+
+    def rotate_key(
+        self, new_key: bytes, *, batch: int = 256, progress: Callable[[str, int], None] | None = None
+    ) -> RotationReport:
+        """Re-encrypt every template, chip and negative under ``new_key``, online and crash-safe (a rerun
+        resumes); afterwards the old key no longer opens the gallery (see docs/privacy.md#keys)."""
+        ...
+
+    def scrub(self) -> str:
+        """Rewrite storage so the bytes of what was deleted are gone from the backend's files, as far as the
+        engine allows (docs/privacy.md says how far); returns what was done, in words. Slow: run it after
+        erasures, not per request."""
+        ...
+
+    @property
+    def template_key_id(self) -> str:
+        """The id of the key templates are encrypted under (a fingerprint, never the key)."""
+        ...
 
     def close(self) -> None: ...
 

@@ -23,33 +23,49 @@ from __future__ import annotations
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from base64 import b64decode, b64encode
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import numpy as np
 
 from faceprint.gallery.base import DEFAULT_COLLECTION, UNSET, Unset
-from faceprint.gallery.crypto import TemplateCipher, open_chip, open_vector, resolve_key, seal_chip, seal_vector
+from faceprint.gallery.crypto import (
+    TemplateCipher,
+    key_id,
+    open_chip,
+    open_vector,
+    resolve_key,
+    seal_chip,
+    seal_vector,
+)
 from faceprint.gallery.errors import (
     CollectionNotFound,
     ContractMismatch,
     GalleryError,
+    GalleryKeyError,
     SubjectNotFound,
     TemplateNotFound,
 )
 from faceprint.gallery.model import (
     Candidate,
     Collection,
+    CollectionPolicy,
     Consent,
+    Erasure,
     GalleryStats,
     Identification,
     Metadata,
     Page,
+    RotationReport,
+    Sealed,
+    SearchScope,
     Subject,
     Template,
+    check_purpose,
     utcnow,
 )
 from faceprint.gallery.scoring import Hit, aggregate, apply_negatives, choose_matches
@@ -72,6 +88,18 @@ def check_contract(coll: Collection, faceprints: Sequence[Faceprint]) -> None:
     for fp in faceprints:
         if fp.model_id != coll.model_id or fp.dim != coll.dim:
             raise ContractMismatch(coll.name, f"{coll.model_id} ({coll.dim}-d)", f"{fp.model_id} ({fp.dim}-d)")
+
+
+def check_consent(consent: Consent | None, policy: CollectionPolicy) -> None:
+    """A consent may only name purposes the collection knows (UnknownPurpose)."""
+    if consent is not None:
+        for purpose in consent.purposes:
+            check_purpose(purpose, policy.purposes)
+
+
+def excluded_by(scope: SearchScope, rows: Iterable[tuple[str, datetime | None, Consent | None]]) -> frozenset[str]:
+    """The subjects among ``rows`` (id, expires_at, consent) that ``scope`` does not admit."""
+    return frozenset(sid for sid, expires_at, consent in rows if not scope.admits(expires_at, consent))
 
 
 def check_name(name: str) -> None:
@@ -166,6 +194,7 @@ class GalleryBase(ABC, Generic[H]):
         """Check the template key (set it up for a new gallery); on failure the storage is released."""
         try:
             self.cipher = self._open_cipher(key)
+            self.cipher.refresh = self._refresh_keys
         except BaseException:  # a wrong or missing key must not leave connections open
             self._closed = True
             self._release()
@@ -181,8 +210,121 @@ class GalleryBase(ABC, Generic[H]):
                     self._store_key_check(cipher.check_value(), cipher.key_id)
                     return cipher
         cipher = TemplateCipher(*resolve_key(key, create=False))
+        state = self._rotation_state()
+        if state is not None and cipher.key_id == state["target"] and cipher.matches(b64decode(state["check"])):
+            raise GalleryKeyError(
+                f"a rotation of this gallery's key to key id {cipher.key_id} is under way: finish it with "
+                "`faceprint gallery rotate-key --new-key-file FILE`, holding the old key (FACEPRINT_KEY or "
+                "FACEPRINT_KEY_FILE); the new key opens the gallery once it is done"
+            )
         cipher.verify(*stored)
+        self.cipher = cipher
+        self._refresh_keys()
         return cipher
+
+    # -- key rotation -----------------------------------------------------------------------------------
+    def _rotation_state(self) -> dict[str, str] | None:
+        raw = self._load_meta("rotation")
+        return None if raw is None else json.loads(raw)
+
+    def _refresh_keys(self) -> None:
+        """Take up the keys another process's rotation left for us: the new key of a rotation under way
+        (wrapped under the old one: from now on this process writes with it) and retired keys (wrapped under
+        the current one, for rows written with them meanwhile)."""
+        state = self._rotation_state()
+        if state is not None:
+            target = state["target"]
+            if not self.cipher.holds(target):
+                new = self.cipher.unwrap(b64decode(state["wrapped"]), target)
+                if new is not None:
+                    self.cipher.add(new)
+            if self.cipher.holds(target):
+                self.cipher.use(target)
+        raw = self._load_meta("retired")
+        for kid, wrapped in (json.loads(raw) if raw else {}).items():
+            if not self.cipher.holds(kid):
+                old = self.cipher.unwrap(b64decode(wrapped), kid)
+                if old is not None:
+                    self.cipher.add(old)
+
+    def rotate_key(
+        self, new_key: bytes, *, batch: int = 256, progress: Callable[[str, int], None] | None = None
+    ) -> RotationReport:
+        """Re-encrypt every template, chip, negative and staged vector under ``new_key``, online.
+
+        Crash-safe: the rotation is recorded first (the new key wrapped under the old one, so every client
+        holding the old key reads and writes with both); then values are re-encrypted batch by batch, each
+        batch one compare-and-swap (a value changed meanwhile is left for the next pass), so every value is at
+        all times under the old key or the new one; last, one write makes the new key the gallery's. A rerun
+        with the same new key resumes. Afterwards the old key is refused; it is kept wrapped under the new key
+        for values a client unaware of the rotation wrote meanwhile, until ``rotate_key`` is run again with
+        the new key (a sweep), which re-encrypts those and forgets it. ``progress(phase, count)``: after
+        ``started``, each ``batch``, ``reencrypted`` and ``finished``.
+        """
+        if batch < 1:
+            raise GalleryError(f"batch must be at least 1, got {batch}")
+        step = progress or (lambda phase, count: None)
+        new_id = key_id(new_key)
+        self._refresh_keys()
+        stored = self._load_key_check()
+        assert stored is not None
+        old_id = stored[1] or self.cipher.legacy_id
+        state = self._rotation_state()
+        resumed = state is not None
+        if state is not None and state["target"] != new_id:
+            raise GalleryKeyError(f"a rotation to key id {state['target']} is under way; finish it with that key first")
+        if state is None and new_id != old_id:
+            record = {
+                "target": new_id,
+                "from": old_id,
+                "wrapped": b64encode(self.cipher.wrap(new_key)).decode(),
+                "check": b64encode(TemplateCipher(new_key).check_value()).decode(),
+            }
+            self._store_meta({"rotation": json.dumps(record).encode()})
+        self.cipher.add(new_key)
+        self.cipher.use(new_id)
+        step("started", 0)
+        done = 0
+        while rows := self._sealed_rows(new_id, batch):
+            swaps = [(row, self.cipher.encrypt(self.cipher.decrypt(row.blob, row.aad), row.aad)) for row in rows]
+            done += self._swap_sealed(swaps)
+            step("batch", done)
+        step("reencrypted", done)
+        retired = {} if new_id == old_id else {old_id: b64encode(self.cipher.wrap(self.cipher.raw(old_id))).decode()}
+        self._store_meta({
+            "key_check": TemplateCipher(new_key).check_value(),
+            "key_id": new_id.encode(),
+            "retired": json.dumps(retired).encode() if retired else None,
+            "rotation": None,
+        })  # fmt: skip
+        self._after_rotation()
+        step("finished", done)
+        return RotationReport(old_id, new_id, done, resumed)
+
+    def _after_rotation(self) -> None:
+        """Drop what is still encrypted under the old key outside the rows (the embedded index snapshots)."""
+
+    @abstractmethod
+    def _load_meta(self, name: str) -> bytes | None:
+        """A value of the gallery's own settings (``key_check``, ``key_id``, ``rotation``, ``retired``)."""
+
+    @abstractmethod
+    def _store_meta(self, values: Mapping[str, bytes | None]) -> None:
+        """Set (``None``: delete) several settings at once (in one transaction where the engine has them)."""
+
+    @abstractmethod
+    def _sealed_rows(self, exclude_key_id: str, limit: int) -> list[Sealed]:
+        """Up to ``limit`` encrypted values (vectors, chips, negatives, staged vectors) not under that key."""
+
+    @abstractmethod
+    def _swap_sealed(self, swaps: Sequence[tuple[Sealed, bytes]]) -> int:
+        """Replace each value by its new ciphertext where it still holds the old one (compare-and-swap), in
+        one transaction where the engine has them; returns how many were replaced."""
+
+    @property
+    def template_key_id(self) -> str:
+        """The id of the key templates are encrypted under (a fingerprint, never the key)."""
+        return self.cipher.key_id
 
     def _key_setup(self) -> AbstractContextManager[object]:
         """Serialises the first-time key setup between processes (a transaction, a lock); none by default."""
@@ -261,9 +403,12 @@ class GalleryBase(ABC, Generic[H]):
     ) -> Subject:
         check_name(name)
         handle, _ = self._collection(collection)
-        new = Subject(
-            subject_id or uuid.uuid4().hex, name, collection, dict(metadata or {}), consent, utcnow(), expires_at
-        )
+        policy = self._load_policy(handle)
+        check_consent(consent, policy)
+        now = utcnow()
+        if expires_at is None and policy.retention is not None:
+            expires_at = now + policy.retention  # the collection's default retention
+        new = Subject(subject_id or uuid.uuid4().hex, name, collection, dict(metadata or {}), consent, now, expires_at)
         return self._insert_subject(handle, new)
 
     def find_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Subject | None:
@@ -306,6 +451,7 @@ class GalleryBase(ABC, Generic[H]):
         if not isinstance(metadata, Unset):
             changes["metadata"] = dict(metadata)
         if not isinstance(consent, Unset):
+            check_consent(consent, self._load_policy(handle))
             changes["consent"] = consent
         if not isinstance(expires_at, Unset):
             changes["expires_at"] = expires_at
@@ -313,14 +459,92 @@ class GalleryBase(ABC, Generic[H]):
             raise SubjectNotFound(ref, collection)  # deleted by another client meanwhile
         return self.get_subject(current.id, collection=collection)
 
-    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
-        """Delete the subject, its templates, negatives and consent record; gone from search at once."""
+    def delete_subject(self, ref: str, *, collection: str = DEFAULT_COLLECTION) -> Erasure:
+        """Delete the subject, its templates, negatives and consent record; gone from search at once. Returns
+        what was deleted (the facts of an erasure receipt)."""
         handle, _ = self._collection(collection)
-        if not self._delete_subject(handle, ref):
+        erasure = self._delete_subject(handle, ref)
+        if erasure is None:
             raise SubjectNotFound(ref, collection)
+        return erasure
+
+    def withdraw_consent(
+        self, ref: str, *, collection: str = DEFAULT_COLLECTION, delete_templates: bool = False
+    ) -> tuple[Subject, list[Erasure]]:
+        """Record that the subject withdrew consent: from now on it is matched for no purpose. With
+        ``delete_templates`` its templates are deleted too (the subject record stays, with the withdrawal)."""
+        subject = self.get_subject(ref, collection=collection)
+        now = utcnow()
+        given = subject.consent or Consent("", now)
+        withdrawn = Consent(given.given_by, given.given_at, given.purposes, given.withdrawn_at or now)
+        subject = self.update_subject(subject.id, collection=collection, consent=withdrawn)
+        erased: list[Erasure] = []
+        if delete_templates:
+            for template in self.list_templates(subject.id, collection=collection):
+                try:
+                    erased.append(self.delete_template(template.id))
+                except TemplateNotFound:
+                    continue  # deleted meanwhile
+            subject = self.get_subject(subject.id, collection=collection)
+        return subject, [replace(e, subject=subject.name, collection=collection) for e in erased]
+
+    # -- the collection's protection policy -------------------------------------------------------------
+    def collection_policy(self, collection: str = DEFAULT_COLLECTION) -> CollectionPolicy:
+        handle, _ = self._collection(collection)
+        return self._load_policy(handle)
+
+    def set_collection_policy(
+        self,
+        collection: str = DEFAULT_COLLECTION,
+        *,
+        retention: timedelta | Unset | None = UNSET,
+        consent_required: bool | Unset = UNSET,
+        purposes: Sequence[str] | Unset = UNSET,
+    ) -> CollectionPolicy:
+        """Change the collection's default retention (``None``: none), ``consent_required`` or purposes.
+        A new retention applies to subjects created from now on."""
+        handle, _ = self._collection(collection)
+        policy = self._load_policy(handle)
+        changes: dict[str, Any] = {}
+        if not isinstance(retention, Unset):
+            if retention is not None and retention <= timedelta(0):
+                raise GalleryError(f"a retention must be positive, got {retention}")
+            changes["retention"] = retention
+        if not isinstance(consent_required, Unset):
+            changes["consent_required"] = bool(consent_required)
+        if not isinstance(purposes, Unset):
+            checked = tuple(dict.fromkeys(check_purpose(p) for p in purposes))
+            if not checked:
+                raise GalleryError("a collection needs at least one purpose")
+            changes["purposes"] = checked
+        policy = replace(policy, **changes)
+        self._store_policy(handle, collection, policy)
+        return policy
 
     @abstractmethod
-    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]: ...
+    def _load_policy(self, handle: H) -> CollectionPolicy:
+        """The collection's policy as stored now (read fresh: another process may have changed it)."""
+
+    @abstractmethod
+    def _store_policy(self, handle: H, collection: str, policy: CollectionPolicy) -> None: ...
+
+    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
+        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
+        return [subject for subject, _ in self.erase_expired(now=now)]
+
+    def erase_expired(self, *, now: datetime | None = None) -> list[tuple[Subject, Erasure]]:
+        """:meth:`purge_expired`, saying what each deletion removed (one deletion per subject, each atomic)."""
+        out: list[tuple[Subject, Erasure]] = []
+        for subject in self._expired(now or utcnow()):
+            handle, _ = self._collection(subject.collection)
+            erasure = self._delete_subject(handle, subject.id)
+            if erasure is not None:  # else deleted meanwhile
+                out.append((subject, erasure))
+        return out
+
+    @abstractmethod
+    def _expired(self, now: datetime) -> list[Subject]:
+        """Every subject (all collections) whose ``expires_at`` is at or before ``now``, by collection and name."""
 
     @abstractmethod
     def _insert_subject(self, handle: H, new: Subject) -> Subject:
@@ -342,8 +566,9 @@ class GalleryBase(ABC, Generic[H]):
         name another subject has."""
 
     @abstractmethod
-    def _delete_subject(self, handle: H, ref: str) -> bool:
-        """Delete the subject by id or name, with its templates and negatives; ``False`` when there is none."""
+    def _delete_subject(self, handle: H, ref: str) -> Erasure | None:
+        """Delete the subject by id or name, with its templates and negatives, and say what went; ``None``
+        when there is none."""
 
     # -- templates --------------------------------------------------------------------------------------
     def add_templates(
@@ -393,9 +618,13 @@ class GalleryBase(ABC, Generic[H]):
         sid, blob = found
         return None if blob is None else open_chip(self.cipher, blob, sid)
 
-    def delete_template(self, template_id: int) -> None:
-        if not self._delete_template(template_id):
+    def delete_template(self, template_id: int) -> Erasure:
+        """Delete one template (and its chip); returns what was deleted (subject and collection names are
+        left empty: a template id alone does not name them)."""
+        erasure = self._delete_template(template_id)
+        if erasure is None:
             raise TemplateNotFound(template_id)
+        return erasure
 
     @abstractmethod
     def _insert_templates(self, handle: H, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
@@ -414,7 +643,8 @@ class GalleryBase(ABC, Generic[H]):
         """``(subject id, encrypted chip or None)`` of a template; ``None`` when there is no such template."""
 
     @abstractmethod
-    def _delete_template(self, template_id: int) -> bool: ...
+    def _delete_template(self, template_id: int) -> Erasure | None:
+        """Delete the template and say what went; ``None`` when there is no such template."""
 
     # -- negatives --------------------------------------------------------------------------------------
     def add_negative(self, faceprint: Faceprint, ref: str, *, collection: str = DEFAULT_COLLECTION) -> None:
@@ -454,6 +684,7 @@ class GalleryBase(ABC, Generic[H]):
         calibration: Calibration | None = None,
         one_to_one: bool = True,
         fpir: float | None = None,
+        purpose: str | None = None,
     ) -> list[Identification]:
         """One answer per probe (see :meth:`faceprint.gallery.base.Gallery.identify`)."""
         check_one_rule(fmr=fmr, fpir=fpir, threshold=threshold)
@@ -468,10 +699,12 @@ class GalleryBase(ABC, Generic[H]):
             coll.model_id, fmr=fmr, fpir=fpir, threshold=threshold, subjects=subjects, calibration=calibration
         )
         with span("search", backend=self.backend_name, probes=len(faceprints), top_k=top_k):
+            scope = self.search_scope(handle, purpose)
+            excluded = self._excluded(handle, scope)
             probes = normalise(np.stack([fp.vector for fp in faceprints]))
-            found = self._nearest(handle, coll, probes, neighbours_wanted(top_k))
+            found = self._nearest(handle, coll, probes, neighbours_wanted(top_k), excluded)
             ranked = [
-                apply_negatives(probe, aggregate(hits), found.negatives)
+                apply_negatives(probe, aggregate([h for h in hits if h.subject_id not in excluded]), found.negatives)
                 for probe, hits in zip(probes, found.hits, strict=True)
             ]
             matches = choose_matches(ranked, rule.threshold, one_to_one=one_to_one)
@@ -506,13 +739,29 @@ class GalleryBase(ABC, Generic[H]):
 
         return [[n for c in cands if (n := named(c)) is not None] for cands in ranked], [named(m) for m in matches]
 
+    def search_scope(self, handle: H, purpose: str | None) -> SearchScope:
+        """The subjects a search starting now may return (checks ``purpose`` against the collection's)."""
+        policy = self._load_policy(handle)
+        if purpose is not None:
+            check_purpose(purpose, policy.purposes)
+        return SearchScope(utcnow(), purpose, policy.consent_required)
+
+    @abstractmethod
+    def _excluded(self, handle: H, scope: SearchScope) -> frozenset[str]:
+        """The ids of the collection's subjects ``scope`` leaves out (:meth:`SearchScope.admits` is the rule;
+        a backend that cannot ask its engine computes it with :func:`excluded_by`)."""
+
     @abstractmethod
     def _subject_count(self, handle: H) -> int:
         """How many subjects the collection holds (what an ``fpir`` is converted through)."""
 
     @abstractmethod
-    def _nearest(self, handle: H, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
-        """The ``k`` nearest templates of each (normalised) probe, and the negatives of the subjects found."""
+    def _nearest(
+        self, handle: H, coll: Collection, probes: np.ndarray, k: int, excluded: frozenset[str] = frozenset()
+    ) -> Neighbours:
+        """The ``k`` nearest templates of each (normalised) probe among subjects not ``excluded`` (expired,
+        without the consent asked for), and the negatives of the subjects found. A backend that filters after
+        its search must fetch enough more that ``k`` remain."""
 
     @abstractmethod
     def _subject_names(self, handle: H, subject_ids: Sequence[str]) -> dict[str, str]:
@@ -523,9 +772,19 @@ class GalleryBase(ABC, Generic[H]):
         handle, coll = self._collection(collection)
         subjects, templates, negatives = self._counts(handle)
         kind = self._index_kind(coll, templates)
+        now = utcnow()
         return GalleryStats(
-            coll.name, coll.model_id, coll.dim, subjects, templates, negatives, kind, self._disk_bytes()
-        )
+            coll.name, coll.model_id, coll.dim, subjects, templates, negatives, kind, self._disk_bytes(),
+            self._expiring(handle, now, now + timedelta(days=7)), self._expiring(handle, now, now + timedelta(days=30)),
+        )  # fmt: skip
+
+    @abstractmethod
+    def _expiring(self, handle: H, now: datetime, until: datetime) -> int:
+        """How many subjects of the collection expire after ``now`` and at or before ``until``."""
+
+    @abstractmethod
+    def scrub(self) -> str:
+        """Rewrite storage so deleted records' bytes are gone from the backend's files (see the protocol)."""
 
     @abstractmethod
     def _counts(self, handle: H) -> tuple[int, int, int]:

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -107,38 +108,120 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(b"faceprint key id\0" + key).hexdigest()[:12]
 
 
+#: A ciphertext written by this version starts with ``FPK`` and the 6 bytes of its key's id, so a row says
+#: which key it is under (what key rotation needs); one without (written before) is under the legacy key.
+KEY_HEADER = b"FPK"
+HEADER_BYTES = len(KEY_HEADER) + 6
+
+
+def key_header(key_id: str) -> bytes:
+    return KEY_HEADER + bytes.fromhex(key_id)
+
+
+def blob_key_id(blob: bytes) -> str | None:
+    """The id of the key a ciphertext is under, ``None`` for one written without a header."""
+    return bytes(blob[3:HEADER_BYTES]).hex() if bytes(blob[:3]) == KEY_HEADER and len(blob) > HEADER_BYTES else None
+
+
 class TemplateCipher:
-    """AES-256-GCM over small blobs (vectors, chips, index snapshots)."""
+    """AES-256-GCM over small blobs (vectors, chips, index snapshots), with a keyring.
+
+    It encrypts with its *current* key and decrypts with whichever key it holds that a ciphertext names in its
+    header (:data:`KEY_HEADER`); a ciphertext without a header is under the *legacy* key (the first one). A
+    gallery adds keys during a rotation (:meth:`add`, :meth:`use`); ``refresh`` is called once when a
+    ciphertext names a key not held yet (another process started a rotation), to look for it.
+    """
 
     def __init__(self, key: bytes, origin: str = "the key") -> None:
-        self._aead = AESGCM(key)
         self.key_id = key_id(key)
+        self.legacy_id = self.key_id
         self.origin = origin
+        self._keys: dict[str, AESGCM] = {self.key_id: AESGCM(key)}
+        self._raw: dict[str, bytes] = {self.key_id: key}
+        self.refresh: Callable[[], None] | None = None
+        self._refreshing = False
+
+    @property
+    def _aead(self) -> AESGCM:
+        return self._keys[self.key_id]
+
+    def add(self, key: bytes) -> str:
+        """Hold another key (for decrypting); returns its id."""
+        kid = key_id(key)
+        self._keys.setdefault(kid, AESGCM(key))
+        self._raw.setdefault(kid, key)
+        return kid
+
+    def holds(self, kid: str) -> bool:
+        return kid in self._keys
+
+    def use(self, kid: str) -> None:
+        """Encrypt with the held key ``kid`` from now on."""
+        if kid not in self._keys:
+            raise GalleryKeyError(f"key {kid} is not held")
+        self.key_id = kid
+
+    def raw(self, kid: str) -> bytes:
+        return self._raw[kid]
 
     def encrypt(self, plaintext: bytes, aad: bytes) -> bytes:
         nonce = secrets.token_bytes(NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, plaintext, aad)
+        return key_header(self.key_id) + nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def decrypt(self, blob: bytes, aad: bytes) -> bytes:
+        blob = bytes(blob)
+        kid = blob_key_id(blob)
+        if kid is not None and kid not in self._keys and self.refresh is not None and not self._refreshing:
+            self._refreshing = True
+            try:
+                self.refresh()  # another process may have started a rotation to that key
+            finally:
+                self._refreshing = False
+        if kid is not None and kid in self._keys:
+            aead, body = self._keys[kid], blob[HEADER_BYTES:]
+        elif kid is not None:
+            raise WrongKey(
+                f"a template is encrypted under key id {kid}, which {self.origin} (key id {self.key_id}) does not "
+                "hold: the gallery key was rotated; use the new key"
+            )
+        else:
+            aead, body = self._keys[self.legacy_id], blob
         try:
-            return self._aead.decrypt(blob[:NONCE_BYTES], blob[NONCE_BYTES:], aad)
+            return aead.decrypt(body[:NONCE_BYTES], body[NONCE_BYTES:], aad)
         except InvalidTag:
             raise WrongKey(
-                f"a template does not decrypt with {self.origin} (key id {self.key_id}): wrong key, "
+                f"a template does not decrypt with {self.origin} (key id {kid or self.legacy_id}): wrong key, "
                 "or the record was tampered with"
             ) from None
 
     def check_value(self) -> bytes:
-        return self.encrypt(_CHECK_PLAINTEXT, _CHECK_AAD)
+        """A value only the current key decrypts (stored by a gallery to recognise its key)."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, _CHECK_PLAINTEXT, _CHECK_AAD)
 
     def verify(self, check_value: bytes, expected_key_id: str | None) -> None:
+        if not self.matches(check_value):
+            hint = f" (the gallery was encrypted with key id {expected_key_id})" if expected_key_id else ""
+            raise WrongKey(f"wrong key: {self.origin} (key id {self.key_id}) is not this gallery's key{hint}")
+
+    def matches(self, check_value: bytes) -> bool:
         try:
             ok = self._aead.decrypt(check_value[:NONCE_BYTES], check_value[NONCE_BYTES:], _CHECK_AAD)
         except InvalidTag:
             ok = b""
-        if ok != _CHECK_PLAINTEXT:
-            hint = f" (the gallery was encrypted with key id {expected_key_id})" if expected_key_id else ""
-            raise WrongKey(f"wrong key: {self.origin} (key id {self.key_id}) is not this gallery's key{hint}")
+        return ok == _CHECK_PLAINTEXT
+
+    def wrap(self, key: bytes) -> bytes:
+        """``key`` encrypted under the current key (how a gallery hands a rotation's new key to its clients)."""
+        return self.encrypt(key, b"faceprint:key-wrap:" + key_id(key).encode())
+
+    def unwrap(self, blob: bytes, kid: str) -> bytes | None:
+        """A key wrapped by :meth:`wrap`, if a held key opens it (``None`` otherwise)."""
+        try:
+            key = self.decrypt(blob, b"faceprint:key-wrap:" + kid.encode())
+        except WrongKey:
+            return None
+        return key if key_id(key) == kid else None
 
 
 # -- what the galleries encrypt: vectors and chips bound to their rows ---------------------------------------

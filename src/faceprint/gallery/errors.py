@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 from faceprint.errors import FaceprintError
@@ -164,3 +165,13 @@ class MissingChips(GalleryError):
 
 class MigrationUnsupported(GalleryError):
     pass
+
+
+class UnknownPurpose(GalleryError):
+    """A consent or a search names a purpose the collection does not know (or one that is malformed)."""
+
+    def __init__(self, purpose: str, known: Sequence[str] | None, why: str | None = None) -> None:
+        self.purpose = purpose
+        self.known = tuple(known or ())
+        choose = f"; the collection knows: {', '.join(self.known)}" if self.known else ""
+        super().__init__(f"unknown purpose {purpose!r}" + (f" ({why})" if why else "") + choose)

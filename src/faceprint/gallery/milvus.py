@@ -37,7 +37,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,14 +49,18 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
-from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate
-from faceprint.gallery.crypto import seal_vector
+from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate, excluded_by
+from faceprint.gallery.crypto import key_header, seal_vector, vector_aad
 from faceprint.gallery.errors import GalleryError, SubjectExists
 from faceprint.gallery.location import redact_location
 from faceprint.gallery.model import (
     Collection,
+    CollectionPolicy,
     Consent,
+    Erasure,
     Metadata,
+    Sealed,
+    SearchScope,
     Subject,
     Template,
     from_iso,
@@ -133,6 +137,7 @@ class _Batch:
 class _Names:
     subjects: str
     templates: str
+    collection: str = ""
 
 
 def parse_uri(uri: str) -> tuple[str, dict[str, str]]:
@@ -222,6 +227,81 @@ class MilvusGallery(GalleryBase[_Names]):
             ],
         )
 
+    @staticmethod
+    def _meta_key(name: str) -> str:
+        return name if name in ("key_check", "key_id") else f"meta:{name}"
+
+    def _load_meta(self, name: str) -> bytes | None:
+        rows = self._query(self._catalog, f"key == {_q(self._meta_key(name))}")
+        if not rows:
+            return None
+        value = rows[0]["value"]
+        return value.encode() if name == "key_id" else base64.b64decode(value)
+
+    def _store_meta(self, values: Mapping[str, bytes | None]) -> None:
+        """Upserts in one request, then deletes: a crash between leaves the rotation record, which a rerun
+        finishes."""
+        upserts = [
+            {
+                "key": self._meta_key(name),
+                "value": value.decode() if name == "key_id" else _b64(value),
+                "placeholder": _PLACEHOLDER,
+            }
+            for name, value in values.items()
+            if value is not None
+        ]
+        if upserts:
+            self.client.upsert(self._catalog, upserts)
+        gone = [self._meta_key(name) for name, value in values.items() if value is None]
+        if gone:
+            self.client.delete(self._catalog, ids=gone)
+
+    def _sealed_rows(self, exclude_key_id: str, limit: int) -> list[Sealed]:
+        head = _b64(key_header(exclude_key_id))  # 9 bytes: 12 base64 characters, a prefix of every such value
+        out: list[Sealed] = []
+        for coll in self.list_collections():
+            names = self._names(coll.name)
+            for row in self._query(
+                names.templates, f'not (enc like "{head}%")', ["id", "kind", "subject_id", "info", "enc"]
+            ):
+                model = coll.model_id if row["kind"] == NEGATIVE else json.loads(row["info"])["model_id"]
+                kind = "neg" if row["kind"] == NEGATIVE else "tpl"
+                aad = vector_aad(row["subject_id"], model, kind)
+                out.append(Sealed(names.templates, int(row["id"]), "enc", aad, base64.b64decode(row["enc"])))
+                if len(out) >= limit:
+                    return out
+        return out
+
+    def _swap_sealed(self, swaps: Sequence[tuple[Sealed, bytes]]) -> int:
+        """Milvus has no compare-and-swap: each row is read again, upserted with its new ``enc`` only if it
+        still holds the old one, and deleted again if its subject was deleted meanwhile (an upsert of a row
+        deleted since would otherwise bring it back)."""
+        done = 0
+        by_table: dict[str, list[tuple[Sealed, bytes]]] = {}
+        for row, new in swaps:
+            by_table.setdefault(row.table, []).append((row, new))
+        for table, items in by_table.items():
+            current = {
+                int(r["id"]): r
+                for r in self._query(table, f"id in [{', '.join(str(int(row.row)) for row, _ in items)}]", ["*"])
+            }
+            upserts = []
+            for row, new in items:
+                stored = current.get(int(row.row))
+                if stored is not None and base64.b64decode(stored["enc"]) == row.blob:
+                    upserts.append({**stored, "enc": _b64(new)})
+            if not upserts:
+                continue
+            self.client.upsert(self._ready(table), upserts)
+            subjects_table = table.replace(f"{self.prefix}_t_", f"{self.prefix}_s_", 1)
+            sids = sorted({r["subject_id"] for r in upserts})
+            alive = {r["id"] for r in self._query(subjects_table, _in("id", sids), ["id"])}
+            dead = [int(r["id"]) for r in upserts if r["subject_id"] not in alive]
+            if dead:
+                self.client.delete(self._ready(table), ids=dead)
+            done += len(upserts) - len(dead)
+        return done
+
     # -- schema -----------------------------------------------------------------------------------------
     def _create_catalog(self) -> None:
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -248,13 +328,19 @@ class MilvusGallery(GalleryBase[_Names]):
         self._loaded.add(name)
 
     def _create_collection_pair(self, names: _Names, dim: int) -> None:
+        self._create_subjects(names.subjects)
+        self._create_templates(names.templates, dim)
+
+    def _create_subjects(self, name: str) -> None:
         subjects = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         subjects.add_field("id", DataType.VARCHAR, is_primary=True, max_length=64)
         subjects.add_field("name", DataType.VARCHAR, max_length=_NAME_MAX)
         subjects.add_field("expires", DataType.INT64)  # µs since the epoch, -1: never
         subjects.add_field("info", DataType.VARCHAR, max_length=_TEXT_MAX)
         subjects.add_field("placeholder", DataType.FLOAT_VECTOR, dim=2)
-        self._create(names.subjects, subjects, "placeholder", "FLAT", {}, scalars=["name"])
+        self._create(name, subjects, "placeholder", "FLAT", {}, scalars=["name"])
+
+    def _create_templates(self, name: str, dim: int) -> None:
         templates = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
         templates.add_field("id", DataType.INT64, is_primary=True)
         templates.add_field("kind", DataType.INT8)
@@ -263,11 +349,11 @@ class MilvusGallery(GalleryBase[_Names]):
         templates.add_field("enc", DataType.VARCHAR, max_length=_TEXT_MAX)
         templates.add_field("vector", DataType.FLOAT_VECTOR, dim=int(dim))
         params = {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}
-        self._create(names.templates, templates, "vector", "HNSW", params, scalars=["subject_id"])
+        self._create(name, templates, "vector", "HNSW", params, scalars=["subject_id"])
 
     def _names(self, name: str) -> _Names:
         digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-        return _Names(f"{self.prefix}_s_{digest}", f"{self.prefix}_t_{digest}")
+        return _Names(f"{self.prefix}_s_{digest}", f"{self.prefix}_t_{digest}", name)
 
     def _ready(self, name: str) -> str:
         """Load a collection once per process (a fresh Milvus Lite process starts with nothing loaded)."""
@@ -508,24 +594,32 @@ class MilvusGallery(GalleryBase[_Names]):
             self.client.delete(self._ready(names.templates), filter=_in("subject_id", chunk))
             self.client.delete(self._ready(names.subjects), ids=chunk)
 
-    def _delete_subject(self, handle: _Names, ref: str) -> bool:
+    def _delete_subject(self, handle: _Names, ref: str) -> Erasure | None:
         row = self._subject_rows(handle, ref)
         if row is None:
-            return False
-        self._delete_subjects(handle, [row["id"]])
-        return True
+            return None
+        collection = self._collection_of(handle)
+        subject = self._subject(handle, row, collection)
+        ids = [int(r["id"]) for r in self._template_rows(handle, [subject.id], TEMPLATE, ["id", "subject_id", "kind"])]
+        negatives = len(self._template_rows(handle, [subject.id], NEGATIVE, ["id", "subject_id", "kind"]))
+        self._delete_subjects(handle, [subject.id])
+        return Erasure(
+            subject.id, subject.name, collection, self.backend_name, len(ids), 0, negatives,
+            subject.consent is not None, len(ids) + negatives, 0, 0, tuple(ids),
+        )  # fmt: skip
 
-    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
-        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
-        cutoff = _micros(now or utcnow())
-        purged: list[Subject] = []
+    @staticmethod
+    def _collection_of(names: _Names) -> str:
+        return names.collection
+
+    def _expired(self, now: datetime) -> list[Subject]:
+        cutoff = _micros(now)
+        expired: list[Subject] = []
         for coll in self.list_collections():
             names = self._names(coll.name)
             rows = self._query(names.subjects, f"expires >= 0 and expires <= {cutoff}")
-            subjects = sorted((self._subject(names, r, coll.name) for r in rows), key=lambda s: s.name)
-            self._delete_subjects(names, [s.id for s in subjects])
-            purged += subjects
-        return purged
+            expired += sorted((self._subject(names, r, coll.name) for r in rows), key=lambda s: s.name)
+        return expired
 
     # -- templates --------------------------------------------------------------------------------------
     def _insert_templates(self, handle: _Names, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
@@ -589,23 +683,30 @@ class MilvusGallery(GalleryBase[_Names]):
                 return row["subject_id"], None
         return None
 
-    def _delete_template(self, template_id: int) -> bool:
+    def _delete_template(self, template_id: int) -> Erasure | None:
         batch = self._batch()
         for coll in self.list_collections():
             names = self._names(coll.name)
             if batch is not None:
                 pending = batch.rows.get(names.templates, [])
-                if any(r["id"] == template_id and r["kind"] == TEMPLATE for r in pending):
+                found = [r for r in pending if r["id"] == template_id and r["kind"] == TEMPLATE]
+                if found:
                     batch.rows[names.templates] = [r for r in pending if r["id"] != template_id]
-                    return True
-            if self._stored_template(names, template_id) is None:
+                    return self._template_erasure(names, coll.name, found[0]["subject_id"], template_id)
+            stored = self._stored_template(names, template_id)
+            if stored is None:
                 continue
             if batch is not None:
                 batch.dropped.setdefault(names.templates, set()).add(int(template_id))
             else:
                 self.client.delete(self._ready(names.templates), ids=[int(template_id)])
-            return True
-        return False
+            return self._template_erasure(names, coll.name, stored["subject_id"], template_id)
+        return None
+
+    def _template_erasure(self, names: _Names, collection: str, subject_id: str, template_id: int) -> Erasure:
+        row = self._subject_rows(names, subject_id, by=("id",))
+        name = "" if row is None else row["name"]
+        return Erasure(subject_id, name, collection, self.backend_name, 1, 0, 0, False, 1, 0, 0, (template_id,))
 
     # -- negatives --------------------------------------------------------------------------------------
     def _insert_negative(self, handle: _Names, coll: Collection, ref: str, vector: np.ndarray) -> bool:
@@ -627,12 +728,14 @@ class MilvusGallery(GalleryBase[_Names]):
     def _subject_count(self, handle: _Names) -> int:
         return self._count(handle.subjects, 'id != ""')
 
-    def _nearest(self, handle: _Names, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
+    def _nearest(
+        self, handle: _Names, coll: Collection, probes: np.ndarray, k: int, excluded: frozenset[str] = frozenset()
+    ) -> Neighbours:
         try:
             results = self.client.search(
                 self._ready(handle.templates),
                 data=probes.astype(np.float32).tolist(),
-                filter=f"kind == {TEMPLATE}",
+                filter=f"kind == {TEMPLATE}" + (f" and not {_in('subject_id', sorted(excluded))}" if excluded else ""),
                 limit=k,
                 output_fields=["subject_id"],
                 search_params={"metric_type": "IP", "params": {"ef": max(self.ef_search, k)}},
@@ -650,6 +753,33 @@ class MilvusGallery(GalleryBase[_Names]):
         ]
         return Neighbours(hits, self._negatives_of(handle, coll, list(names)))
 
+    def _excluded(self, handle: _Names, scope: SearchScope) -> frozenset[str]:
+        return excluded_by(scope, self._scope_rows(handle, scope))
+
+    def _scope_rows(self, handle: _Names, scope: SearchScope) -> list[tuple[str, datetime | None, Consent | None]]:
+        """Milvus keeps consent inside the ``info`` text, so withdrawn ones are found with ``like``."""
+        expr = 'id != ""'
+        if not scope.strict:
+            expr = f'(expires >= 0 and expires <= {_micros(scope.now)}) or (info like "%\\"withdrawn_at\\": \\"%")'
+        out = []
+        for row in self._query(handle.subjects, expr, ["id", "info"]):
+            info = json.loads(row["info"])
+            consent = None if info["consent"] is None else Consent.from_dict(info["consent"])
+            out.append((row["id"], from_iso(info["expires_at"]), consent))
+        return out
+
+    def _expiring(self, handle: _Names, now: datetime, until: datetime) -> int:
+        return self._count(handle.subjects, f"expires > {_micros(now)} and expires <= {_micros(until)}")
+
+    def _load_policy(self, handle: _Names) -> CollectionPolicy:
+        name = self._collection_of(handle)
+        rows = self._query(self._catalog, f"key == {_q('policy:' + name)}")
+        return CollectionPolicy.from_json(rows[0]["value"] if rows else None)
+
+    def _store_policy(self, handle: _Names, collection: str, policy: CollectionPolicy) -> None:
+        row = {"key": f"policy:{collection}", "value": policy.to_json(), "placeholder": _PLACEHOLDER}
+        self.client.upsert(self._catalog, [row])
+
     def _subject_names(self, handle: _Names, subject_ids: Sequence[str]) -> dict[str, str]:
         names: dict[str, str] = {}
         for chunk in _chunks(subject_ids):
@@ -664,6 +794,47 @@ class MilvusGallery(GalleryBase[_Names]):
             self._count(handle.templates, f"kind == {TEMPLATE}"),
             self._count(handle.templates, f"kind == {NEGATIVE}"),
         )
+
+    def scrub(self) -> str:
+        """Rebuild every collection of the gallery without its deleted rows.
+
+        Milvus deletes are tombstones: the rows stay in sealed segment files until a compaction rewrites
+        them, which Milvus decides on its own (Milvus Lite never does). So each collection's live rows are
+        copied into a staging collection (a catalog row marks it complete), the collection is dropped, with
+        its files, made again and refilled from the copy, and the copy dropped. A crash leaves the marker and
+        the copy; the next scrub restores from them before anything else.
+        """
+        rebuilt = 0
+        for coll in self.list_collections():
+            names = self._names(coll.name)
+            self._rebuild(names.subjects, self._create_subjects, 'id != ""')
+            self._rebuild(names.templates, lambda name, dim=coll.dim: self._create_templates(name, dim), "id >= 0")
+            rebuilt += 2
+        return f"{rebuilt} Milvus collection(s) rebuilt without deleted rows"
+
+    def _rebuild(self, name: str, create: Callable[[str], None], every: str) -> None:
+        client, staging, marker = self.client, f"{name}_scrub", f"scrub:{name}"
+        if not self._query(self._catalog, f"key == {_q(marker)}"):  # no complete copy yet: make one
+            if client.has_collection(staging):
+                client.drop_collection(staging)
+            self._loaded.discard(staging)
+            create(staging)
+            self._copy(name, staging, every)
+            client.upsert(self._catalog, [{"key": marker, "value": name, "placeholder": _PLACEHOLDER}])
+        if client.has_collection(name):
+            client.drop_collection(name)  # its segment files go with it
+        self._loaded.discard(name)
+        create(name)
+        self._copy(staging, name, every)
+        client.delete(self._catalog, ids=[marker])
+        client.drop_collection(staging)
+        self._loaded.discard(staging)
+
+    def _copy(self, source: str, target: str, every: str) -> None:
+        rows = self._query(source, every, ["*"])
+        for chunk in _chunks(rows):
+            self.client.insert(self._ready(target), chunk)
+        self.client.flush(target)
 
     def _index_kind(self, coll: Collection, templates: int) -> str:
         return "milvus-hnsw"

@@ -84,6 +84,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX negatives_subject ON negatives (subject_id);
     """,
+    # 0002: a collection's protection policy (faceprint.gallery.model.CollectionPolicy) as JSON text.
+    """
+    ALTER TABLE collections ADD COLUMN policy text;
+    CREATE INDEX subjects_withdrawn ON subjects (collection_id) WHERE (consent->>'withdrawn_at') IS NOT NULL;
+    CREATE INDEX subjects_collection_expiry ON subjects (collection_id, expires_at) WHERE expires_at IS NOT NULL;
+    """,
 )
 
 

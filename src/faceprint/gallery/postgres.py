@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -28,10 +28,19 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from faceprint.gallery import sql
 from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate
-from faceprint.gallery.crypto import seal_vector
+from faceprint.gallery.crypto import chip_aad, key_header, seal_vector, vector_aad
 from faceprint.gallery.errors import GalleryError, SubjectExists
 from faceprint.gallery.location import redact_location
-from faceprint.gallery.model import Collection, Subject, Template, utcnow
+from faceprint.gallery.model import (
+    Collection,
+    CollectionPolicy,
+    Erasure,
+    Sealed,
+    SearchScope,
+    Subject,
+    Template,
+    utcnow,
+)
 from faceprint.gallery.pg_schema import (
     DISTANCE_OP,
     HNSW_EF_SEARCH,
@@ -116,6 +125,59 @@ class PostgresGallery(GalleryBase[int]):
             conn.execute(
                 "INSERT INTO faceprint_meta VALUES ('key_check', %s), ('key_id', %s)", (check, key_id.encode())
             )
+
+    def _load_meta(self, name: str) -> bytes | None:
+        with self._conn() as conn:
+            row = conn.execute("SELECT value FROM faceprint_meta WHERE key = %s", (name,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def _store_meta(self, values: Mapping[str, bytes | None]) -> None:
+        with self._tx() as conn:
+            for name, value in values.items():
+                if value is None:
+                    conn.execute("DELETE FROM faceprint_meta WHERE key = %s", (name,))
+                else:
+                    conn.execute(
+                        "INSERT INTO faceprint_meta (key, value) VALUES (%s, %s) "
+                        "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                        (name, value),
+                    )
+
+    def _sealed_rows(self, exclude_key_id: str, limit: int) -> list[Sealed]:
+        head = key_header(exclude_key_id)
+        out: list[Sealed] = []
+        with self._conn() as conn:
+            for tid, sid, model, blob in conn.execute(
+                "SELECT id, subject_id, model_id, vector_enc FROM templates "
+                "WHERE substring(vector_enc from 1 for 9) <> %s LIMIT %s",
+                (head, limit),
+            ).fetchall():
+                out.append(Sealed("templates", int(tid), "vector_enc", vector_aad(sid, model), bytes(blob)))
+            for tid, sid, blob in conn.execute(
+                "SELECT id, subject_id, chip FROM templates WHERE chip IS NOT NULL "
+                "AND substring(chip from 1 for 9) <> %s LIMIT %s",
+                (head, limit),
+            ).fetchall():
+                out.append(Sealed("templates", int(tid), "chip", chip_aad(sid), bytes(blob)))
+            for nid, sid, model, blob in conn.execute(
+                "SELECT n.id, n.subject_id, c.model_id, n.vector_enc FROM negatives n JOIN subjects s "
+                "ON s.id = n.subject_id JOIN collections c ON c.id = s.collection_id "
+                "WHERE substring(n.vector_enc from 1 for 9) <> %s LIMIT %s",
+                (head, limit),
+            ).fetchall():
+                out.append(Sealed("negatives", int(nid), "vector_enc", vector_aad(sid, model, "neg"), bytes(blob)))
+        return out[:limit]
+
+    def _swap_sealed(self, swaps: Sequence[tuple[Sealed, bytes]]) -> int:
+        done = 0
+        with self._tx() as conn:
+            for row, new in swaps:
+                cur = conn.execute(
+                    f"UPDATE {row.table} SET {row.column} = %s WHERE id = %s AND {row.column} = %s",  # type: ignore[arg-type]
+                    (new, row.row, row.blob),
+                )
+                done += cur.rowcount
+        return done
 
     @contextmanager
     def _key_setup(self) -> Iterator[None]:
@@ -251,27 +313,37 @@ class PostgresGallery(GalleryBase[int]):
             raise SubjectExists(updated.name, current.collection) from None
         return cur.rowcount > 0
 
-    def _delete_subject(self, handle: int, ref: str) -> bool:
+    def _delete_subject(self, handle: int, ref: str) -> Erasure | None:
         with self._tx() as conn:
             row = _subject_row(conn, ref, handle, lock="FOR UPDATE")
             if row is None:
-                return False
-            conn.execute("DELETE FROM subjects WHERE id = %s", (row[0],))  # templates, negatives cascade
-        return True
+                return None
+            name = conn.execute("SELECT name FROM collections WHERE id = %s", (handle,)).fetchone()
+            subject = sql.subject_from_row(row, str(name[0]) if name else "")
+            ids = [int(r[0]) for r in conn.execute(
+                "SELECT id FROM templates WHERE subject_id = %s ORDER BY id", (subject.id,)
+            ).fetchall()]  # fmt: skip
+            counts = conn.execute(
+                "SELECT (SELECT count(*) FROM templates WHERE subject_id = %(s)s AND chip IS NOT NULL), "
+                "(SELECT count(*) FROM negatives WHERE subject_id = %(s)s)",
+                {"s": subject.id},
+            ).fetchone()
+            assert counts is not None
+            conn.execute("DELETE FROM subjects WHERE id = %s", (subject.id,))  # templates, negatives cascade
+        return Erasure(
+            subject.id, subject.name, subject.collection, self.backend_name, len(ids), int(counts[0]),
+            int(counts[1]), subject.consent is not None, len(ids), 0, 0, tuple(ids),
+        )  # fmt: skip
 
-    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
-        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
-        with self._tx() as conn:
+    def _expired(self, now: datetime) -> list[Subject]:
+        with self._conn() as conn:
             rows = conn.execute(
                 f"SELECT {sql.SUBJECT_COLUMNS}, c.name FROM subjects s JOIN collections c "  # type: ignore[arg-type]
                 "ON c.id = s.collection_id WHERE s.expires_at IS NOT NULL AND s.expires_at <= %s "
-                'ORDER BY c.name COLLATE "C", s.name COLLATE "C" FOR UPDATE OF s',
-                (now or utcnow(),),
+                'ORDER BY c.name COLLATE "C", s.name COLLATE "C"',
+                (now,),
             ).fetchall()
-            purged = [sql.subject_from_row(r, r[7]) for r in rows]
-            if purged:
-                conn.execute("DELETE FROM subjects WHERE id = ANY(%s)", ([s.id for s in purged],))
-        return purged
+        return [sql.subject_from_row(r, r[7]) for r in rows]
 
     # -- templates --------------------------------------------------------------------------------------
     def _insert_templates(self, handle: int, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
@@ -325,10 +397,21 @@ class PostgresGallery(GalleryBase[int]):
             row = conn.execute("SELECT subject_id, chip FROM templates WHERE id = %s", (template_id,)).fetchone()
         return None if row is None else (str(row[0]), None if row[1] is None else bytes(row[1]))
 
-    def _delete_template(self, template_id: int) -> bool:
+    def _delete_template(self, template_id: int) -> Erasure | None:
         with self._tx() as conn:
-            row = conn.execute("DELETE FROM templates WHERE id = %s RETURNING id", (template_id,)).fetchone()
-        return row is not None
+            row = conn.execute(
+                "SELECT t.subject_id, s.name, c.name, t.chip IS NOT NULL FROM templates t "
+                "JOIN subjects s ON s.id = t.subject_id JOIN collections c ON c.id = t.collection_id "
+                "WHERE t.id = %s FOR UPDATE OF t",
+                (template_id,),
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("DELETE FROM templates WHERE id = %s", (template_id,))
+        return Erasure(
+            str(row[0]), str(row[1]), str(row[2]), self.backend_name, 1, int(bool(row[3])), 0, False, 1, 0, 0,
+            (template_id,),
+        )  # fmt: skip
 
     # -- negatives --------------------------------------------------------------------------------------
     def _insert_negative(self, handle: int, coll: Collection, ref: str, vector: np.ndarray) -> bool:
@@ -361,7 +444,8 @@ class PostgresGallery(GalleryBase[int]):
         return (
             "SELECT n.id, n.subject_id, s.name, n.score FROM ("
             f"SELECT id, subject_id, -({expr} {DISTANCE_OP} {probe}) AS score FROM templates "
-            f"WHERE collection_id = {int(cid)} ORDER BY {expr} {DISTANCE_OP} {probe} LIMIT %(k)s"
+            f"WHERE collection_id = {int(cid)} AND subject_id <> ALL(%(x)s) "
+            f"ORDER BY {expr} {DISTANCE_OP} {probe} LIMIT %(k)s"
             ") n JOIN subjects s ON s.id = n.subject_id"
         )
 
@@ -370,16 +454,64 @@ class PostgresGallery(GalleryBase[int]):
             row = conn.execute("SELECT count(*) FROM subjects WHERE collection_id = %s", (handle,)).fetchone()
         return int(row[0]) if row else 0
 
-    def _nearest(self, handle: int, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
+    def _nearest(
+        self, handle: int, coll: Collection, probes: np.ndarray, k: int, excluded: frozenset[str] = frozenset()
+    ) -> Neighbours:
         sql = self._search_sql(handle, coll.dim)
+        left_out = sorted(excluded)
         with self._pinned() as conn:  # one snapshot for the hits, the names and the negatives
             conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(max(self.ef_search, k)),))
+            if left_out:  # HNSW filters after its walk; an iterative scan keeps walking until k rows pass
+                conn.execute("SELECT set_config('hnsw.iterative_scan', 'strict_order', true)")
             hits = [
-                [Hit(r[1], r[2], float(r[3])) for r in conn.execute(sql, {"q": probe, "k": k}).fetchall()]  # type: ignore[arg-type]
+                [
+                    Hit(r[1], r[2], float(r[3]))
+                    for r in conn.execute(sql, {"q": probe, "k": k, "x": left_out}).fetchall()  # type: ignore[arg-type]
+                ]
                 for probe in probes
             ]
             negatives = self._negatives_of(handle, coll, sorted({h.subject_id for face in hits for h in face}))
         return Neighbours(hits, negatives)
+
+    def _excluded(self, handle: int, scope: SearchScope) -> frozenset[str]:
+        """:meth:`SearchScope.admits` in SQL (jsonb). Without a purpose or required consent only the expired
+        and the withdrawn are read, each through an index; otherwise every subject's consent is checked."""
+        args = {"c": handle, "now": scope.now, "purpose": scope.purpose}
+        if not scope.strict:
+            sql = (
+                "SELECT id FROM subjects WHERE collection_id = %(c)s AND expires_at IS NOT NULL "
+                "AND expires_at <= %(now)s UNION SELECT id FROM subjects WHERE collection_id = %(c)s "
+                "AND (consent->>'withdrawn_at') IS NOT NULL"
+            )
+        else:
+            sql = (
+                "SELECT id FROM subjects WHERE collection_id = %(c)s AND ("
+                "(expires_at IS NOT NULL AND expires_at <= %(now)s) OR consent IS NULL "
+                "OR (consent->>'withdrawn_at') IS NOT NULL "
+                "OR (%(purpose)s::text IS NOT NULL "
+                "AND NOT coalesce(consent->'purposes', '[]'::jsonb) @> jsonb_build_array(%(purpose)s::text) "
+                "AND coalesce(consent->>'purpose', '') <> %(purpose)s::text))"
+            )
+        with self._conn() as conn:
+            rows = conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
+        return frozenset(str(r[0]) for r in rows)
+
+    def _expiring(self, handle: int, now: datetime, until: datetime) -> int:
+        with self._conn() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM subjects WHERE collection_id = %s AND expires_at > %s AND expires_at <= %s",
+                (handle, now, until),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def _load_policy(self, handle: int) -> CollectionPolicy:
+        with self._conn() as conn:
+            row = conn.execute("SELECT policy FROM collections WHERE id = %s", (handle,)).fetchone()
+        return CollectionPolicy.from_json(None if row is None else row[0])
+
+    def _store_policy(self, handle: int, collection: str, policy: CollectionPolicy) -> None:
+        with self._tx() as conn:
+            conn.execute("UPDATE collections SET policy = %s WHERE id = %s", (policy.to_json(), handle))
 
     def _subject_names(self, handle: int, subject_ids: Sequence[str]) -> dict[str, str]:
         with self._conn() as conn:
@@ -398,6 +530,20 @@ class PostgresGallery(GalleryBase[int]):
             ).fetchone()
         assert row is not None
         return int(row[0]), int(row[1]), int(row[2])
+
+    def scrub(self) -> str:
+        """VACUUM FULL the gallery's tables (each is rewritten into a new file, its indexes rebuilt; the old
+        files are truncated at commit and unlinked at the next checkpoint), then CHECKPOINT when allowed. Takes
+        an exclusive lock per table while it runs. The WAL keeps the old rows until its segments are recycled."""
+        with self._conn() as conn:
+            for table in ("templates", "negatives", "subjects"):
+                conn.execute(f"VACUUM FULL {table}")  # type: ignore[arg-type]
+            try:
+                conn.execute("CHECKPOINT")
+                done = "checkpointed"
+            except pg_errors.InsufficientPrivilege:
+                done = "not checkpointed (needs the pg_checkpoint role): old files go at the next checkpoint"
+        return f"tables rewritten (VACUUM FULL); {done}"
 
     def _index_kind(self, coll: Collection, templates: int) -> str:
         return "pgvector-hnsw" if coll.dim <= HNSW_MAX_DIM else "exact"

@@ -127,6 +127,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX migration_staging_collection ON migration_staging(collection_id, model_id);
     ALTER TABLE templates ADD COLUMN chip_template TEXT;
     """,
+    # 0004: a collection's protection policy (default retention, consent required, purposes) as JSON
+    # (faceprint.gallery.model.CollectionPolicy); NULL: the defaults. The two indexes let every search find
+    # the subjects it must leave out (expired, consent withdrawn) without reading the others.
+    """
+    ALTER TABLE collections ADD COLUMN policy TEXT;
+    CREATE INDEX subjects_withdrawn ON subjects(collection_id)
+        WHERE json_extract(consent, '$.withdrawn_at') IS NOT NULL;
+    CREATE INDEX subjects_collection_expiry ON subjects(collection_id, expires_at) WHERE expires_at IS NOT NULL;
+    """,
 )
 
 
@@ -140,6 +149,8 @@ def connect(path: Path, *, readonly: bool = False, busy_timeout_ms: int = BUSY_T
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     conn.execute("PRAGMA foreign_keys = ON")
+    # Erased records are overwritten with zeros, not merely unlinked from the b-tree (see docs/privacy.md).
+    conn.execute("PRAGMA secure_delete = ON")
     if not readonly:
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if str(mode).lower() != "wal":

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import numpy as np
 from anyio import to_thread
 from fastapi import FastAPI
@@ -30,6 +31,7 @@ from faceprint.service.batching import EmbedBatcher
 from faceprint.service.canary import ServingTable, Shadow
 from faceprint.service.clusters import ClusterStore
 from faceprint.service.engines import Engine, Engines
+from faceprint.service.erasures import ErasureLog, purge_expired
 from faceprint.service.errors import PROBLEM_RESPONSES, PROBLEM_SCHEMA, ApiError, install_error_handlers
 from faceprint.service.inference import Inference
 from faceprint.service.metrics import Metrics
@@ -37,6 +39,7 @@ from faceprint.service.middleware import ServiceMiddleware
 from faceprint.service.monitoring import DriftRecorder
 from faceprint.service.paths import STATIC_DIR
 from faceprint.service.routers import audit, clusters, detect, drift, health, identify, liveness, subjects, verify
+from faceprint.service.routers import erasures as erasures_router
 from faceprint.service.settings import Settings, SettingsError
 from faceprint.service.store import ServiceStore
 from faceprint.tracing import TracingUnavailable, configure_from_env, enabled
@@ -69,7 +72,11 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await to_thread.run_sync(_start, app, settings, pipeline, backend, metrics)
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                if settings.purge_interval_s > 0:
+                    tasks.start_soon(_purge_on_schedule, app, settings.purge_interval_s)
+                yield
+                tasks.cancel_scope.cancel()
         finally:
             if getattr(app.state, "shadow", None) is not None:
                 await app.state.shadow.drain()
@@ -112,6 +119,7 @@ def create_app(
         clusters.router,
         audit.router,
         drift.router,
+        erasures_router.router,
     ):
         app.include_router(router)
     app.mount("/static", health.UiStaticFiles(directory=STATIC_DIR), name="static")
@@ -138,6 +146,7 @@ def _start(
     app.state.store = store
     app.state.keys = KeyStore(store)
     app.state.audit = AuditLog(store)
+    app.state.erasures = ErasureLog(store)
     if pipeline is None:
         pipeline = Pipeline(settings.pipeline_config())
     local = backend is None
@@ -198,6 +207,24 @@ def _start_monitoring(app: FastAPI, settings: Settings, metrics: Metrics) -> Non
         limiter=app.state.inference.limiter,
     )
     log.info("shadow model %s on %.0f%% of identify requests", settings.shadow, 100 * settings.shadow_fraction)
+
+
+def _purge_round(app: FastAPI) -> list[dict[str, Any]]:
+    state = app.state
+    return purge_expired(state.gallery, state.audit, state.erasures, actor="retention-schedule")
+
+
+async def _purge_on_schedule(app: FastAPI, interval_s: float) -> None:
+    """Delete expired subjects now and every ``interval_s`` seconds, each with a receipt and an audit entry
+    (searches never return them anyway: this removes their data). A failed round is logged and retried."""
+    while True:
+        try:
+            receipts = await to_thread.run_sync(_purge_round, app)
+            if receipts:
+                log.info("retention: purged %d expired subject(s)", len(receipts))
+        except Exception:  # a full disk, a lost database: keep serving, try again next round
+            log.exception("the scheduled purge of expired subjects failed")
+        await anyio.sleep(interval_s)
 
 
 def _load_engine(model_id: str, settings: Settings, metrics: Metrics) -> Engine:

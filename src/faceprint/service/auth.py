@@ -6,6 +6,9 @@ needs no slow password hash — and it is compared in constant time. A key is sh
 
 Scopes: ``admin`` (everything, including the audit log), ``enroll`` (create, change and delete subjects and
 their faces), ``recognize`` (detect, verify, identify), ``read`` (list and show subjects, metrics).
+
+A key may be bound to a consent purpose (``faceprint keys create --purpose attendance``): its identifications
+then consider only subjects with an active consent to that purpose, whatever the request asks.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from anyio import to_thread
 from fastapi import Depends, Request
 
 from faceprint.errors import FaceprintError
+from faceprint.gallery.errors import UnknownPurpose
+from faceprint.gallery.model import check_purpose
 from faceprint.service.errors import ApiError
 from faceprint.service.store import ServiceStore
 
@@ -42,12 +47,14 @@ class ApiKey:
     created_at: str
     revoked_at: str | None = None
     last_used_at: str | None = None
+    purpose: str | None = None  # bound: identification under this purpose only (consenting subjects)
 
     def to_dict(self) -> dict[str, object]:
         return {
             "id": self.id,
             "name": self.name,
             "scopes": list(self.scopes),
+            "purpose": self.purpose,
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
             "last_used_at": self.last_used_at,
@@ -60,6 +67,7 @@ class Principal:
 
     key_id: str | None
     scopes: frozenset[str]
+    purpose: str | None = None
 
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -78,9 +86,17 @@ class KeyStore:
         self.store = store
         self._touched: dict[str, str] = {}  # key id → minute of the last recorded use (saves writes)
 
-    def create(self, scopes: list[str] | tuple[str, ...], name: str = "") -> tuple[ApiKey, str]:
-        """A new key and its full text (the only time the text exists outside the caller)."""
+    def create(
+        self, scopes: list[str] | tuple[str, ...], name: str = "", purpose: str | None = None
+    ) -> tuple[ApiKey, str]:
+        """A new key and its full text (the only time the text exists outside the caller). ``purpose`` binds
+        the key: its identifications consider only subjects who consented to that purpose."""
         wanted = tuple(dict.fromkeys(scopes))
+        if purpose is not None:
+            try:
+                check_purpose(purpose)
+            except UnknownPurpose as exc:
+                raise ApiKeyError(str(exc)) from None
         bad = [s for s in wanted if s not in SCOPES]
         if not wanted or bad:
             raise ApiKeyError(f"unknown scope {', '.join(bad) or '(none given)'}; choose from {', '.join(SCOPES)}")
@@ -92,17 +108,17 @@ class KeyStore:
                     break
             created = _now()
             conn.execute(
-                "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-                (key_id, name, " ".join(wanted), _hash(secret), created),
+                "INSERT INTO api_keys (id, name, scopes, secret_hash, created_at, purpose) VALUES (?, ?, ?, ?, ?, ?)",
+                (key_id, name, " ".join(wanted), _hash(secret), created, purpose),
             )
-        return ApiKey(key_id, name, wanted, created), f"fpk_{key_id}_{secret}"
+        return ApiKey(key_id, name, wanted, created, purpose=purpose), f"fpk_{key_id}_{secret}"
 
     def list(self, include_revoked: bool = True) -> list[ApiKey]:
-        sql = "SELECT id, name, scopes, created_at, revoked_at, last_used_at FROM api_keys"
+        sql = "SELECT id, name, scopes, created_at, revoked_at, last_used_at, purpose FROM api_keys"
         if not include_revoked:
             sql += " WHERE revoked_at IS NULL"
         rows = self.store.read().execute(sql + " ORDER BY created_at, id").fetchall()
-        return [ApiKey(r[0], r[1], tuple(r[2].split()), r[3], r[4], r[5]) for r in rows]
+        return [ApiKey(r[0], r[1], tuple(r[2].split()), r[3], r[4], r[5], r[6]) for r in rows]
 
     def revoke(self, key_id: str) -> ApiKey:
         with self.store.write() as conn:
@@ -123,14 +139,15 @@ class KeyStore:
         row = (
             self.store.read()
             .execute(
-                "SELECT id, name, scopes, created_at, revoked_at, last_used_at, secret_hash FROM api_keys WHERE id = ?",
+                "SELECT id, name, scopes, created_at, revoked_at, last_used_at, secret_hash, purpose FROM api_keys "
+                "WHERE id = ?",
                 (key_id,),
             )
             .fetchone()
         )
         if row is None or row[4] is not None or not hmac.compare_digest(row[6], _hash(secret)):
             return None
-        return ApiKey(row[0], row[1], tuple(row[2].split()), row[3], row[4], row[5])
+        return ApiKey(row[0], row[1], tuple(row[2].split()), row[3], row[4], row[5], row[7])
 
     def use(self, text: str) -> ApiKey | None:
         """:meth:`authenticate`, then :meth:`touch` the key: what each request needs, in one call (the service
@@ -199,7 +216,7 @@ async def authenticate_request(request: Request) -> Principal:
         key = await to_thread.run_sync(state.keys.use, text)
         if key is None:
             raise ApiError(401, "invalid_key", "the API key is unknown, malformed or revoked")
-        principal = Principal(key.id, frozenset(key.scopes))
+        principal = Principal(key.id, frozenset(key.scopes), key.purpose)
     request.state.principal = principal
     return principal
 

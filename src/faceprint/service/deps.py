@@ -15,6 +15,7 @@ from faceprint.service.audit import AuditEntry, AuditLog
 from faceprint.service.auth import Principal
 from faceprint.service.canary import ServingTable, Shadow
 from faceprint.service.engines import Engine, Engines
+from faceprint.service.erasures import ErasureLog
 from faceprint.service.errors import ApiError
 from faceprint.service.inference import Inference
 from faceprint.service.metrics import Metrics
@@ -33,6 +34,7 @@ class Services:
     serving: ServingTable
     drift: DriftRecorder
     shadow: Shadow | None
+    erasures: ErasureLog
 
     def collection(self, name: str | None) -> str:
         """The gallery collection that answers for ``name`` (default: the default collection): itself, or
@@ -85,6 +87,7 @@ def services(request: Request) -> Services:
         state.serving,
         state.drift,
         state.shadow,
+        state.erasures,
     )
 
 

@@ -27,8 +27,10 @@ from faceprint.gallery.errors import (
     SubjectExists,
     SubjectNotFound,
     TemplateNotFound,
+    UnknownPurpose,
 )
 from faceprint.liveness import LivenessUnavailable
+from faceprint.privacy.errors import ReceiptNotFound
 
 PROBLEM_JSON = "application/problem+json"
 #: An error body in the OpenAPI document (``#/components/schemas/Problem``, added by ``create_app``).
@@ -128,6 +130,10 @@ def map_domain_error(exc: FaceprintError) -> ApiError:
         return ApiError(404, "not_found", str(exc))
     if isinstance(exc, TemplateNotFound):
         return ApiError(404, "not_found", str(exc))
+    if isinstance(exc, ReceiptNotFound):
+        return ApiError(404, "not_found", str(exc))
+    if isinstance(exc, UnknownPurpose):
+        return ApiError(422, "unknown_purpose", str(exc), purpose=exc.purpose, known=list(exc.known))
     if isinstance(exc, SubjectExists):
         return ApiError(409, "subject_exists", str(exc))
     if isinstance(exc, ContractMismatch | IncompatibleFaceprints):

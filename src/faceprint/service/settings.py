@@ -90,6 +90,8 @@ class Settings:
     drift_window: int = 500  # faces per drift window (baseline and current), per collection, source and feature
     shadow: str | None = None  # embedder run in the shadow of each collection's serving model (issue 17)
     shadow_fraction: float = 0.1  # fraction of identify requests also run through the shadow model
+    purge_interval_s: float = 3600.0  # expired subjects are purged (with receipts) this often; 0: never
+    withdrawal_deletes_templates: bool = False  # DELETE /v1/subjects/{id}/consent also deletes the faces
 
     def __post_init__(self) -> None:
         for name in (
@@ -123,6 +125,8 @@ class Settings:
             raise SettingsError(f"FACEPRINT_DRIFT_WINDOW: must be 20 to 100000 faces, got {self.drift_window}")
         if not 0 <= self.shadow_fraction <= 1:  # also refuses NaN
             raise SettingsError(f"FACEPRINT_SHADOW_FRACTION: must be between 0 and 1, got {self.shadow_fraction}")
+        if not 0 <= self.purge_interval_s <= 86400 * 7:  # also refuses NaN
+            raise SettingsError(f"FACEPRINT_PURGE_INTERVAL_S: must be 0 (off) to 604800, got {self.purge_interval_s}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -210,6 +214,8 @@ _ENV = {
     "drift_window": "FACEPRINT_DRIFT_WINDOW",
     "shadow": "FACEPRINT_SHADOW",
     "shadow_fraction": "FACEPRINT_SHADOW_FRACTION",
+    "purge_interval_s": "FACEPRINT_PURGE_INTERVAL_S",
+    "withdrawal_deletes_templates": "FACEPRINT_WITHDRAWAL_DELETES_TEMPLATES",
 }
 
 

@@ -1,4 +1,5 @@
-"""The service's own SQLite file (``$FACEPRINT_HOME/service.sqlite3``): API keys and the audit log.
+"""The service's own SQLite file (``$FACEPRINT_HOME/service.sqlite3``): API keys, the audit log and erasure
+receipts.
 
 Kept apart from the gallery so that keys and audit entries survive a gallery being replaced, exported or
 erased, and so that ``faceprint keys``/``faceprint audit`` never need the gallery's encryption key.
@@ -81,6 +82,23 @@ MIGRATIONS: tuple[str, ...] = (
         seconds      REAL NOT NULL
     );
     CREATE INDEX shadow_log_at ON shadow_log(at);
+    """,
+    # 3: signed erasure receipts (faceprint.privacy.receipts), append-only like the audit log.
+    """
+    CREATE TABLE erasures (
+        id         TEXT PRIMARY KEY,
+        at         TEXT NOT NULL,
+        subject_id TEXT NOT NULL,
+        kind       TEXT NOT NULL,
+        signed     TEXT NOT NULL            -- the signed receipt, exactly as issued (JSON)
+    );
+    CREATE INDEX erasures_subject ON erasures(subject_id);
+    -- A key bound to a purpose identifies only among subjects who consented to it (NULL: not bound).
+    ALTER TABLE api_keys ADD COLUMN purpose TEXT;
+    CREATE TRIGGER erasures_no_update BEFORE UPDATE ON erasures
+        BEGIN SELECT RAISE(ABORT, 'erasure receipts are append-only'); END;
+    CREATE TRIGGER erasures_no_delete BEFORE DELETE ON erasures
+        BEGIN SELECT RAISE(ABORT, 'erasure receipts are append-only'); END;
     """,
 )
 

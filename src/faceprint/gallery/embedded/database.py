@@ -201,6 +201,16 @@ class Database:
             for callback in callbacks:
                 callback()
 
+    def vacuum(self) -> bool:
+        """``VACUUM`` (rewrites the file without free pages), then move the WAL into the database and truncate
+        it; ``True`` when a reader in another process kept the WAL from being truncated."""
+        self._check_open()
+        with self._write_lock:
+            if self._tx_depth:
+                raise GalleryError("cannot scrub the gallery inside a bulk block")
+            self.writer.execute("VACUUM")
+            return bool(self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once the current write transaction has committed (never if it rolls back)."""
         self._after_commit.append(callback)

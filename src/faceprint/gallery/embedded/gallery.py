@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -24,19 +24,32 @@ import numpy as np
 from faceprint.gallery import sql
 from faceprint.gallery.base import DEFAULT_COLLECTION
 from faceprint.gallery.common import GalleryBase, Neighbours, NewTemplate
-from faceprint.gallery.crypto import seal_vector
+from faceprint.gallery.crypto import chip_aad, key_header, seal_vector, vector_aad
 from faceprint.gallery.embedded.database import Database, chunks, marks
 from faceprint.gallery.embedded.index_cache import Delta, IndexCache, generation
 from faceprint.gallery.embedded.migration import SqliteMigration
 from faceprint.gallery.errors import GalleryError, StorageError, SubjectExists
 from faceprint.gallery.index import ANN_MIN_SIZE
-from faceprint.gallery.model import Collection, Subject, Template, from_iso, to_iso, utcnow
+from faceprint.gallery.model import (
+    Collection,
+    CollectionPolicy,
+    Erasure,
+    Sealed,
+    SearchScope,
+    Subject,
+    Template,
+    from_iso,
+    to_iso,
+    utcnow,
+)
 from faceprint.gallery.private import make_private_dir, warn_if_shared
 from faceprint.gallery.schema import BUSY_TIMEOUT_MS
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "gallery.sqlite3"
+#: Generations of change log kept per collection (an index further behind is rebuilt, not caught up).
+CHANGE_LOG_KEEP = 50_000
 
 
 class EmbeddedGallery(GalleryBase[int], SqliteMigration):
@@ -87,8 +100,68 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
     def _key_setup(self) -> AbstractContextManager[object]:
         return self._db.write()
 
+    def _load_meta(self, name: str) -> bytes | None:
+        return self._db.meta(name)
+
+    def _store_meta(self, values: Mapping[str, bytes | None]) -> None:
+        with self._db.write() as conn:
+            for name, value in values.items():
+                if value is None:
+                    conn.execute("DELETE FROM meta WHERE key = ?", (name,))
+                else:
+                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (name, value))
+
+    def _sealed_rows(self, exclude_key_id: str, limit: int) -> list[Sealed]:
+        head = key_header(exclude_key_id)
+        out: list[Sealed] = []
+        with self._db.read() as conn:
+            for tid, sid, model, blob in conn.execute(
+                "SELECT id, subject_id, model_id, vector FROM templates WHERE substr(vector, 1, 9) != ? LIMIT ?",
+                (head, limit),
+            ):
+                out.append(Sealed("templates", int(tid), "vector", vector_aad(sid, model), bytes(blob)))
+            for tid, sid, blob in conn.execute(
+                "SELECT id, subject_id, chip FROM templates WHERE chip IS NOT NULL AND substr(chip, 1, 9) != ? LIMIT ?",
+                (head, limit),
+            ):
+                out.append(Sealed("templates", int(tid), "chip", chip_aad(sid), bytes(blob)))
+            for nid, sid, model, blob in conn.execute(
+                "SELECT n.id, n.subject_id, c.model_id, n.vector FROM negatives n JOIN subjects s ON s.id = "
+                "n.subject_id JOIN collections c ON c.id = s.collection_id WHERE substr(n.vector, 1, 9) != ? LIMIT ?",
+                (head, limit),
+            ):
+                out.append(Sealed("negatives", int(nid), "vector", vector_aad(sid, model, "neg"), bytes(blob)))
+            for tid, sid, model, blob in conn.execute(
+                "SELECT m.template_id, t.subject_id, m.model_id, m.vector FROM migration_staging m JOIN templates t "
+                "ON t.id = m.template_id WHERE substr(m.vector, 1, 9) != ? LIMIT ?",
+                (head, limit),
+            ):
+                out.append(Sealed("migration_staging", int(tid), "vector", vector_aad(sid, model), bytes(blob)))
+        return out[:limit]
+
+    def _swap_sealed(self, swaps: Sequence[tuple[Sealed, bytes]]) -> int:
+        done = 0
+        with self._db.write() as conn:
+            for row, new in swaps:
+                key = "template_id" if row.table == "migration_staging" else "id"
+                done += conn.execute(
+                    f"UPDATE {row.table} SET {row.column} = ? WHERE {key} = ? AND {row.column} = ?",
+                    (new, row.row, row.blob),
+                ).rowcount
+        return done
+
+    def _after_rotation(self) -> None:
+        """Index snapshots were encrypted under the old key: delete them (saved again, under the new key)."""
+        with self._index.lock:
+            for cid, state in self._index.states.items():
+                state.dirty = True
+                self._index.snapshot_path(cid).unlink(missing_ok=True)
+        for path in self.path.glob("index-*.fpidx"):
+            path.unlink(missing_ok=True)
+
     def _before_close(self) -> None:
         try:
+            self.prune_change_log()
             self.flush_index()
         except (GalleryError, OSError, sqlite3.Error):  # a cache that could not be saved is rebuilt later
             log.warning("could not save the vector index of %s; it will be rebuilt", self.path, exc_info=True)
@@ -181,13 +254,43 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
             raise SubjectExists(updated.name, current.collection) from None
         return cur.rowcount > 0
 
-    def _delete_subject(self, handle: int, ref: str) -> bool:
+    def _delete_subject(self, handle: int, ref: str) -> Erasure | None:
         with self._db.write() as conn:
             row = sql.subject_row(conn, ref, handle)
             if row is None:
-                return False
-            self._index.record(self._delete_subjects(conn, handle, [str(row[0])]), conn)
-        return True
+                return None
+            subject = sql.subject_from_row(row, self._collection_name(conn, handle))
+            erasure = self._erasure_counts(conn, subject)
+            self._index.record(self._delete_subjects(conn, handle, [subject.id]), conn)
+        return erasure
+
+    def _collection_name(self, conn: sqlite3.Connection, handle: int) -> str:
+        return str(conn.execute("SELECT name FROM collections WHERE id = ?", (handle,)).fetchone()[0])
+
+    def _erasure_counts(self, conn: sqlite3.Connection, subject: Subject) -> Erasure:
+        """What deleting ``subject`` removes, counted inside the deleting transaction."""
+        ids = [int(r[0]) for r in conn.execute("SELECT id FROM templates WHERE subject_id = ?", (subject.id,))]
+        chips, staged = conn.execute(
+            "SELECT (SELECT COUNT(*) FROM templates WHERE subject_id = ?1 AND chip IS NOT NULL), "
+            "(SELECT COUNT(*) FROM migration_staging m JOIN templates t ON t.id = m.template_id "
+            "WHERE t.subject_id = ?1)",
+            (subject.id,),
+        ).fetchone()
+        negatives = conn.execute("SELECT COUNT(*) FROM negatives WHERE subject_id = ?", (subject.id,)).fetchone()[0]
+        return Erasure(
+            subject.id, subject.name, subject.collection, self.backend_name, len(ids), int(chips), int(negatives),
+            subject.consent is not None, len(ids), int(staged), self._forget_logged_adds(conn, ids), tuple(ids),
+        )  # fmt: skip
+
+    def _forget_logged_adds(self, conn: sqlite3.Connection, template_ids: Sequence[int]) -> int:
+        """Delete the change-log rows that recorded these templates being added (their removal is logged by
+        the delete itself, which is all an index catching up needs: a template never seen is never added)."""
+        dropped = 0
+        for chunk in chunks(list(template_ids)):
+            dropped += conn.execute(
+                f"DELETE FROM index_log WHERE op = 1 AND template_id IN ({marks(chunk)})", chunk
+            ).rowcount
+        return dropped
 
     def _delete_subjects(self, conn: sqlite3.Connection, handle: int, subject_ids: list[str]) -> Delta:
         delta = self._index.begin(conn, handle, removed_subjects=list(subject_ids))
@@ -196,25 +299,30 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
                 int(r[0]) for r in conn.execute(f"SELECT id FROM templates WHERE subject_id IN ({marks(chunk)})", chunk)
             ]
             conn.execute(f"DELETE FROM subjects WHERE id IN ({marks(chunk)})", chunk)
+        self._db.after_commit(lambda: self._scrub(handle))
         return delta
 
-    def purge_expired(self, *, now: datetime | None = None) -> list[Subject]:
-        """Delete every subject (all collections) whose ``expires_at`` is at or before ``now``."""
-        cutoff = to_iso(now or utcnow())
-        purged: list[Subject] = []
-        with self._db.write() as conn:
-            rows = conn.execute(
-                f"SELECT {sql.SUBJECT_COLUMNS}, c.name, c.id FROM subjects s JOIN collections c "
-                "ON c.id = s.collection_id WHERE s.expires_at IS NOT NULL AND s.expires_at <= ?",
-                (cutoff,),
-            ).fetchall()
-            by_collection: dict[int, list[str]] = {}
-            for row in rows:
-                purged.append(sql.subject_from_row(row, str(row[7])))
-                by_collection.setdefault(int(row[8]), []).append(str(row[0]))
-            for cid, ids in by_collection.items():
-                self._index.record(self._delete_subjects(conn, cid, ids), conn)
-        return purged
+    def _scrub(self, handle: int) -> None:
+        """After an erasure: drop the collection's index snapshot (it held the erased vectors; the index in
+        memory no longer does and is saved again on close) and move the WAL's pages into the database and
+        truncate it (its frames held the rows as they were written). Deleted cells were already zeroed
+        (``secure_delete``). Best effort: a reader in another process may delay the truncation."""
+        self._index.snapshot_path(handle).unlink(missing_ok=True)
+        try:
+            busy = self._db.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.warning("could not checkpoint %s after an erasure: %s", self.path, exc)
+            return
+        if busy:
+            log.warning("the WAL of %s could not be truncated after an erasure (a reader held it)", self.path)
+
+    def _expired(self, now: datetime) -> list[Subject]:
+        rows = self._db.reader().execute(
+            f"SELECT {sql.SUBJECT_COLUMNS}, c.name FROM subjects s JOIN collections c ON c.id = s.collection_id "
+            "WHERE s.expires_at IS NOT NULL AND s.expires_at <= ? ORDER BY c.name, s.name",
+            (to_iso(now),),
+        )
+        return [sql.subject_from_row(r, str(r[7])) for r in rows.fetchall()]
 
     # -- templates --------------------------------------------------------------------------------------
     def _insert_templates(self, handle: int, ref: str, items: Sequence[NewTemplate]) -> list[Template] | None:
@@ -259,18 +367,26 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
         found = row.fetchone()
         return None if found is None else (str(found[0]), found[1])
 
-    def _delete_template(self, template_id: int) -> bool:
+    def _delete_template(self, template_id: int) -> Erasure | None:
         with self._db.write() as conn:
             row = conn.execute(
-                "SELECT s.collection_id FROM templates t JOIN subjects s ON s.id = t.subject_id WHERE t.id = ?",
+                "SELECT s.collection_id, s.id, s.name, t.chip IS NOT NULL, c.name, "
+                "(SELECT COUNT(*) FROM migration_staging m WHERE m.template_id = t.id) FROM templates t "
+                "JOIN subjects s ON s.id = t.subject_id JOIN collections c ON c.id = s.collection_id WHERE t.id = ?",
                 (template_id,),
             ).fetchone()
             if row is None:
-                return False
-            delta = self._index.begin(conn, int(row[0]), remove_keys=[template_id])
+                return None
+            cid = int(row[0])
+            delta = self._index.begin(conn, cid, remove_keys=[template_id])
+            logged = self._forget_logged_adds(conn, [template_id])
             conn.execute("DELETE FROM templates WHERE id = ?", (template_id,))
             self._index.record(delta, conn)
-        return True
+            self._db.after_commit(lambda: self._scrub(cid))
+        return Erasure(
+            str(row[1]), str(row[2]), str(row[4]), self.backend_name, 1, int(row[3]), 0, False, 1, int(row[5]),
+            logged, (template_id,),
+        )  # fmt: skip
 
     # -- negatives --------------------------------------------------------------------------------------
     def _insert_negative(self, handle: int, coll: Collection, ref: str, vector: np.ndarray) -> bool:
@@ -301,8 +417,47 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
         row = self._db.reader().execute("SELECT COUNT(*) FROM subjects WHERE collection_id = ?", (handle,))
         return int(row.fetchone()[0])
 
-    def _nearest(self, handle: int, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
-        return self._index.search(handle, coll, probes, k)
+    def _nearest(
+        self, handle: int, coll: Collection, probes: np.ndarray, k: int, excluded: frozenset[str] = frozenset()
+    ) -> Neighbours:
+        return self._index.search(handle, coll, probes, k, excluded)
+
+    def _excluded(self, handle: int, scope: SearchScope) -> frozenset[str]:
+        """:meth:`SearchScope.admits` in SQL (JSON1). Without a purpose or required consent only the expired
+        and the withdrawn are read, each through an index; otherwise every subject's consent is checked."""
+        args = {"c": handle, "now": to_iso(scope.now), "purpose": scope.purpose}
+        if not scope.strict:
+            sql = (
+                "SELECT id FROM subjects WHERE collection_id = :c AND expires_at IS NOT NULL AND expires_at <= :now "
+                "UNION SELECT id FROM subjects WHERE collection_id = :c "
+                "AND json_extract(consent, '$.withdrawn_at') IS NOT NULL"
+            )
+        else:
+            sql = (
+                "SELECT id FROM subjects WHERE collection_id = :c AND ("
+                "(expires_at IS NOT NULL AND expires_at <= :now) OR consent IS NULL "
+                "OR json_extract(consent, '$.withdrawn_at') IS NOT NULL "
+                "OR (:purpose IS NOT NULL "
+                "AND NOT EXISTS (SELECT 1 FROM json_each(consent, '$.purposes') WHERE value = :purpose) "
+                "AND coalesce(json_extract(consent, '$.purpose'), '') != :purpose))"
+            )
+        return frozenset(str(r[0]) for r in self._db.reader().execute(sql, args).fetchall())
+
+    def _expiring(self, handle: int, now: datetime, until: datetime) -> int:
+        row = self._db.reader().execute(
+            "SELECT COUNT(*) FROM subjects WHERE collection_id = ? AND expires_at > ? AND expires_at <= ?",
+            (handle, to_iso(now), to_iso(until)),
+        )
+        return int(row.fetchone()[0])
+
+    # -- policy -----------------------------------------------------------------------------------------
+    def _load_policy(self, handle: int) -> CollectionPolicy:
+        row = self._db.reader().execute("SELECT policy FROM collections WHERE id = ?", (handle,)).fetchone()
+        return CollectionPolicy.from_json(None if row is None else row[0])
+
+    def _store_policy(self, handle: int, collection: str, policy: CollectionPolicy) -> None:
+        with self._db.write() as conn:
+            conn.execute("UPDATE collections SET policy = ? WHERE id = ?", (policy.to_json(), handle))
 
     def _subject_names(self, handle: int, subject_ids: Sequence[str]) -> dict[str, str]:
         names: dict[str, str] = {}
@@ -338,6 +493,35 @@ class EmbeddedGallery(GalleryBase[int], SqliteMigration):
 
     def _disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.iterdir() if p.is_file())
+
+    def prune_change_log(self, *, keep: int = CHANGE_LOG_KEEP) -> int:
+        """Delete the change-log rows of all but the newest ``keep`` generations of each collection, and raise
+        its ``log_since`` to match: an index (a snapshot, another process's) older than that is rebuilt from
+        the templates instead of caught up. Run on close; returns the rows deleted."""
+        if keep < 0:
+            raise GalleryError(f"keep must be at least 0, got {keep}")
+        dropped = 0
+        with self._db.write() as conn:
+            for cid, gen, since in conn.execute("SELECT id, generation, log_since FROM collections").fetchall():
+                floor = max(int(since), int(gen) - keep)
+                if floor > int(since):
+                    dropped += conn.execute(
+                        "DELETE FROM index_log WHERE collection_id = ? AND generation <= ?", (cid, floor)
+                    ).rowcount
+                    conn.execute("UPDATE collections SET log_since = ? WHERE id = ?", (floor, cid))
+        return dropped
+
+    def scrub(self) -> str:
+        """VACUUM (the database file is rewritten without free pages), truncate the WAL, and save fresh index
+        snapshots. Deleted cells were already zeroed on delete (``secure_delete``)."""
+        cids = [int(r[0]) for r in self._db.reader().execute("SELECT id FROM collections").fetchall()]
+        for cid in cids:
+            self._index.snapshot_path(cid).unlink(missing_ok=True)
+        self.prune_change_log()
+        busy = self._db.vacuum()
+        with self._index.lock:
+            self._index.states.clear()  # rebuilt (and saved on close) from what remains
+        return "database vacuumed, WAL truncated" + (" (a reader delayed the truncation)" if busy else "")
 
     def integrity_check(self) -> list[str]:
         """SQLite's own integrity and foreign-key checks; an empty list means consistent."""

@@ -74,6 +74,10 @@ class Owners:
         ids = np.asarray(template_ids, dtype=np.int64)
         self.by_template[ids[ids < len(self.by_template)]] = -1
 
+    def slots_of(self, subject_ids: frozenset[str]) -> np.ndarray:
+        """The slots of those of these subjects the index knows."""
+        return np.fromiter((self._slot[s] for s in subject_ids if s in self._slot), dtype=np.int32)
+
     def lookup(self, template_ids: np.ndarray) -> np.ndarray:
         """Subject slots of ``template_ids`` (-1 for unknown or missing ids); any shape."""
         ids = np.asarray(template_ids, dtype=np.int64)
@@ -169,12 +173,19 @@ class IndexCache:
         self.snapshot_path(collection_id).unlink(missing_ok=True)
 
     # -- reads ------------------------------------------------------------------------------------------
-    def search(self, collection_id: int, coll: Collection, probes: np.ndarray, k: int) -> Neighbours:
-        """The ``k`` nearest templates of each probe as hits without names (the index keeps ids only)."""
+    def search(
+        self, collection_id: int, coll: Collection, probes: np.ndarray, k: int, excluded: frozenset[str] = frozenset()
+    ) -> Neighbours:
+        """The ``k`` nearest templates of each probe as hits without names (the index keeps ids only); the
+        templates of ``excluded`` subjects are left out (fetched, then dropped: as many more are fetched)."""
         with self.lock:
             state = self.current(collection_id, coll)
-            keys, scores = state.index.search(probes, min(k, max(1, len(state.index))))
+            left_out = state.owners.slots_of(excluded)
+            fetch = k + (int(np.isin(state.owners.by_template, left_out).sum()) if len(left_out) else 0)
+            keys, scores = state.index.search(probes, min(fetch, max(1, len(state.index))))
             slots = state.owners.lookup(keys)
+            if len(left_out):
+                slots[np.isin(slots, left_out)] = -1
             owner_of = {int(s): state.owners.subjects[s] for s in np.unique(slots[slots >= 0]).tolist()}
             negatives = state.negatives
         hits = [
@@ -182,7 +193,7 @@ class IndexCache:
                 Hit(owner_of[slot], "", float(score))
                 for slot, score in zip(slots[face].tolist(), scores[face].tolist(), strict=True)
                 if slot >= 0
-            ]
+            ][:k]  # as many as asked for: the over-fetch only made room for those left out
             for face in range(len(probes))
         ]
         return Neighbours(hits, negatives)

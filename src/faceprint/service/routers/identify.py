@@ -11,6 +11,7 @@ from pydantic import Field
 from faceprint.liveness import refused_match
 from faceprint.service.auth import Recognize
 from faceprint.service.deps import audit_liveness, record, services
+from faceprint.service.errors import ApiError
 from faceprint.service.monitoring import face_observations, request_source
 from faceprint.service.params import LivenessMode, Source, StrictInt, ThresholdParams
 from faceprint.service.uploads import openapi_body, read_images, validate_params
@@ -23,6 +24,12 @@ class IdentifyParams(ThresholdParams):
     collection: str | None = Field(None, min_length=1, max_length=100, description="Collection (default: default)")
     liveness: LivenessMode = None
     source: Source = None
+    purpose: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="Consider only subjects who consented to this purpose (a key bound to a purpose always does)",
+    )
 
 
 @router.post(
@@ -36,6 +43,13 @@ async def identify(request: Request, principal: Recognize) -> dict[str, object]:
     params = validate_params(IdentifyParams, parsed.params)
     source = request_source(request, params.source)
     collection = svc.collection(params.collection)
+    purpose = principal.purpose or params.purpose
+    if principal.purpose is not None and params.purpose not in (None, principal.purpose):
+        raise ApiError(
+            403,
+            "purpose_bound",
+            f"this key is bound to the purpose {principal.purpose!r}; it cannot identify for {params.purpose!r}",
+        )
     engine = await svc.engine_for(collection)
     calibration = svc.calibration_for(engine, params.threshold)
     policy = svc.liveness_policy(params.liveness)
@@ -56,6 +70,7 @@ async def identify(request: Request, principal: Recognize) -> dict[str, object]:
             fpir=params.fpir,
             threshold=params.threshold,
             calibration=calibration,
+            purpose=purpose,
         )
         if prints
         else []
@@ -114,7 +129,12 @@ async def identify(request: Request, principal: Recognize) -> dict[str, object]:
         scores=tuple(m.score for m in matched),
         threshold=threshold,
         decision=f"{len(matched)}/{len(faces)} matched",
-        detail={"faces": len(faces), "rule": rule["rule"], **audit_liveness(checks, policy.checks)},
+        detail={
+            "faces": len(faces),
+            "rule": rule["rule"],
+            **({"purpose": purpose} if purpose else {}),
+            **audit_liveness(checks, policy.checks),
+        },
         model_id=engine.model_id,
     )
     return {
@@ -123,5 +143,6 @@ async def identify(request: Request, principal: Recognize) -> dict[str, object]:
         "model": engine.model_id,
         "threshold": threshold,
         **rule,
+        "purpose": purpose,
         "faces": faces,
     }

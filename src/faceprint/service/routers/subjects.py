@@ -12,9 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from faceprint.errors import InvalidImage
 from faceprint.gallery import UNSET, Consent, EnrolReport, Gallery, ImageOutcome, Subject, enrol_images
 from faceprint.gallery.enrol import NO_FACE
+from faceprint.gallery.model import Erasure
 from faceprint.image import Image
 from faceprint.liveness import LivenessPolicy
-from faceprint.service.auth import Enroll, Read
+from faceprint.privacy import access
+from faceprint.privacy.receipts import ReceiptFacts
+from faceprint.service.auth import Admin, Enroll, Principal, Read
 from faceprint.service.backends import BatchedPipeline
 from faceprint.service.deps import audit_liveness, record, services
 from faceprint.service.errors import ApiError
@@ -34,11 +37,17 @@ CollectionParam = Annotated[
 class ConsentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     given_by: str = Field(..., min_length=1, max_length=200, description="Who consented")
-    purpose: str = Field(..., min_length=1, max_length=500, description="For what purpose")
+    purposes: list[str] | None = Field(
+        None, min_length=1, max_length=20, description="The purposes consented to (ones the collection knows)"
+    )
+    purpose: str | None = Field(None, min_length=1, max_length=64, description="One purpose (older clients)")
     given_at: SaneDatetime | None = Field(None, description="When (default: now; naive times are UTC)")
 
     def to_consent(self) -> Consent:
-        return Consent(self.given_by, self.given_at or datetime.now(UTC), self.purpose)
+        purposes = self.purposes if self.purposes is not None else [self.purpose] if self.purpose else []
+        if not purposes:
+            raise ApiError(422, "validation_error", "consent: give the purposes consented to")
+        return Consent(self.given_by, self.given_at or datetime.now(UTC), tuple(dict.fromkeys(purposes)))
 
 
 class SubjectCreate(BaseModel):
@@ -206,19 +215,84 @@ async def update_subject(
     return _subject_out(subject)
 
 
-@router.delete("/{subject_id}", status_code=204, summary="Delete a subject, its faces and consent record")
+@router.delete("/{subject_id}", summary="Delete a subject, its faces and consent record; returns a signed receipt")
 async def delete_subject(
     subject_id: str,
     request: Request,
     principal: Enroll,
     collection: CollectionParam = None,
-) -> Response:
+) -> dict[str, object]:
     svc = services(request)
     coll = svc.collection(collection)
     subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
-    await svc.inference.run(None, svc.gallery.delete_subject, subject.id, collection=coll)
-    await record(request, principal, "subject.delete", 204, collection=coll, subject_ids=(subject.id,))
-    return Response(status_code=204)
+    erasure = await svc.inference.run(None, svc.gallery.delete_subject, subject.id, collection=coll)
+    signed = await _receipt(request, principal, erasure, "subject")
+    await record(
+        request, principal, "subject.delete", 200, collection=coll, subject_ids=(subject.id,),
+        detail={"receipt": signed["receipt"]["id"]},
+    )  # fmt: skip
+    return signed
+
+
+async def _receipt(request: Request, principal: Principal, erasure: Erasure, kind: str) -> dict[str, Any]:
+    """Sign and store the receipt of an erasure this request made."""
+    svc = services(request)
+    facts = ReceiptFacts(
+        kind,
+        actor=principal.key_id or "auth-off",
+        request_id=getattr(request.state, "request_id", None),
+        template_key_id=svc.gallery.template_key_id,
+    )
+    return await svc.inference.run(None, svc.erasures.issue, erasure, facts)
+
+
+@router.delete("/{subject_id}/consent", summary="Withdraw the subject's consent: matched for no purpose from now on")
+async def withdraw_consent(
+    subject_id: str,
+    request: Request,
+    principal: Enroll,
+    collection: CollectionParam = None,
+    delete_faces: Annotated[
+        bool | None, Query(description="Also delete the faces (default: FACEPRINT_WITHDRAWAL_DELETES_TEMPLATES)")
+    ] = None,
+) -> dict[str, object]:
+    svc = services(request)
+    coll = svc.collection(collection)
+    delete = svc.settings.withdrawal_deletes_templates if delete_faces is None else delete_faces
+    subject, erased = await svc.inference.run(
+        None, svc.gallery.withdraw_consent, subject_id, collection=coll, delete_templates=delete
+    )
+    receipts = [await _receipt(request, principal, e, "consent-withdrawal") for e in erased]
+    await record(
+        request, principal, "consent.withdraw", 200, collection=coll, subject_ids=(subject.id,),
+        detail={"faces_deleted": len(erased), "receipts": [r["receipt"]["id"] for r in receipts]},
+    )  # fmt: skip
+    return {**_subject_out(subject), "receipts": receipts}
+
+
+@router.get("/{subject_id}/personal-data", summary="Everything stored about the subject (never vectors), as JSON")
+async def personal_data(
+    subject_id: str,
+    request: Request,
+    principal: Admin,
+    collection: CollectionParam = None,
+) -> dict[str, object]:
+    svc = services(request)
+    coll = svc.collection(collection)
+    subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
+    entries = await svc.inference.run(None, svc.audit.query, limit=10_000, subject_id=subject.id)
+    receipts = await svc.inference.run(None, svc.erasures.for_subject, subject.id)
+    out = await svc.inference.run(
+        None,
+        access.personal_data,
+        svc.gallery,
+        subject.id,
+        collection=coll,
+        audit=[e.to_dict() for e in entries],
+        erasures=receipts,
+    )
+    await record(request, principal, "subject.access", collection=coll, subject_ids=(subject.id,))
+    return out
 
 
 @router.post(
@@ -317,28 +391,29 @@ def _enrol(
     return [outcomes[i] for i in range(len(uploads))]
 
 
-@router.delete("/{subject_id}/faces/{template_id}", status_code=204, summary="Delete one enrolled face")
+@router.delete("/{subject_id}/faces/{template_id}", summary="Delete one enrolled face; returns a signed receipt")
 async def delete_face(
     subject_id: str,
     template_id: Annotated[int, Path(ge=1, le=SQL_INT_MAX)],
     request: Request,
     principal: Enroll,
     collection: CollectionParam = None,
-) -> Response:
+) -> dict[str, object]:
     svc = services(request)
     coll = svc.collection(collection)
     subject = await svc.inference.run(None, svc.gallery.get_subject, subject_id, collection=coll)
     templates = await svc.inference.run(None, svc.gallery.list_templates, subject.id, collection=coll)
     if template_id not in {t.id for t in templates}:
         raise ApiError(404, "not_found", f"subject {subject.id} has no face {template_id}")
-    await svc.inference.run(None, svc.gallery.delete_template, template_id)
+    erasure = await svc.inference.run(None, svc.gallery.delete_template, template_id)
+    signed = await _receipt(request, principal, erasure, "face")
     await record(
         request,
         principal,
         "template.delete",
-        204,
+        200,
         collection=coll,
         subject_ids=(subject.id,),
-        detail={"template_id": template_id},
+        detail={"template_id": template_id, "receipt": signed["receipt"]["id"]},
     )
-    return Response(status_code=204)
+    return signed

@@ -194,7 +194,9 @@ $("enrol-form").addEventListener("submit", async (event) => {
   out.replaceChildren(el("li", "enrolling…", "muted"));
   const body = { name: $("enrol-name").value.trim() };
   if ($("enrol-consent-by").value.trim()) {
-    body.consent = { given_by: $("enrol-consent-by").value.trim(), purpose: $("enrol-consent-purpose").value.trim() || "identification" };
+    // Purposes: comma-separated, each one the collection knows (default: access-control).
+    const purposes = $("enrol-consent-purpose").value.split(",").map((p) => p.trim()).filter((p) => p);
+    body.consent = { given_by: $("enrol-consent-by").value.trim(), purposes: purposes.length ? purposes : ["access-control"] };
   }
   try {
     const subject = await api("/v1/subjects", {
