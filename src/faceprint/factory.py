@@ -22,6 +22,7 @@ from typing import Any
 from faceprint.align.landmark68 import Landmark68
 from faceprint.align.shape_predictor import ShapePredictor5
 from faceprint.detect.base import Detector
+from faceprint.detect.blazeface import BlazeFaceDetector, BlazeFaceKeypoints
 from faceprint.detect.cascade import CascadeDetector
 from faceprint.detect.confirm import ConfirmedDetector
 from faceprint.detect.hog import HOGDetector
@@ -35,16 +36,21 @@ from faceprint.liveness.base import LivenessUnavailable
 from faceprint.liveness.calibration import LivenessCalibration, shipped_liveness_calibration
 from faceprint.liveness.fasnet import FasNetLiveness
 from faceprint.matching import Calibration, shipped_calibration
+from faceprint.models.convert import converted_model
 from faceprint.models.families import (
     EMBEDDER_FAMILIES,
+    KEYPOINT_DETECTOR_FAMILIES,
     LANDMARK_FAMILIES,
     LIVENESS_FAMILIES,
     check_task,
+    gives_landmarks,
     landmark_scheme,
 )
 from faceprint.models.install import Installed, register_model
 from faceprint.models.registry import ModelRegistry
 from faceprint.models.spec import ModelSpec
+from faceprint.models.tflite_onnx import CONVERTER_VERSION as TFLITE_CONVERTER
+from faceprint.models.tflite_onnx import convert_tflite
 
 # Short names of the built-in detectors (any detector model id also works): "cascade" = MTCNN proposals
 # confirmed by dlib's CNN (detect/cascade.py), "mmod" = dlib's CNN scanning the whole photo, "hog" = dlib's
@@ -113,10 +119,12 @@ def resolve_profile(
     detectors = [i for i, s in specs.items() if s.task == "detector" and i not in _DETECTOR_IDS.values()]
     if detector not in DETECTORS and detector not in detectors:
         raise ModelError(f"unknown detector {detector!r}; choose one of {', '.join([*DETECTORS, *detectors])}")
+    if landmarks is None and detector in specs and gives_landmarks(specs[detector]):
+        landmarks = detector  # a detector with keypoints (BlazeFace): its own points, from the same pass
     if landmarks is None:
         landmarks = spec.landmarks if _available(registry, spec.landmarks) else FALLBACK_LANDMARKS
-    if getattr(specs.get(landmarks), "task", None) != "landmarks":
-        known = ", ".join(i for i, s in specs.items() if s.task == "landmarks")
+    if landmarks not in specs or not gives_landmarks(specs[landmarks]):
+        known = ", ".join(i for i, s in specs.items() if gives_landmarks(s))
         raise ModelError(f"unknown landmark model {landmarks!r}; choose one of {known}")
     assert spec.output_dim is not None  # embedder specs always state it (checked when parsed)
     return ModelProfile(embedder, detector, landmarks, landmark_scheme(specs[landmarks]), spec.output_dim)
@@ -157,7 +165,9 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
             kwargs["min_score"] = o.min_score
         return MMODDetector(**kwargs)
     spec = registry.get(detector)
-    check_task(spec, "detector", ("ultraface",))
+    check_task(spec, "detector", ("ultraface", *KEYPOINT_DETECTOR_FAMILIES))
+    if spec.family == "blazeface":
+        return load_blazeface(registry, detector, device=o.device, threads=o.threads, min_score=o.min_score)
     found = UltraFaceDetector(spec, registry.path(detector), device=o.device, threads=o.threads, min_score=o.min_score)
     confirm = spec.options.get("confirm_threshold")
     if confirm is None:
@@ -165,13 +175,31 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
     return ConfirmedDetector(found, threshold=float(confirm), device=o.device, threads=o.threads)
 
 
+def tflite_onnx_path(registry: ModelRegistry, model_id: str) -> Path:
+    """A pack's TFLite model (sha256-checked in the store) converted to ONNX once and cached."""
+    return converted_model(model_id, convert_tflite, version=TFLITE_CONVERTER, source=registry.path(model_id))
+
+
+def load_blazeface(
+    registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None,
+    min_score: float | None = None,
+) -> BlazeFaceDetector:  # fmt: skip
+    """A BlazeFace detector (mediapipe pack): the TFLite file converted to ONNX on first use."""
+    spec = registry.get(model_id)
+    check_task(spec, "detector", ("blazeface",))
+    path = tflite_onnx_path(registry, model_id)
+    return BlazeFaceDetector(spec, path, device=device, threads=threads, min_score=min_score)
+
+
 def load_landmarker(
     registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None,
     detector: str | None = None,
-) -> ShapePredictor5 | Landmark68:  # fmt: skip
+) -> ShapePredictor5 | Landmark68 | BlazeFaceKeypoints:  # fmt: skip
     """An object with ``predict(image, boxes) → N×5×2`` in the scheme :func:`landmark_scheme` names;
     ``detector`` (a model id) says whose boxes it will get."""
     spec = registry.get(model_id)
+    if spec.task == "detector" and gives_landmarks(spec):
+        return BlazeFaceKeypoints(load_blazeface(registry, model_id, device=device, threads=threads))
     check_task(spec, "landmarks", LANDMARK_FAMILIES)
     if spec.family == "dlib-shape5":
         return ShapePredictor5()

@@ -22,7 +22,7 @@ import numpy as np
 
 from faceprint.align.chips import ChipTemplate, extract_chips
 from faceprint.align.templates import chip_template
-from faceprint.detect.base import Detector, RawDetection
+from faceprint.detect.base import Detector, LandmarkingDetector, RawDetection
 
 # Imported here, while `faceprint/__init__` runs, like `detect.base` above: the first import of the `embed`
 # subpackage sets the attribute `faceprint.embed`, which must happen before `faceprint.embed()` is defined.
@@ -217,7 +217,11 @@ class Pipeline:
     def detect(self, image: ImageSource | Image) -> list[Detection]:
         """All faces in ``image`` with boxes, scores and 5 landmarks, highest score first."""
         img = load_image(image)
-        return self.landmark(img, self.detector.detect(img.pixels))
+        detector = self.detector
+        if self.profile.landmarks == self.profile.detector and isinstance(detector, LandmarkingDetector):
+            raw, points = detector.detect_landmarks(img.pixels)  # BlazeFace: boxes and points from one pass
+            return self._detections(img, raw, points)
+        return self.landmark(img, detector.detect(img.pixels))
 
     def landmark(self, image: ImageSource | Image, raw: Sequence[RawDetection]) -> list[Detection]:
         """Detections with this pipeline's 5 landmarks for ``((x1, y1, x2, y2), score)`` boxes in the
@@ -226,7 +230,9 @@ class Pipeline:
             return []
         img = load_image(image)
         boxes = np.array([box for box, _ in raw], dtype=np.float64)
-        landmarks = self.landmarker.predict(img.pixels, boxes)
+        return self._detections(img, raw, self.landmarker.predict(img.pixels, boxes))
+
+    def _detections(self, img: Image, raw: Sequence[RawDetection], landmarks: Any) -> list[Detection]:
         s = float(img.scale)
         return [
             Detection(
