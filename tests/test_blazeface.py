@@ -231,6 +231,25 @@ def test_profile_uses_the_detectors_own_keypoints(registry: ModelRegistry, store
         assert np.abs(points - face.landmarks).max() < 0.2 * eyes
 
 
+def test_models_use_makes_blazeface_the_default_detector(store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(store, root)
+    env = {"FACEPRINT_MODEL_DIR": str(root)}
+    result = CliRunner().invoke(app, ["models", "use", "mediapipe-blazeface-full"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "default detector: mediapipe-blazeface-full" in result.output
+    profile = resolve_profile(ModelRegistry(ModelStore(root)))
+    assert (profile.detector, profile.landmarks) == ("mediapipe-blazeface-full", "mediapipe-blazeface-full")
+    result = CliRunner().invoke(app, ["detect", str(GROUPS / "couple.jpg"), "--json"], env=env)
+    assert result.exit_code == 0 and result.output.count('"box"') == 2, result.output
+    assert CliRunner().invoke(app, ["models", "use", "cascade"], env=env).exit_code == 0
+    assert resolve_profile(ModelRegistry(ModelStore(root))).detector == "cascade"
+    bad = CliRunner().invoke(app, ["models", "use", "mediapipe-facemesh"], env=env)
+    assert bad.exit_code != 0 and "not an embedder" in bad.output
+
+
 def test_blazeface_pipeline_verifies_the_shared_identities(store: Path) -> None:
     pipe = Pipeline(PipelineConfig(detector="mediapipe-blazeface-full", model_dir=store, threads=1))
     vectors, labels = [], []

@@ -7,10 +7,11 @@ Pipeline`, the CLI, the HTTP service (``--model``/``FACEPRINT_MODEL``), Ray Serv
 and evaluation — so the same choice gives the same models everywhere.
 
 Rules (:func:`resolve_profile`): the embedder is the one asked for, else the one ``faceprint models use``
-chose, else ``dlib-resnet-v1``; the detector and landmark model are the ones asked for, else the ones the
-embedder's spec names (``[profile] detector``, ``[align] landmarks``) when they are installed, else the
-cascade and dlib's 5-point predictor. This module sits above the stages (``detect/``, ``align/``,
-``embed/``) and below the pipeline: ``models/`` never imports the stages.
+chose, else ``dlib-resnet-v1``; the detector is the one asked for, else the one ``faceprint models use
+DETECTOR`` chose, else the embedder's (``[profile] detector``) when installed, else the cascade; the landmark
+model is the one asked for, else the detector's own keypoints when it has them (BlazeFace), else the
+embedder's (``[align] landmarks``) when installed, else dlib's 5-point predictor. This module sits above
+the stages (``detect/``, ``align/``, ``embed/``) and below the pipeline: ``models/`` never imports the stages.
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ def resolve_profile(
         raise ModelError(f"unknown embedder {embedder!r}; choose one of {', '.join(embedders)}")
     spec = specs[embedder]
     check_task(spec, "embedder", EMBEDDER_FAMILIES)
+    if detector is None and _available(registry, chosen := registry.store.default_detector()):
+        detector = chosen  # `faceprint models use DETECTOR`
     if detector is None:
         detector = spec.detector if _available(registry, spec.detector) else FALLBACK_DETECTOR
     detectors = [i for i, s in specs.items() if s.task == "detector" and i not in _DETECTOR_IDS.values()]

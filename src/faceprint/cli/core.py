@@ -385,10 +385,22 @@ def models_add(
 
 @models_app.command("use")
 @handle_errors
-def models_use(model: str = typer.Argument(..., help="Embedder model id.")) -> None:
+def models_use(model: str = typer.Argument(..., help="Embedder or detector model id (or cascade/mmod/hog).")) -> None:
     """Make an embedder (and its detector and landmarks) the default for new collections, commands and the
-    service (existing collections keep theirs)."""
+    service (existing collections keep theirs); a detector id (e.g. mediapipe-blazeface-short) makes that
+    detector the default for every embedder."""
     registry = ModelRegistry()
+    if model in DETECTORS or registry.get(model).task == "detector":
+        if model in DETECTORS:  # a built-in detector's short name (cascade, mmod, hog)
+            registry.store.set_default_detector(model)
+        else:
+            registry.set_default_detector(model)
+        profile = resolve_profile(registry)
+        typer.echo(
+            f"default detector: {model} (landmarks {profile.landmarks}) with embedder {profile.embedder}; "
+            "existing collections keep their model"
+        )
+        return
     spec = registry.set_default_embedder(model)
     profile = resolve_profile(registry, spec.id)
     typer.echo(

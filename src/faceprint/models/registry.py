@@ -94,6 +94,17 @@ class ModelRegistry:
         self.store.set_default_embedder(model_id)
         return spec
 
+    def set_default_detector(self, model_id: str) -> ModelSpec:
+        """``faceprint models use DETECTOR``: the detector every profile uses unless one is asked for."""
+        spec = self.get(model_id)
+        if spec.task != "detector":
+            raise ModelError(f"model {model_id!r} is a {spec.task}, not a detector")
+        status = self.status(spec)
+        if not status.available:
+            raise ModelNotInstalledHere(model_id, status.how_to_get)
+        self.store.set_default_detector(model_id)
+        return spec
+
 
 class ModelNotInstalledHere(ModelNotInstalled):
     """A model from a pack or the user's store whose file is not in the store yet."""
