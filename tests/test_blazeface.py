@@ -262,3 +262,17 @@ def test_blazeface_pipeline_verifies_the_shared_identities(store: Path) -> None:
     same = np.equal.outer(labels, labels)
     distance = np.linalg.norm(v[:, None] - v[None], axis=-1)
     assert distance[same].max() < distance[~same].min()
+
+
+def test_face_mesh_gives_arcface5_points_that_agree_with_the_keypoints(registry: ModelRegistry, store: Path) -> None:
+    detector = load_blazeface(registry, "mediapipe-blazeface-full", threads=1)
+    mesh = load_landmarker(registry, "mediapipe-facemesh", threads=1)
+    assert resolve_profile(registry, landmarks="mediapipe-facemesh").landmark_scheme == "arcface5"
+    for photo in sorted(IDENTITIES.glob("person0[0-3]/*.jpg")):
+        pixels = load_image(photo).pixels
+        raw, keypoints = detector.detect_landmarks(pixels)
+        points = mesh.predict(pixels, np.array([raw[0][0]]))[0]
+        eyes = np.linalg.norm(keypoints[0, 1] - keypoints[0, 0])
+        # eye centres and nose tip: two models, the same anatomy (mouth corners: derived on one side)
+        assert np.linalg.norm(points[:3] - keypoints[0, :3], axis=1).max() < 0.25 * eyes, photo
+        assert points[3, 0] < points[2, 0] < points[4, 0] and points[3, 1] > points[2, 1], photo

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from faceprint.align.facemesh import FaceMesh
 from faceprint.align.landmark68 import Landmark68
 from faceprint.align.shape_predictor import ShapePredictor5
 from faceprint.detect.base import Detector
@@ -197,7 +198,7 @@ def load_blazeface(
 def load_landmarker(
     registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None,
     detector: str | None = None,
-) -> ShapePredictor5 | Landmark68 | BlazeFaceKeypoints:  # fmt: skip
+) -> ShapePredictor5 | Landmark68 | BlazeFaceKeypoints | FaceMesh:  # fmt: skip
     """An object with ``predict(image, boxes) → N×5×2`` in the scheme :func:`landmark_scheme` names;
     ``detector`` (a model id) says whose boxes it will get."""
     spec = registry.get(model_id)
@@ -206,6 +207,8 @@ def load_landmarker(
     check_task(spec, "landmarks", LANDMARK_FAMILIES)
     if spec.family == "dlib-shape5":
         return ShapePredictor5()
+    if spec.family == "facemesh":
+        return FaceMesh(spec, tflite_onnx_path(registry, model_id), device=device, threads=threads)
     return Landmark68(spec, registry.path(model_id), device=device, threads=threads, detector=detector)
 
 

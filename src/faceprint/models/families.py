@@ -12,7 +12,11 @@ from faceprint.errors import ModelError
 from faceprint.models.spec import ModelSpec
 
 EMBEDDER_FAMILIES = ("dlib-resnet", "arcface")
-LANDMARK_FAMILIES = {"dlib-shape5": "dlib5", "landmark68": "arcface5"}  # family → landmark scheme it gives
+LANDMARK_FAMILIES = {
+    "dlib-shape5": "dlib5",
+    "landmark68": "arcface5",
+    "facemesh": "arcface5",
+}  # family → landmark scheme it gives
 DETECTOR_FAMILIES = ("dlib-mmod", "dlib-hog", "ultraface", "blazeface")
 # detectors that find keypoints with each face (a profile with one uses them as its landmarks) → their scheme
 KEYPOINT_DETECTOR_FAMILIES = {"blazeface": "arcface5"}
