@@ -146,7 +146,7 @@ def test_keypoints_map_to_arcface5_with_mouth_corners_along_the_eye_axis() -> No
     keypoints = np.array([[[30, 40], [70, 40], [50, 60], [50, 80], [10, 50], [90, 50]]], np.float64)
     points = arcface5_from_keypoints(keypoints)[0]
     np.testing.assert_allclose(points[:3], [[30, 40], [70, 40], [50, 60]])
-    np.testing.assert_allclose(points[3:], [[50 - 0.414 * 40, 80], [50 + 0.414 * 40, 80]])
+    np.testing.assert_allclose(points[3:], [[50 - 0.375 * 40, 80 - 0.062 * 40], [50 + 0.375 * 40, 80 - 0.062 * 40]])
     # a face seen upside down keeps image-left first
     np.testing.assert_allclose(arcface5_from_keypoints(keypoints[:, [1, 0, 2, 3, 5, 4]])[0], points)
 

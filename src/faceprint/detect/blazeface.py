@@ -18,8 +18,9 @@ range, 192×192 full range; grey bars keep the aspect ratio, as mediapipe's ``Im
 Keypoints: the face's right eye, left eye, nose tip, mouth centre, right and left ear tragion (the model card's
 order; "right" is the person's, i.e. image left for a frontal face). :func:`arcface5_from_keypoints` maps them to
 the ``arcface5`` scheme (eye centres, nose tip, mouth corners): the mouth corners are not given, so they are
-placed on the mouth centre ± 0.414 × the eye-to-eye vector — the ArcFace template's mouth width is 0.828 of
-its eye distance — which keeps the eye axis' rotation and scale.
+placed at the mouth centre ± 0.375 × the eye-to-eye vector, lifted by 0.062 eye distances across it (where the
+face mesh puts the lip corners on LFW training photos, see :data:`MOUTH_HALF_WIDTH`), which keeps the eye axis'
+rotation and scale.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ from faceprint.models.spec import ModelSpec
 __all__ = ["BlazeFaceDetector", "BlazeFaceKeypoints", "arcface5_from_keypoints", "ssd_anchors", "weighted_nms"]
 
 NUM_KEYPOINTS = 6
-#: Half the ArcFace template's mouth width over its eye distance: (70.73 − 41.55) / (73.53 − 38.29) / 2.
-MOUTH_HALF_WIDTH = 0.414
+#: Where the mouth corners lie from BlazeFace's mouth centre, in eye distances along the eye axis and across
+#: it (up is negative): the median over 1,500 LFW peopleDevTrain photos of the face mesh's lip corners
+#: (``faceprint.align.facemesh``) seen from the keypoints — short range (−0.360, −0.063) / (0.388, −0.073),
+#: full range (−0.370, −0.056) / (0.390, −0.058). (The ArcFace template's own mouth is 0.828 eye distances wide.)
+MOUTH_HALF_WIDTH = 0.375
+MOUTH_LIFT = 0.062
 SCORE_CLIP = 100.0
 
 
@@ -102,8 +107,10 @@ def arcface5_from_keypoints(keypoints: np.ndarray) -> np.ndarray:
     swap = eye_a[:, 0] > eye_b[:, 0]  # a face upside down or seen mirrored: keep image left first
     left = np.where(swap[:, None], eye_b, eye_a)
     right = np.where(swap[:, None], eye_a, eye_b)
-    half = MOUTH_HALF_WIDTH * (right - left)
-    mouth = k[:, 3]
+    axis = right - left
+    half = MOUTH_HALF_WIDTH * axis
+    lift = MOUTH_LIFT * np.stack([axis[:, 1], -axis[:, 0]], axis=1)  # the eye axis turned a quarter: "up"
+    mouth = k[:, 3] + lift
     return np.stack([left, right, k[:, 2], mouth - half, mouth + half], axis=1)
 
 
