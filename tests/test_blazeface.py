@@ -6,6 +6,8 @@ checked on the shared photos' known faces and dlib's labelled boxes.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -62,6 +64,20 @@ def test_install_keeps_only_the_three_sha256_checked_tflite_files(store: Path, r
     for model_id in MODELS:
         assert registry.status(registry.get(model_id)).available
         registry.path(model_id)  # the sha256 again
+
+
+def test_install_from_a_wheel_fetched_elsewhere(tmp_path: Path) -> None:
+    """`--wheel FILE`: the machine without network gets the wheel from one with it (here: pip's cache)."""
+    pack = ModelRegistry(ModelStore(tmp_path / "unused")).pack("mediapipe")
+    cmd = [sys.executable, "-m", "pip", "download", f"mediapipe=={pack['version']}", "--no-deps"]
+    cmd += ["--only-binary=:all:", "--platform", pack["platform"], "--python-version", pack["python_version"]]
+    cmd += ["--dest", str(tmp_path)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("*.whl")
+    env = {"FACEPRINT_MODEL_DIR": str(tmp_path / "store")}
+    result = CliRunner().invoke(app, ["models", "install", "mediapipe", "--wheel", str(wheel)], env=env)
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (tmp_path / "store" / "files").rglob("*") if p.is_file()} == FILES
 
 
 def test_a_wheel_that_is_not_the_pinned_one_is_refused(tmp_path: Path) -> None:
