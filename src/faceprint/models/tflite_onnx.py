@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
-import tflite
 from onnx import TensorProto, helper, numpy_helper
 
 from faceprint.errors import ModelError
@@ -74,7 +74,16 @@ class TfliteGraph:
         return out
 
 
+def _schema() -> Any:
+    """The ``tflite`` package's generated schema classes. Imported only when a model is converted (once per
+    model and converter version): its ~200 modules would add about 0.2 s to every command's start."""
+    import tflite
+
+    return tflite
+
+
 def _index_vector(union_type: int, table: object) -> np.ndarray:
+    tflite = _schema()
     cls = {1: tflite.Int32Vector, 2: tflite.Uint16Vector, 3: tflite.Uint8Vector}.get(union_type)
     if cls is None or table is None:
         raise ModelError(f"TFLite sparse tensor: unsupported index vector type {union_type}")
@@ -114,6 +123,7 @@ def _densify(values: np.ndarray, shape: tuple[int, ...], sparsity: object) -> np
 
 def read_tflite(path: Path) -> TfliteGraph:
     """Parse a ``.tflite`` file's first subgraph (weights as NumPy arrays, sparse ones densified)."""
+    tflite = _schema()
     data = path.read_bytes()
     try:
         if not tflite.Model.ModelBufferHasIdentifier(data, 0):
