@@ -46,6 +46,8 @@ NUM_KEYPOINTS = 6
 MOUTH_HALF_WIDTH = 0.375
 MOUTH_LIFT = 0.062
 SCORE_CLIP = 100.0
+#: Source pixels per input pixel (and axis) the letterbox averages at least (see BlazeFaceDetector.letterbox).
+PRESAMPLE = 4
 
 
 def ssd_anchors(size: int, strides: list[int], per_cell: list[int]) -> np.ndarray:
@@ -158,8 +160,14 @@ class BlazeFaceDetector(OnnxModel):
         h, w = image.shape[:2]
         scale = self.size / max(h, w)
         nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-        resized = cv2.resize(image, (nw, nh), interpolation=interpolation)
+        if scale < 1:
+            # OpenCV's area average costs ~2 ms a megapixel: on a large photo, first keep every step-th pixel
+            # so that at least PRESAMPLE source pixels per output pixel and axis remain to be averaged
+            step = int(1 / (scale * PRESAMPLE))
+            source = image[::step, ::step] if step >= 2 else image
+            resized = cv2.resize(source, (nw, nh), interpolation=cv2.INTER_AREA)
+        else:
+            resized = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
         pad_x, pad_y = (self.size - nw) // 2, (self.size - nh) // 2
         square = np.zeros((self.size, self.size, 3), np.uint8)
         square[pad_y : pad_y + nh, pad_x : pad_x + nw] = resized
