@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
+from PIL import Image as PILImage
 from typer.testing import CliRunner
 
 from faceprint.cli import app
@@ -294,3 +295,14 @@ def test_face_mesh_gives_arcface5_points_that_agree_with_the_keypoints(registry:
         # eye centres and nose tip: two models, the same anatomy (mouth corners: derived on one side)
         assert np.linalg.norm(points[:3] - keypoints[0, :3], axis=1).max() < 0.25 * eyes, photo
         assert points[3, 0] < points[2, 0] < points[4, 0] and points[3, 1] > points[2, 1], photo
+
+
+def test_grey_and_tightly_cropped_faces(detectors: dict[str, BlazeFaceDetector]) -> None:
+    photos = sorted((DATA / "orl" / "s1").glob("*.pgm"))
+    assert photos
+    for photo in photos:  # 92×112 grey, no margin around the face: measured 10/10 for short range
+        with PILImage.open(photo) as im:
+            grey = np.asarray(im.convert("L"))
+        boxes, keypoints, _ = detectors["mediapipe-blazeface-short"].detect_keypoints(grey)
+        assert len(boxes) == 1, photo
+        assert keypoints[0, 0, 0] < keypoints[0, 2, 0] < keypoints[0, 1, 0]  # nose between the eyes
