@@ -32,7 +32,7 @@ from faceprint.image import load_image
 from faceprint.models.install import install_pack
 from faceprint.models.registry import ModelRegistry
 from faceprint.models.store import ModelStore
-from faceprint.models.tflite_onnx import convert_tflite, read_tflite
+from faceprint.models.tflite_onnx import TfliteGraph, _Builder, _Op, _Tensor, convert_tflite, read_tflite
 from faceprint.pipeline import Pipeline, PipelineConfig
 from tests.conftest import DATA, GROUPS, IDENTITIES
 
@@ -98,6 +98,19 @@ def test_the_graphs_use_only_the_converted_operators(registry: ModelRegistry) ->
     assert ops["mediapipe-blazeface-short"]["CONV_2D"] == 21
     assert ops["mediapipe-blazeface-full"]["DENSIFY"] == 46  # sparse weights, densified when read
     assert ops["mediapipe-facemesh"]["PRELU"] == 23
+
+
+def test_an_operator_or_weight_type_the_converter_does_not_know_is_a_clear_error() -> None:
+    tensors = [
+        _Tensor("x", (1, 8, 8, 3), np.float32, None),
+        _Tensor("y", (1, 8, 8, 3), np.float32, None),
+        _Tensor("w", (4, 1, 1, 3), np.int8, np.ones((4, 1, 1, 3), np.int8)),
+    ]
+    graph = TfliteGraph(tensors, [_Op("SOFTMAX", [0], [1], None), _Op("DEQUANTIZE", [2], [1], None)], [0], [1])
+    with pytest.raises(ModelError, match="operator SOFTMAX is not supported"):
+        _Builder(graph).convert(graph.ops[0])
+    with pytest.raises(ModelError, match="int8 weights"):
+        _Builder(graph).convert(graph.ops[1])
 
 
 def _parity_inputs() -> list[np.ndarray]:

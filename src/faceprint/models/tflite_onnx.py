@@ -216,7 +216,10 @@ class _Builder:
     def weight(self, index: int) -> np.ndarray:
         if index not in self.const:
             raise ModelError(f"TFLite tensor {self.g.tensors[index].name!r}: weights computed at run time")
-        return self.const[index].astype(np.float32)
+        value = self.const[index]
+        if value.dtype.kind != "f":
+            raise ModelError(f"TFLite tensor {self.g.tensors[index].name!r}: {value.dtype} weights are not supported")
+        return value.astype(np.float32)
 
     def activation(self, x: str, fused: int, output: str) -> str:
         if fused == _ACT_NONE:
@@ -259,7 +262,10 @@ class _Builder:
     def op_dequantize(self, op: _Op) -> None:
         if op.inputs[0] not in self.const:
             raise ModelError("TFLite DEQUANTIZE of a run-time tensor (a quantized graph) is not supported")
-        self._fold(op, self.const[op.inputs[0]].astype(np.float32))
+        value = self.const[op.inputs[0]]
+        if value.dtype != np.float16:  # integer weights need their scale and zero point: not read here
+            raise ModelError(f"TFLite DEQUANTIZE of {value.dtype} weights (a quantized graph) is not supported")
+        self._fold(op, value.astype(np.float32))
 
     def op_densify(self, op: _Op) -> None:
         self._fold(op, self.const[op.inputs[0]])  # densified when read
