@@ -110,6 +110,7 @@ def embed(args: argparse.Namespace) -> None:
         detector=args.detector, embedder=args.model, landmarks=args.landmarks, precision=args.precision
     )
     pipeline = Pipeline(config)
+    saved = PipelineConfig(detector=args.detector).profile  # the landmarks the detect step saved
     keys: list[str] = []
     vectors: list[np.ndarray] = []
     failures: dict[str, str] = {}
@@ -130,11 +131,11 @@ def embed(args: argparse.Namespace) -> None:
             continue
         image = load_image(Path(k))
         found = [
-            Detection(box=tuple(map(float, b)), score=float(s), landmarks=lm)
+            Detection(box=tuple(map(float, b)), score=float(s), landmarks=lm, landmark_scheme=saved.landmark_scheme)
             for b, s, lm in zip(boxes, scores, landmarks, strict=True)
         ]
         face = choose_face(found, image, "centre")
-        if pipeline.landmarker_id != "dlib-shape5":  # the saved landmarks are dlib's 5 points
+        if pipeline.landmarker_id != saved.landmarks:  # other landmarks than the detect step's
             face = pipeline.landmark(image, [(face.box, face.score)])[0]
         batch.append((k, (image, [face])))
         if len(batch) >= 32:

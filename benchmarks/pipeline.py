@@ -39,8 +39,8 @@ What it measures, in one run (sections are printed in this order):
    least HOG's faces.
 
 4. **Detectors × precision** (``--skip rows`` to leave out): one row per configuration that the functions in
-   ``DETECTOR_ROWS`` return (``cascade_rows``, ``ultraface_rows``; add one function per detector), each in its
-   own subprocess: detection ms/photo (``pipeline.detector.detect`` only), recall against the HOG faces of
+   ``DETECTOR_ROWS`` return (``cascade_rows``, ``ultraface_rows``, ``blazeface_rows``; add one function per
+   detector), each in its own subprocess: detection ms/photo (``pipeline.detector.detect`` only), recall against the HOG faces of
    the same run (IoU ≥ 0.3, inspected non-faces excused) and against ``dlib_faces``' hand-drawn boxes
    (IoU ≥ 0.4), embedding ms/face at batch 32 (chips of the row's own detections, best of 5 batches),
    end-to-end photos/s and photos per CPU-second with their ratio to face_recognition in the same run, and
@@ -425,6 +425,7 @@ def worker(kind: str, photos: list[Path], device: str, threads: int | None) -> d
         from faceprint.pipeline import Pipeline
 
         options = {"detector": "mmod"} if kind == "faceprint-mmod" else {}
+        options.update(BLAZEFACE_WORKERS.get(kind, {}))
         pipeline = Pipeline(device=device, threads=threads, **options)
 
         def load() -> None:
@@ -588,8 +589,19 @@ def ultraface_rows() -> list[Row]:
     return [Row(f"ultraface · dlib-resnet-v1 · {p}", {**options, "precision": p}) for p in ("fp32", "int8")]
 
 
+def blazeface_rows() -> list[Row]:
+    """mediapipe's BlazeFace short and full range (needs `faceprint models install mediapipe`), its own 5 points;
+    no int8 ranges ship for it, so in the int8 rows only the embedder is int8."""
+    models = ("mediapipe-blazeface-short", "mediapipe-blazeface-full")
+    return [
+        Row(f"{m.removeprefix('mediapipe-')} · dlib-resnet-v1 · {p}", {"detector": m, "precision": p})
+        for m in models
+        for p in ("fp32", "int8")
+    ]
+
+
 #: Row builders, one per detector family; append yours (each returns its rows).
-DETECTOR_ROWS: list[Callable[[], list[Row]]] = [cascade_rows, ultraface_rows]
+DETECTOR_ROWS: list[Callable[[], list[Row]]] = [cascade_rows, ultraface_rows, blazeface_rows]
 DLIB_FACES = FACES.parent / "dlib_faces"
 
 
@@ -665,6 +677,185 @@ def detector_rows_section(args: argparse.Namespace, photos: list[Path]) -> None:
             )
 
 
+# -- 5. BlazeFace (issue 19, part 1): the mediapipe pack's one-pass detectors -------------------------------
+BLAZEFACE = {"BlazeFace short": "mediapipe-blazeface-short", "BlazeFace full": "mediapipe-blazeface-full"}
+BLAZEFACE_WORKERS = {f"faceprint-{model_id}": {"detector": model_id} for model_id in BLAZEFACE.values()}
+VIDEO = FACES.parent / "video" / "short_hamilton_clip.mp4"
+#: faces a person counted in the shared photos (README): one labelled person per identity photo
+KNOWN_GROUP_FACES = {"groups/selfie-many-people.jpg": 7, "groups/couple.jpg": 2, "groups/img67.jpg": 1}
+
+
+def _dlib_labelled_boxes() -> dict[Path, list[Box]]:
+    import xml.etree.ElementTree as ET
+
+    out: dict[Path, list[Box]] = {}
+    for xml in ("training.xml", "testing.xml"):
+        for image in ET.parse(DLIB_FACES / xml).getroot().iter("image"):
+            boxes = out.setdefault(DLIB_FACES / image.get("file", ""), [])
+            for b in image.iter("box"):
+                left, top, w, h = (float(b.get(k, 0)) for k in ("left", "top", "width", "height"))
+                boxes.append((left, top, left + w, top + h))
+    return out
+
+
+def _recall(truth: dict[str, list[Box]], found: dict[str, list[Box]], min_iou: float) -> tuple[int, int]:
+    hits = sum(_matched_at(t, found.get(photo, []), min_iou) for photo, boxes in truth.items() for t in boxes)
+    return hits, sum(len(v) for v in truth.values())
+
+
+def _matched_at(box: Box, others: list[Box], min_iou: float) -> bool:
+    return any(iou(box, b) >= min_iou for b in others)
+
+
+def _video_frames(n: int) -> list[np.ndarray]:
+    import cv2
+
+    capture = cv2.VideoCapture(str(VIDEO))
+    frames = []
+    while len(frames) < n:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        frames.append(np.ascontiguousarray(bgr[:, :, ::-1]))
+    capture.release()
+    return frames
+
+
+def blazeface_section(args: argparse.Namespace, photos: list[Path]) -> None:
+    """BlazeFace short/full against the default cascade and dlib HOG: detection ms/photo, recall on the shared
+    photos and on dlib's labelled boxes, end-to-end photos/s against face_recognition (run again here, same
+    photos), and frames/s of detection + embedding on the 640×360 video clip."""
+    import dlib
+
+    from faceprint.errors import ModelError
+    from faceprint.image import load_image
+    from faceprint.pipeline import Pipeline
+
+    try:
+        pipes = {name: Pipeline(detector=m, device=args.device, threads=args.threads) for name, m in BLAZEFACE.items()}
+        for p in pipes.values():
+            _ = p.detector
+    except ModelError as exc:
+        print(f"\n5. BLAZEFACE: skipped ({exc}); run `faceprint models install mediapipe`")
+        return
+    cascade = Pipeline(device=args.device, threads=args.threads).detector
+    hog = dlib.get_frontal_face_detector()
+
+    def dlib_hog_detect(img: np.ndarray) -> list[Box]:
+        h, w = img.shape[:2]
+        return [dlib_box(r, w, h) for r in hog(img, 1)]
+
+    detectors: dict[str, Callable[[np.ndarray], list[Box]]] = {
+        **{name: (lambda img, d=p.detector: [b for b, _ in d.detect(img)]) for name, p in pipes.items()},
+        "fp cascade default (min 40px)": lambda img: [b for b, _ in cascade.detect(img)],
+        "dlib HOG (up 1)": dlib_hog_detect,
+    }
+    warm = load_pixels(photos[0])
+    for detect in detectors.values():
+        detect(warm)
+    series, boxes = run_detectors(photos, detectors, args.repeats)
+    print_series_table(
+        "5. BLAZEFACE — detection per photo (letterbox + one pass + decode); ratio = dlib HOG time / contender",
+        list(series.values()),
+        series["dlib HOG (up 1)"],
+    )
+
+    # recall: the shared photos' known faces (boxes: the cascade's, which finds every HOG face there) …
+    cascade_boxes = boxes["fp cascade default (min 40px)"]
+    print(f"\n  recall on the shared photos ({len(photos)}): cascade / HOG faces also found (IoU ≥ {MATCH_IOU}); faces")
+    print("  counted by a person (README: 1 per identity photo, selfie 7, couple 2, img67 1) vs faces found")
+    known = {str(p): KNOWN_GROUP_FACES.get(rel(p), 1) for p in photos}
+    hog_real = {  # HOG's boxes without the one a person judged not a face (INSPECTED_NOT_FACES)
+        photo: [b for b in found if _inspected_not_face(photo, b) is None]
+        for photo, found in boxes["dlib HOG (up 1)"].items()
+    }
+    for name in detectors:
+        hits, total = _recall(cascade_boxes, boxes[name], MATCH_IOU)
+        hog_hits, hog_total = _recall(hog_real, boxes[name], MATCH_IOU)
+        counted = sum(min(len(boxes[name][photo]), k) for photo, k in known.items())
+        n_boxes = sum(len(v) for v in boxes[name].values())
+        print(
+            f"    {name:<30} cascade faces {hits:>3}/{total:<3}  HOG faces {hog_hits:>3}/{hog_total:<3}"
+            f"  known faces ≥ {counted:>3}/{sum(known.values()):<3}  boxes {n_boxes:>3}"
+        )
+    # … and dlib's labelled boxes (tight squares: IoU 0.4 is a match, 0.3 printed too)
+    truth = {str(k): v for k, v in _dlib_labelled_boxes().items()}
+    dlib_photos = [Path(p) for p in truth]
+    _, dlib_found = run_detectors(dlib_photos, detectors, 1)
+    print(f"\n  recall on dlib_faces ({len(dlib_photos)} photos, {sum(len(v) for v in truth.values())} labelled faces)")
+    for name in detectors:
+        h4, total = _recall(truth, dlib_found[name], 0.4)
+        h3, _ = _recall(truth, dlib_found[name], 0.3)
+        extra = sum(1 for p, bs in dlib_found[name].items() for b in bs if not _matched_at(b, truth[p], 0.3))
+        dogs = len(detectors[name](load_pixels(DLIB_FACES / "dogs.jpg")))
+        print(
+            f"    {name:<30} IoU ≥ 0.4: {h4:>2}/{total}  IoU ≥ 0.3: {h3:>2}/{total}  unlabelled boxes {extra:>2}  "
+            f"dogs.jpg boxes {dogs}"
+        )
+
+    # end to end, each contender in its own process (face_recognition again, so the ratio is from this run)
+    fr = run_worker("face_recognition", args, photos)
+    n = len(photos)
+    fr_rate = (n / sum(p["wall"] for p in fr["photos"]), n / sum(p["cpu"] for p in fr["photos"]))
+    print(f"\n  end to end (detect + landmarks + embed, dlib-resnet-v1), {n} photos, own subprocess each")
+    head = f"    {'contender':<48} {'faces':>5} │ {'photos/s':>8} {'photos/CPU-s':>12} │"
+    print(head + f" {'×wall':>6} {'×CPU':>6} │ peak MiB")
+    rows = [("face_recognition (HOG up 1 + ResNet)", fr)]
+    rows += [(f"faceprint --detector {m}", run_worker(f"faceprint-{m}", args, photos)) for m in BLAZEFACE.values()]
+    for label, r in rows:
+        wall = n / sum(p["wall"] for p in r["photos"])
+        cpu = n / sum(p["cpu"] for p in r["photos"])
+        faces = sum(len(p["boxes"]) for p in r["photos"])
+        print(
+            f"    {label:<48} {faces:>5} │ {wall:8.2f} {cpu:12.2f} │ {wall / fr_rate[0]:5.1f}× "
+            f"{cpu / fr_rate[1]:5.1f}× │ {r['peak_rss_mib']:8.0f}"
+        )
+
+    # frames per second on the 640×360 clip: every frame detected, every face landmarked and embedded
+    frames = _video_frames(args.frames)
+    if not frames:
+        print(f"\n  frames/s: {VIDEO} not readable; skipped")
+        return
+    embedders = ["dlib-resnet-v1"]
+    if (
+        Pipeline(device=args.device)
+        .registry.status(Pipeline(device=args.device).registry.get("faceplugin-mbf"))
+        .available
+    ):
+        embedders.append("faceplugin-mbf")
+    h, w = frames[0].shape[:2]
+    print(f"\n  frames/s on {len(frames)} frames of {VIDEO.name} ({w}×{h}), threads {args.threads or 'default'}")
+    print(f"    {'profile':<60} {'faces':>5} │ {'frames/s':>8} {'frames/CPU-s':>12} │ {'p50 ms':>7} {'p95 ms':>7}")
+    for name, model_id in BLAZEFACE.items():
+        for embedder in [None, *embedders]:
+            pipe = Pipeline(detector=model_id, embedder=embedder, device=args.device, threads=args.threads)
+            if embedder is None:
+                detector = pipe.detector
+
+                def step(f: np.ndarray, d: Any = detector) -> int:
+                    return len(d.detect(f))
+
+                label = f"{name} detection only"
+            else:
+
+                def step(f: np.ndarray, p: Any = pipe) -> int:
+                    return len(p.embed(load_image(f)))
+
+                label = f"{name} + {embedder} (detect, keypoints, embed)"
+            step(frames[0])
+            faces, walls, cpus = 0, [], []
+            for frame in frames:
+                found, wall, cpu = timed(lambda f=frame: step(f))
+                faces += found
+                walls.append(wall)
+                cpus.append(cpu)
+            print(
+                f"    {label:<60} {faces:>5} │ {len(frames) / sum(walls):8.1f} {len(frames) / sum(cpus):12.1f} │ "
+                f"{ms(pct(walls, 50))[2:]} {ms(pct(walls, 95))[2:]}"
+            )
+    print("  issue 19 target for the fast profile (BlazeFace + int8): ≥ 60 frames/s of 640×360 on 2 cores")
+
+
 # -- main ------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -680,7 +871,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embed-repeats", type=int, default=5, help="batch-32 embedding calls")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: cores)")
-    parser.add_argument("--skip", default="", help="comma-separated sections to skip: detection,embedding,e2e,rows")
+    parser.add_argument(
+        "--skip", default="", help="comma-separated sections to skip: detection,embedding,e2e,rows,blazeface"
+    )
+    parser.add_argument("--frames", type=int, default=150, help="640×360 video frames for the BlazeFace frames/s")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -718,6 +912,8 @@ def main(argv: list[str] | None = None) -> None:
         end_to_end_section(args, photos)
     if "rows" not in skip:
         detector_rows_section(args, photos)
+    if "blazeface" not in skip:
+        blazeface_section(args, photos)
     print(
         f"\ndone in {time.perf_counter() - start_wall:.0f} s wall, {time.process_time() - start_cpu:.0f} s CPU "
         f"(this process; the end-to-end subprocesses not included); peak RSS of this process "

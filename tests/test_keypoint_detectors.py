@@ -126,7 +126,7 @@ def test_scrfd_decodes_the_hand_computed_face(tmp_path: Path, batched: bool) -> 
     path = scrfd_graph(tmp_path / "scrfd_10g_bnkps.onnx", batched=batched)
     detector = ScrfdDetector(keypoint_detector_spec(path, "scrfd"), path, threads=1)
     # a 1280×640 photo is letterboxed at scale 0.5: photo px = input px × 2
-    (box, score, points), *rest = detector.detect_landmarks(image(1280, 640))
+    (box, score, points), *rest = detector.faces(image(1280, 640))
     assert rest == []
     assert score == pytest.approx(0.9)
     np.testing.assert_allclose(box, np.array([288, 112, 384, 240]) * 2, atol=1e-3)
@@ -138,7 +138,7 @@ def test_retinaface_decodes_the_hand_computed_face_whatever_the_output_names(tmp
     for names in [("loc", "conf", "landms"), ("output0", "592", "591")]:
         path = retinaface_graph(tmp_path / f"retinaface-{names[0]}.onnx", names)
         detector = RetinaFaceDetector(keypoint_detector_spec(path, "retinaface"), path, threads=1)
-        [(box, score, points)] = detector.detect_landmarks(image(640, 640))
+        [(box, score, points)] = detector.faces(image(640, 640))
         assert score == pytest.approx(0.9)
         # centre (361.6, 150.4), width 256, height 384
         np.testing.assert_allclose(box, [233.6, 0, 489.6, 342.4], atol=1e-3)  # y1 = −41.6 clipped to 0
@@ -148,7 +148,7 @@ def test_retinaface_decodes_the_hand_computed_face_whatever_the_output_names(tmp
 def test_yunet_decodes_the_hand_computed_face(tmp_path: Path) -> None:
     path = yunet_graph(tmp_path / "face_detection_yunet_2023mar.onnx")
     detector = YuNetDetector(keypoint_detector_spec(path, "yunet"), path, threads=1, min_score=0.5)
-    [(box, score, points)] = detector.detect_landmarks(image(1280, 1280))  # scale 0.5
+    [(box, score, points)] = detector.faces(image(1280, 1280))  # scale 0.5
     assert score == pytest.approx(0.9, abs=1e-6)
     np.testing.assert_allclose(box, np.array([144, 56, 272, 216]) * 2, atol=1e-3)
     np.testing.assert_allclose(points, (POINT_OFFSETS + np.array([6, 4])) * 32 * 2, atol=1e-3)
@@ -169,9 +169,7 @@ def test_yunet_decodes_as_opencv_face_detector_yn_does(tmp_path: Path) -> None:
         outputs |= {f"cls_{stride}": cls, f"obj_{stride}": obj, f"bbox_{stride}": bbox, f"kps_{stride}": kps}
     ordered = {k: outputs[k] for kind in ("cls", "obj", "bbox", "kps") for k in outputs if k.startswith(kind)}
     path = constant_graph(tmp_path / "yunet.onnx", "input", (640, 640), ordered)
-    ours = YuNetDetector(keypoint_detector_spec(path, "yunet"), path, threads=1, min_score=0.5).detect_landmarks(
-        image(640, 640)
-    )
+    ours = YuNetDetector(keypoint_detector_spec(path, "yunet"), path, threads=1, min_score=0.5).faces(image(640, 640))
     reference = cv2.FaceDetectorYN.create(str(path), "", (640, 640), 0.5, 0.4, 5000)
     _, theirs = reference.detect(np.ascontiguousarray(image(640, 640)[..., ::-1]))
     theirs = theirs[np.argsort(-theirs[:, 14])]

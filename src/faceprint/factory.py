@@ -7,10 +7,11 @@ Pipeline`, the CLI, the HTTP service (``--model``/``FACEPRINT_MODEL``), Ray Serv
 and evaluation — so the same choice gives the same models everywhere.
 
 Rules (:func:`resolve_profile`): the embedder is the one asked for, else the one ``faceprint models use``
-chose, else ``dlib-resnet-v1``; the detector and landmark model are the ones asked for, else the ones the
-embedder's spec names (``[profile] detector``, ``[align] landmarks``) when they are installed, else the
-cascade and dlib's 5-point predictor. This module sits above the stages (``detect/``, ``align/``,
-``embed/``) and below the pipeline: ``models/`` never imports the stages.
+chose, else ``dlib-resnet-v1``; the detector is the one asked for, else the one ``faceprint models use
+DETECTOR`` chose, else the embedder's (``[profile] detector``) when installed, else the cascade; the landmark
+model is the one asked for, else the detector's own keypoints when it has them (BlazeFace), else the
+embedder's (``[align] landmarks``) when installed, else dlib's 5-point predictor. This module sits above
+the stages (``detect/``, ``align/``, ``embed/``) and below the pipeline: ``models/`` never imports the stages.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from faceprint.align.facemesh import FaceMesh
 from faceprint.align.landmark68 import Landmark68
 from faceprint.align.shape_predictor import ShapePredictor5
 from faceprint.detect.base import Detector
+from faceprint.detect.blazeface import BlazeFaceDetector, BlazeFaceKeypoints
 from faceprint.detect.cascade import CascadeDetector
 from faceprint.detect.confirm import ConfirmedDetector
 from faceprint.detect.hog import HOGDetector
@@ -39,6 +42,7 @@ from faceprint.liveness.base import LivenessUnavailable
 from faceprint.liveness.calibration import LivenessCalibration, shipped_liveness_calibration
 from faceprint.liveness.fasnet import FasNetLiveness
 from faceprint.matching import Calibration, shipped_calibration
+from faceprint.models.convert import converted_model
 from faceprint.models.families import (
     EMBEDDER_FAMILIES,
     KEYPOINT_DETECTOR_FAMILIES,
@@ -53,6 +57,8 @@ from faceprint.models.install import Installed, register_model
 from faceprint.models.quantize import has_int8, int8_model
 from faceprint.models.registry import ModelRegistry
 from faceprint.models.spec import ModelSpec
+from faceprint.models.tflite_onnx import CONVERTER_VERSION as TFLITE_CONVERTER
+from faceprint.models.tflite_onnx import convert_tflite
 
 # Short names of the built-in detectors (any detector model id also works): "cascade" = MTCNN proposals
 # confirmed by dlib's CNN (detect/cascade.py), "mmod" = dlib's CNN scanning the whole photo, "hog" = dlib's
@@ -122,18 +128,19 @@ def resolve_profile(
         raise ModelError(f"unknown embedder {embedder!r}; choose one of {', '.join(embedders)}")
     spec = specs[embedder]
     check_task(spec, "embedder", EMBEDDER_FAMILIES)
+    if detector is None and _available(registry, chosen := registry.store.default_detector()):
+        detector = chosen  # `faceprint models use DETECTOR`
     if detector is None:
         detector = spec.detector if _available(registry, spec.detector) else FALLBACK_DETECTOR
     detectors = [i for i, s in specs.items() if s.task == "detector" and i not in _DETECTOR_IDS.values()]
     if detector not in DETECTORS and detector not in detectors:
         raise ModelError(f"unknown detector {detector!r}; choose one of {', '.join([*DETECTORS, *detectors])}")
     if landmarks is None and detector in specs and gives_landmarks(specs[detector]):
-        landmarks = detector  # the detector's own 5 points align the chips
+        landmarks = detector  # a keypoint detector (BlazeFace, RetinaFace, SCRFD, YuNet): its own points
     if landmarks is None:
         landmarks = spec.landmarks if _available(registry, spec.landmarks) else FALLBACK_LANDMARKS
-    own_points = landmarks == detector and gives_landmarks(specs[detector])
-    if not own_points and getattr(specs.get(landmarks), "task", None) != "landmarks":
-        known = ", ".join(i for i, s in specs.items() if s.task == "landmarks")
+    if landmarks not in specs or not gives_landmarks(specs[landmarks]):
+        known = ", ".join(i for i, s in specs.items() if gives_landmarks(s))
         raise ModelError(f"unknown landmark model {landmarks!r}; choose one of {known}")
     assert spec.output_dim is not None  # embedder specs always state it (checked when parsed)
     return ModelProfile(embedder, detector, landmarks, landmark_scheme(specs[landmarks]), spec.output_dim)
@@ -176,6 +183,8 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
         return MMODDetector(**kwargs)
     spec = registry.get(detector)
     check_task(spec, "detector", ("ultraface", *KEYPOINT_DETECTOR_FAMILIES))
+    if spec.family == "blazeface":
+        return load_blazeface(registry, detector, device=o.device, threads=o.threads, min_score=o.min_score)
     kind = _KEYPOINT_DETECTORS.get(spec.family, UltraFaceDetector)
     weights = _weights(registry, detector, o.precision)
     found = kind(spec, weights, device=o.device, threads=o.threads, min_score=o.min_score)
@@ -185,19 +194,39 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
     return ConfirmedDetector(found, threshold=float(confirm), device=o.device, threads=o.threads)
 
 
+def tflite_onnx_path(registry: ModelRegistry, model_id: str) -> Path:
+    """A pack's TFLite model (sha256-checked in the store) converted to ONNX once and cached."""
+    return converted_model(model_id, convert_tflite, version=TFLITE_CONVERTER, source=registry.path(model_id))
+
+
+def load_blazeface(
+    registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None,
+    min_score: float | None = None,
+) -> BlazeFaceDetector:  # fmt: skip
+    """A BlazeFace detector (mediapipe pack): the TFLite file converted to ONNX on first use."""
+    spec = registry.get(model_id)
+    check_task(spec, "detector", ("blazeface",))
+    path = tflite_onnx_path(registry, model_id)
+    return BlazeFaceDetector(spec, path, device=device, threads=threads, min_score=min_score)
+
+
 def load_landmarker(
     registry: ModelRegistry, model_id: str, *, device: str = "cpu", threads: int | None = None,
     detector: str | None = None,
-) -> ShapePredictor5 | Landmark68 | DetectorPoints:  # fmt: skip
+) -> ShapePredictor5 | Landmark68 | FaceMesh | BlazeFaceKeypoints | DetectorPoints:  # fmt: skip
     """An object with ``predict(image, boxes) → N×5×2`` in the scheme :func:`landmark_scheme` names;
     ``detector`` (a model id) says whose boxes it will get."""
     spec = registry.get(model_id)
-    if gives_landmarks(spec):  # a keypoint detector's own points (the pipeline takes them as it detects)
+    if spec.task == "detector" and gives_landmarks(spec):  # a keypoint detector's points for others' boxes
+        if spec.family == "blazeface":
+            return BlazeFaceKeypoints(load_blazeface(registry, model_id, device=device, threads=threads))
         kind = _KEYPOINT_DETECTORS[spec.family]
         return DetectorPoints(kind(spec, registry.path(model_id), device=device, threads=threads))
     check_task(spec, "landmarks", LANDMARK_FAMILIES)
     if spec.family == "dlib-shape5":
         return ShapePredictor5()
+    if spec.family == "facemesh":
+        return FaceMesh(spec, tflite_onnx_path(registry, model_id), device=device, threads=threads)
     return Landmark68(spec, registry.path(model_id), device=device, threads=threads, detector=detector)
 
 

@@ -22,8 +22,7 @@ import numpy as np
 
 from faceprint.align.chips import ChipTemplate, extract_chips
 from faceprint.align.templates import chip_template
-from faceprint.detect.base import Detector, RawDetection
-from faceprint.detect.keypoints import KeypointDetector
+from faceprint.detect.base import Detector, LandmarkingDetector, RawDetection
 
 # Imported here, while `faceprint/__init__` runs, like `detect.base` above: the first import of the `embed`
 # subpackage sets the attribute `faceprint.embed`, which must happen before `faceprint.embed()` is defined.
@@ -230,16 +229,11 @@ class Pipeline:
         """All faces in ``image`` with boxes, scores and 5 landmarks, highest score first."""
         img = load_image(image)
         detector = self.detector
-        if self.landmarker_id == self.profile.detector and isinstance(detector, KeypointDetector):
-            s = float(img.scale)  # the detector's own 5 points (retinaface, scrfd, yunet families)
-            with span("detect", detector=self.detector_name):
-                found = detector.detect_landmarks(img.pixels)
-                set_attributes(faces=len(found))
-            return [
-                Detection(box=tuple(float(v) * s for v in box), score=score,  # type: ignore[arg-type]
-                          landmarks=points * np.float32(s), landmark_scheme=self.landmark_scheme)
-                for box, score, points in found
-            ]  # fmt: skip
+        if self.profile.landmarks == self.profile.detector and isinstance(detector, LandmarkingDetector):
+            with span("detect", detector=self.detector_name):  # boxes and points from one pass (BlazeFace,
+                raw, points = detector.detect_landmarks(img.pixels)  # RetinaFace, SCRFD, YuNet)
+                set_attributes(faces=len(raw))
+            return self._detections(img, raw, points)
         with span("detect", detector=self.detector_name):
             raw = detector.detect(img.pixels)
             set_attributes(faces=len(raw))
@@ -254,6 +248,9 @@ class Pipeline:
         boxes = np.array([box for box, _ in raw], dtype=np.float64)
         with span("landmarks", model=self.landmarker_id, faces=len(raw)):
             landmarks = self.landmarker.predict(img.pixels, boxes)
+        return self._detections(img, raw, landmarks)
+
+    def _detections(self, img: Image, raw: Sequence[RawDetection], landmarks: Any) -> list[Detection]:
         s = float(img.scale)
         return [
             Detection(

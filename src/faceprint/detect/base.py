@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -15,3 +15,15 @@ class Detector(Protocol):
     model_id: str
 
     def detect(self, image: np.ndarray) -> list[RawDetection]: ...
+
+
+@runtime_checkable
+class LandmarkingDetector(Protocol):
+    """A detector whose faces come with the 5 points of its profile's landmark scheme (BlazeFace's keypoints):
+    ``detect_landmarks`` returns what ``detect`` does plus those points, K×5×2, from the same pass."""
+
+    model_id: str
+
+    def detect(self, image: np.ndarray) -> list[RawDetection]: ...
+
+    def detect_landmarks(self, image: np.ndarray) -> tuple[list[RawDetection], np.ndarray]: ...

@@ -8,7 +8,7 @@ and bottom with zeros, as insightface and OpenCV's FaceDetectorYN do), runs the 
 
 The 5 points are in ArcFace's order and sense (image-left eye, image-right eye, nose tip, image-left mouth
 corner, image-right mouth corner: the ``arcface5`` landmark scheme), so the pipeline aligns chips with them
-directly (:meth:`KeypointDetector.detect_landmarks`) instead of running a landmark model.
+directly (:meth:`KeypointDetector.faces`) instead of running a landmark model.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class KeypointDetector(OnnxModel):
         arrays = self.run(self.to_tensor(canvas[None]))
         return {name: a[0] for name, a in zip(self.output_names, arrays, strict=True)}, scale
 
-    def detect_landmarks(self, image: np.ndarray) -> list[KeypointDetection]:
+    def faces(self, image: np.ndarray) -> list[KeypointDetection]:
         """Faces with their 5 points (``arcface5``) in the image's pixels, best first."""
         h, w = image.shape[:2]
         outputs, scale = self._outputs(image)
@@ -78,7 +78,13 @@ class KeypointDetector(OnnxModel):
         ]
 
     def detect(self, image: np.ndarray) -> list[RawDetection]:
-        return [(box, score) for box, score, _ in self.detect_landmarks(image)]
+        return [(box, score) for box, score, _ in self.faces(image)]
+
+    def detect_landmarks(self, image: np.ndarray) -> tuple[list[RawDetection], np.ndarray]:
+        """:class:`~faceprint.detect.base.LandmarkingDetector`: :meth:`detect` plus the K×5×2 points."""
+        found = self.faces(image)
+        points = np.stack([p for _, _, p in found]) if found else np.zeros((0, 5, 2), np.float32)
+        return [(box, score) for box, score, _ in found], points
 
 
 # where the 5 points of a face usually sit in its box (fractions of width and height), for a box the detector
@@ -97,7 +103,7 @@ def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 class DetectorPoints:
     """A keypoint detector used as the landmark model (``predict(image, boxes) → N×5×2``, ``arcface5``).
 
-    The pipeline takes the points straight from :meth:`KeypointDetector.detect_landmarks`; this serves boxes
+    The pipeline takes the points straight from :meth:`KeypointDetector.faces`; this serves boxes
     that come from elsewhere (a tracker, a caller's boxes): each box gets the points of the detection that
     overlaps it best (IoU ≥ 0.3) in the whole image, else in a crop of twice the box around it, else the
     usual positions of the points in a box (a rough guess: the face is not found there)."""
@@ -111,7 +117,7 @@ class DetectorPoints:
     def predict(self, image: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
         out = np.empty((len(boxes), 5, 2), np.float32)
-        found = self.detector.detect_landmarks(image)
+        found = self.detector.faces(image)
         for i, box in enumerate(boxes):
             points = self._best(box, found)
             if points is None:
@@ -139,5 +145,5 @@ class DetectorPoints:
         x2, y2 = int(min(w, cx + side)), int(min(h, cy + side))
         if x2 - x1 < 8 or y2 - y1 < 8:
             return None
-        found = self.detector.detect_landmarks(image[y1:y2, x1:x2])
+        found = self.detector.faces(image[y1:y2, x1:x2])
         return self._best(box, found, np.array([x1, y1], np.float64))

@@ -78,20 +78,26 @@ def _is_valid(onnx_path: Path, sidecar: Path, source_sha256: str, version: str) 
         return False
 
 
-def converted_model(model_id: str, builder: Callable[[Path], onnx.ModelProto], *, version: str = "1") -> Path:
+def converted_model(
+    model_id: str, builder: Callable[[Path], onnx.ModelProto], *, version: str = "1", source: Path | None = None
+) -> Path:
     """The path of ``model_id`` converted to ONNX by ``builder``, converting on first use.
 
     ``builder`` gets the verified source weight file and returns the ONNX model; ``version`` names the
-    converter so that a change to it invalidates older cached files.
+    converter so that a change to it invalidates older cached files. ``source``: the weight file when it is not
+    shipped by a Python package (a pack's file in the model store), already sha256-verified by the caller
+    (:meth:`~faceprint.models.registry.ModelRegistry.path`).
     """
-    source = model_path(model_id)  # verifies the source file's sha256 against the catalogue
+    if source is None:
+        source = model_path(model_id)  # verifies the source file's sha256 against the catalogue
+    weights = source
     onnx_path, sidecar = cached_paths(model_id, version)
     return cached_build(
         model_id,
-        source,
+        weights,
         get_spec(model_id).sha256,
         version,
-        lambda: builder(source),
+        lambda: builder(weights),
         (onnx_path, sidecar),
         "converting",
     )

@@ -1,9 +1,10 @@
 """Model families: which generic runtime reads a spec, and what a landmark family's points are.
 
 Families: ``dlib-resnet`` (dlib's .dat converted to ONNX), ``arcface`` (any ArcFace-layout ONNX embedder),
-``dlib-shape5`` and ``landmark68`` (landmarks), ``dlib-mmod``, ``dlib-hog`` and ``ultraface`` (detectors), and the
-detectors that also give 5 points (:data:`KEYPOINT_DETECTOR_FAMILIES`: ``retinaface``, ``scrfd``, ``yunet``;
-:func:`keypoint_detector_spec` writes the spec for a user's file of one). Only facts about specs live here;
+``dlib-shape5``, ``landmark68`` and ``facemesh`` (landmarks), ``dlib-mmod``, ``dlib-hog``, ``ultraface`` and
+``blazeface`` (detectors), and the detectors whose faces come with 5 points (:data:`KEYPOINT_DETECTOR_FAMILIES`:
+``blazeface`` from the mediapipe pack; ``retinaface``, ``scrfd``, ``yunet`` for users' own files —
+:func:`keypoint_detector_spec` writes the spec for one). Only facts about specs live here;
 :mod:`faceprint.factory` (above the stages) loads the models.
 """
 
@@ -19,11 +20,16 @@ from faceprint.models.catalogue import sha256_file
 from faceprint.models.spec import ModelSpec, parse_spec
 
 EMBEDDER_FAMILIES = ("dlib-resnet", "arcface")
-LANDMARK_FAMILIES = {"dlib-shape5": "dlib5", "landmark68": "arcface5"}  # family → landmark scheme it gives
-DETECTOR_FAMILIES = ("dlib-mmod", "dlib-hog", "ultraface", "retinaface", "scrfd", "yunet")
-# detectors whose graph also gives 5 points in ArcFace's order (the "arcface5" scheme): a profile with one of
-# them uses its points instead of a landmark model (faceprint.factory.resolve_profile)
-KEYPOINT_DETECTOR_FAMILIES = ("retinaface", "scrfd", "yunet")
+LANDMARK_FAMILIES = {"dlib-shape5": "dlib5", "landmark68": "arcface5", "facemesh": "arcface5"}  # family → scheme
+DETECTOR_FAMILIES = ("dlib-mmod", "dlib-hog", "ultraface", "blazeface", "retinaface", "scrfd", "yunet")
+# detectors whose faces come with 5 points → their scheme: a profile with one of them uses its points instead
+# of a landmark model (faceprint.factory.resolve_profile)
+KEYPOINT_DETECTOR_FAMILIES = {
+    "blazeface": "arcface5",
+    "retinaface": "arcface5",
+    "scrfd": "arcface5",
+    "yunet": "arcface5",
+}
 # what `faceprint models add FILE --family F` writes into the spec: the layout's usual input colour and
 # normalisation and its reference decoding thresholds (detect/retinaface.py, scrfd.py, yunet.py explain them)
 _KEYPOINT_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -56,13 +62,16 @@ def check_task(spec: ModelSpec, task: str, families: tuple[str, ...] | dict[str,
 
 
 def gives_landmarks(spec: ModelSpec) -> bool:
-    """Whether ``spec`` is a detector that gives its own 5 points."""
-    return spec.task == "detector" and spec.family in KEYPOINT_DETECTOR_FAMILIES
+    """Whether ``spec`` can serve as a profile's landmark model: a landmark model, or a detector whose faces
+    come with keypoints (BlazeFace)."""
+    if spec.task == "detector":
+        return spec.family in KEYPOINT_DETECTOR_FAMILIES
+    return spec.task == "landmarks" and spec.family in LANDMARK_FAMILIES
 
 
 def landmark_scheme(spec: ModelSpec) -> str:
-    if gives_landmarks(spec):
-        return "arcface5"
+    if spec.task == "detector" and spec.family in KEYPOINT_DETECTOR_FAMILIES:
+        return KEYPOINT_DETECTOR_FAMILIES[spec.family]
     check_task(spec, "landmarks", LANDMARK_FAMILIES)
     return LANDMARK_FAMILIES[spec.family]
 
@@ -71,8 +80,8 @@ def keypoint_detector_spec(path: Path, family: str, model_id: str | None = None)
     """A user spec for an ONNX detector file of a keypoint family: input size from the graph (640×640 when it is
     dynamic), colour, normalisation and thresholds from the family's defaults; the file is loaded by the
     caller before the spec is accepted."""
-    if family not in KEYPOINT_DETECTOR_FAMILIES:
-        raise ModelError(f"{path}: unknown detector family {family!r}; known: {', '.join(KEYPOINT_DETECTOR_FAMILIES)}")
+    if family not in _KEYPOINT_DEFAULTS:
+        raise ModelError(f"{path}: unknown detector family {family!r}; known: {', '.join(_KEYPOINT_DEFAULTS)}")
     if not path.is_file():
         raise ModelError(f"{path}: no such file")
     try:

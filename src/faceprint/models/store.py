@@ -5,7 +5,8 @@ Layout (``$FACEPRINT_MODEL_DIR``, else ``$FACEPRINT_HOME/models``, else the user
 
     files/<model id>/<file name>   weight files, sha256-checked when copied in and again before each load
     specs/<model id>.json          specs of user-added models (the shipped specs live in the package)
-    config.json                    {"default_embedder": "<model id>"}: the model new collections use
+    config.json                    {"default_embedder": "<model id>", "default_detector": "<model id>"}:
+                                   the models new collections and commands use
 
 Nothing is created until something is written. Writes go to a temporary name in the same folder and are moved
 into place, so a crash never leaves a half-copied model under its real name.
@@ -128,4 +129,16 @@ class ModelStore:
 
     def set_default_embedder(self, model_id: str) -> None:
         config = {**self._config(), "default_embedder": model_id}
+        _write_atomic(self.root / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+
+    # -- default detector -------------------------------------------------------------------------------
+    def default_detector(self) -> str | None:
+        """The detector set by ``faceprint models use DETECTOR``, or ``None`` (the embedder's own applies)."""
+        value = self._config().get("default_detector")
+        return value if isinstance(value, str) else None
+
+    def set_default_detector(self, model_id: str | None) -> None:
+        config = {**self._config(), "default_detector": model_id}
+        if model_id is None:
+            del config["default_detector"]
         _write_atomic(self.root / "config.json", (json.dumps(config, indent=2) + "\n").encode())
