@@ -41,8 +41,8 @@ What it measures, in one run (sections are printed in this order):
 4. **Detectors × precision** (``--skip rows`` to leave out): one row per configuration that the functions in
    ``DETECTOR_ROWS`` return (``cascade_rows``, ``ultraface_rows``, ``blazeface_rows``; add one function per
    detector), each in its own subprocess: detection ms/photo (``pipeline.detector.detect`` only), recall
-   against the HOG faces of the same run (IoU ≥ 0.3, inspected non-faces excused) and against ``dlib_faces``' hand-drawn boxes
-   (IoU ≥ 0.4), embedding ms/face at batch 32 (chips of the row's own detections, best of 5 batches),
+   against the HOG faces of the same run (IoU ≥ 0.3, inspected non-faces excused) and against
+   ``dlib_faces``' hand-drawn boxes (IoU ≥ 0.4), embedding ms/face at batch 32 (chips of the row's own detections, best of 5 batches),
    end-to-end photos/s and photos per CPU-second with their ratio to face_recognition in the same run, and
    peak RSS. ``precision`` int8 quantizes the models that ship int8 ranges (today the dlib embedder only).
 
