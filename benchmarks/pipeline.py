@@ -40,11 +40,11 @@ What it measures, in one run (sections are printed in this order):
 
 4. **Detectors × precision** (``--skip rows`` to leave out): one row per configuration that the functions in
    ``DETECTOR_ROWS`` return (``cascade_rows``, ``ultraface_rows``, ``blazeface_rows``; add one function per
-   detector), each in its own subprocess: detection ms/photo (``pipeline.detector.detect`` only), recall
-   against the HOG faces of the same run (IoU ≥ 0.3, inspected non-faces excused) and against
-   ``dlib_faces``' hand-drawn boxes (IoU ≥ 0.4), embedding ms/face at batch 32 (chips of the row's own detections, best of 5 batches),
-   end-to-end photos/s and photos per CPU-second with their ratio to face_recognition in the same run, and
-   peak RSS. ``precision`` int8 quantizes the models that ship int8 ranges (today the dlib embedder only).
+   detector), each in its own subprocess: detection ms/photo (``pipeline.detector.detect`` only), recall against
+   the HOG faces of the same run (IoU ≥ 0.3, inspected non-faces excused) and against ``dlib_faces``' hand-drawn
+   boxes (IoU ≥ 0.4), embedding ms/face at batch 32 (chips of the row's own detections, best of 5 batches),
+   end-to-end photos/s and photos per CPU-second with their ratio to face_recognition in the same run, and peak
+   RSS. ``precision`` int8 quantizes the models that ship int8 ranges (today the dlib embedder only).
 
 How to read it: every timing is printed as wall time AND process CPU time (all threads of the process,
 ``time.process_time``). The machine is shared (see the load average printed at start and end): wall time
