@@ -91,14 +91,17 @@ def watch(
     tracks: dict[int, TrackSummary] | None = None,
     on_frame: Callable[[FrameResult], None] | None = None,
     on_faceprint: Callable[[int, Frame, Faceprint], None] | None = None,
+    first_track_id: int = 0,
 ) -> Iterator[WatchEvent]:
     """Run the loop over ``source`` and yield events; ``tracks`` (pass a dict) collects :class:`TrackSummary`.
+    ``first_track_id``: the first id to give (a watcher that restarts the loop on the same feed continues its
+    ids, so no two tracks of one feed share an id).
 
     At a shot cut (``cut_threshold``, :class:`CutDetector`; ``None``: never) every track ends and tracking
     starts afresh, so one person's track never continues onto another's face in the next shot."""
     if every < 1:
         raise InvalidArgument(f"--every must be at least 1, got {every}")
-    tracker = FaceTracker(fps=source.fps)
+    tracker = FaceTracker(fps=source.fps, first_id=first_track_id)
     cuts = None if cut_threshold is None else CutDetector(cut_threshold)
     tracks = {} if tracks is None else tracks
     last: Frame | None = None
@@ -109,7 +112,7 @@ def watch(
                 if not summary.ended:
                     identifier.forget(summary.track_id)
                     yield _end(summary, last or frame)
-            tracker = FaceTracker(fps=source.fps, first_id=max(tracks, default=-1) + 1)
+            tracker = FaceTracker(fps=source.fps, first_id=max(max(tracks, default=-1) + 1, first_track_id))
             since_cut = 0
         last = frame
         detected = since_cut % every == 0
