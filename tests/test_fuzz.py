@@ -171,9 +171,17 @@ OPERATIONS = [
     ("POST", "/v1/clusters/{clustering_id}/not-this-person"),
     ("POST", "/v1/clusters/{clustering_id}/name"),
     ("GET", "/v1/audit"),
+    ("POST", "/v1/videos"),
+    ("GET", "/v1/videos/{job_id}"),
+    ("POST", "/v1/streams"),
+    ("GET", "/v1/streams"),
+    ("GET", "/v1/streams/{stream_id}"),
+    ("DELETE", "/v1/streams/{stream_id}"),
+    ("GET", "/v1/streams/{stream_id}/events"),
 ]
 #: Operations without parameters or a body: nothing to generate a negative example from.
 NO_INPUT = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/info")}
+NO_INPUT |= {("GET", "/v1/streams")}
 CASES = [
     pytest.param(method, path, mode, media, id=f"{method} {path} {mode}{' ' + media if media else ''}")
     for method, path in OPERATIONS

@@ -34,8 +34,11 @@ from faceprint.service.metrics import Metrics
 from faceprint.service.middleware import ServiceMiddleware
 from faceprint.service.paths import STATIC_DIR
 from faceprint.service.routers import audit, clusters, detect, health, identify, liveness, subjects, verify
+from faceprint.service.routers import streams as stream_routes
+from faceprint.service.routers import videos as video_routes
 from faceprint.service.settings import Settings, SettingsError
 from faceprint.service.store import ServiceStore
+from faceprint.service.videos import VideoService
 
 log = logging.getLogger("faceprint.service")
 
@@ -49,6 +52,11 @@ OPENAPI_TAGS = [
     },
     {"name": "audit", "description": "The append-only audit log. Scope `admin`."},
     {"name": "operations", "description": "Health, readiness, metrics and service information."},
+    {
+        "name": "video",
+        "description": "Uploaded clips as background jobs (scope `recognize`) and camera streams with Server-Sent "
+        "Events and webhooks (registered with scope `admin`); see docs/video.md.",
+    },
 ]
 
 
@@ -94,6 +102,7 @@ def create_app(
         metrics=metrics,
         max_body=settings.max_upload_bytes,
         trust_request_id=settings.trust_request_id,
+        body_limits={"/v1/videos": (settings.max_video_bytes, "FACEPRINT_MAX_VIDEO_BYTES")},
     )
     for router in (
         health.router,
@@ -104,6 +113,8 @@ def create_app(
         subjects.router,
         clusters.router,
         audit.router,
+        video_routes.router,
+        stream_routes.router,
     ):
         app.include_router(router)
     app.mount("/static", health.UiStaticFiles(directory=STATIC_DIR), name="static")
@@ -149,6 +160,7 @@ def _start(
         max_queue=settings.queue_limit,
         decode_max_pixels=settings.decode_max_pixels,
     )
+    app.state.videos = VideoService(settings, metrics, app.state.audit)
     app.state.ready = True
     metrics.ready.set(1)
     if settings.auth and not app.state.keys.list(include_revoked=False):
@@ -201,7 +213,7 @@ def _warm_up(pipeline: Pipeline) -> None:
 def _stop(app: FastAPI) -> None:
     app.state.ready = False
     app.state.metrics.ready.set(0)
-    for name in ("engines", "gallery", "store"):
+    for name in ("videos", "engines", "gallery", "store"):
         thing = getattr(app.state, name, None)
         if thing is not None:
             try:

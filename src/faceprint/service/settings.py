@@ -87,6 +87,12 @@ class Settings:
     keepalive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this long
     max_connections: int | None = None  # None: default_max_connections() (see `connection_limit`)
     liveness: str = "off"  # liveness policy of verify/identify/enrolment when a request names none
+    # Video (issue 16, docs/video.md): uploads to POST /v1/videos, background jobs, camera streams.
+    max_video_bytes: int = 200 * 1024 * 1024
+    max_video_seconds: float = 1800.0
+    max_video_jobs: int = 4  # queued or running at once; one more gets 429 too_many_jobs
+    video_workers: int = 1  # clips analysed at once
+    max_streams: int = 4
 
     def __post_init__(self) -> None:
         for name in (
@@ -116,6 +122,13 @@ class Settings:
             raise SettingsError(f"FACEPRINT_LIVENESS: must be one of {modes}, got {self.liveness!r}")
         if self.max_connections is not None and self.max_connections < 1:
             raise SettingsError(f"FACEPRINT_MAX_CONNECTIONS: must be at least 1, got {self.max_connections}")
+        for name in ("max_video_bytes", "max_video_jobs", "video_workers", "max_streams"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_ENV[name]}: must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.max_video_seconds <= 86_400:  # also refuses NaN
+            raise SettingsError(
+                f"FACEPRINT_MAX_VIDEO_SECONDS: must be above 0 and at most 86400, got {self.max_video_seconds}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -195,6 +208,11 @@ _ENV = {
     "keepalive_timeout_s": "FACEPRINT_KEEPALIVE_TIMEOUT_S",
     "max_connections": "FACEPRINT_MAX_CONNECTIONS",
     "liveness": "FACEPRINT_LIVENESS",
+    "max_video_bytes": "FACEPRINT_MAX_VIDEO_BYTES",
+    "max_video_seconds": "FACEPRINT_MAX_VIDEO_SECONDS",
+    "max_video_jobs": "FACEPRINT_MAX_VIDEO_JOBS",
+    "video_workers": "FACEPRINT_VIDEO_WORKERS",
+    "max_streams": "FACEPRINT_MAX_STREAMS",
 }
 
 
