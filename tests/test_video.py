@@ -9,6 +9,10 @@ man at the left. Obama, Lacamoire and Miranda are enrolled from reference photos
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -32,6 +36,8 @@ KEY = "ab" * 32
 # dlib-resnet-v1 on the blurred, turned audience shot: Obama's track aggregates to ~0.895 against his photos,
 # under the FMR 1e-3 threshold (0.926); the test names the rule it needs (≈ FMR 3e-2 on LFW).
 RULE = ["--threshold", "0.89"]
+
+FFMPEG = "/usr/bin/ffmpeg"
 
 pytestmark = pytest.mark.skipif(not CLIP.is_file(), reason="needs ../shared/data/video")
 
@@ -162,3 +168,118 @@ def test_enroll_from_video(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert 1 <= report["accepted"] <= 5 and all(q >= 0.5 for q in report["qualities"])
     with open_gallery(gallery) as store:
         assert store.get_subject("Lacamoire").template_count == report["accepted"]
+
+
+# -- RTSP with a real FFmpeg ---------------------------------------------------------------------------------------
+def listening(port: int) -> bool:
+    """Whether a socket listens on TCP ``port``, read from /proc/net/tcp* (a probe connection would be taken
+    for the pushing client by FFmpeg's one-shot RTSP listener)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+class Pusher:
+    """`ffmpeg -re` pushing the clip to an RTSP URL once a listener (the watcher) listens on its port."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.port = int(url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, seconds: float = 120) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if not listening(self.port):
+                time.sleep(0.2)
+                continue
+            self.proc = subprocess.Popen(
+                [FFMPEG, "-nostdin", "-loglevel", "error", "-re", "-i", str(CLIP), "-c", "copy", "-f", "rtsp",
+                 "-rtsp_transport", "tcp", self.url],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                self.proc.wait(2)  # refused or failed at once: try again
+            except subprocess.TimeoutExpired:
+                return  # connected and streaming
+        pytest.fail(f"no RTSP listener accepted {self.url} within {seconds:.0f} s")
+
+    def wait(self, seconds: float = 60) -> None:
+        assert self.proc is not None
+        self.proc.wait(seconds)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def tracks_from_events(events: list[dict]) -> list[dict]:
+    """Each track's first frame and, from its last event (its track_end, or its last decision while it is still
+    open when a stream ends), its last frame and subject."""
+    first: dict[int, int] = {}
+    last: dict[int, dict] = {}
+    for e in events:
+        if e.get("type") == "track_start":
+            first[e["track_id"]] = e["frame"]
+        if e.get("track_id") in first and e.get("box") is not None:
+            last[e["track_id"]] = e
+    return [
+        {"track_id": t, "first_frame": first[t], "last_frame": e["frame"], "subject": e["subject"], "box": e["box"]}
+        for t, e in last.items()
+    ]
+
+
+def test_watch_rtsp_names_the_same_tracks_as_the_file(
+    watched: tuple[list[dict], Path], gallery_dir: Path, cache_dir: Path
+) -> None:
+    """`faceprint watch --listen rtsp://127.0.0.1:PORT/live` receives the clip pushed by `ffmpeg -re … -f rtsp`
+    (FFmpeg has no standalone RTSP server: the watcher is the server side) and names the same tracks, on the
+    same frames, as watching the file; when the push ends the stream is lost (no reconnect asked): exit 2."""
+    port = free_port()
+    url = f"rtsp://127.0.0.1:{port}/live"
+    env = {**os.environ, "FACEPRINT_KEY": KEY, "FACEPRINT_CACHE_DIR": str(cache_dir)}
+    cli = [sys.executable, "-c", "from faceprint.cli import app; app()"]
+    proc = subprocess.Popen(
+        [*cli, "watch", url, "--listen", "--gallery", str(gallery_dir), "--every", "3", "--reconnects", "0",
+         "--open-timeout", "60", *RULE],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    pusher = Pusher(url)
+    try:
+        pusher.start()
+        pusher.wait(60)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        pusher.kill()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2 and "rtsp://127.0.0.1" in err and "dropped" in err, err
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert events[-1]["type"] == "source_dropped"
+    live = [t for t in tracks_from_events(events) if t["subject"]]
+    from_file = [t for t in watched[0][-1]["tracks"] if t["subject"]]
+    assert {"Lin-Manuel Miranda", "Barack Obama"} <= {t["subject"] for t in live}
+    assert len(live) == len(from_file), (live, from_file)
+    for want in from_file:
+        assert any(
+            t["subject"] == want["subject"] and abs(t["first_frame"] - want["first_frame"]) <= 3 for t in live
+        ), (
+            want,
+            live,
+        )

@@ -29,10 +29,9 @@ import pytest
 
 from faceprint.gallery import enrol_images, open_gallery
 from tests.test_service_ui import browser, free_port, stop_server, wait_until_ready  # noqa: F401 (fixture)
-from tests.test_video import CLIP, REFERENCES, _centre
+from tests.test_video import CLIP, REFERENCES, Pusher, _centre
 
 CLI = [sys.executable, "-c", "from faceprint.cli import app; app()"]
-FFMPEG = "/usr/bin/ffmpeg"
 THRESHOLD = "0.89"  # see tests/test_video.py: Obama's aggregated score with dlib-resnet-v1 is ~0.895
 MAX_VIDEO_BYTES = 2_000_000
 
@@ -176,38 +175,6 @@ def test_jobs_are_bounded(server) -> None:
 
 
 # -- RTSP streams ------------------------------------------------------------------------------------------------
-class Pusher:
-    """`ffmpeg -re` pushing the clip to an RTSP URL that a listener (the service) serves; retried until the
-    listener accepts."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, seconds: float = 120) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.proc = subprocess.Popen(
-                [FFMPEG, "-nostdin", "-loglevel", "error", "-re", "-i", str(CLIP), "-c", "copy", "-f", "rtsp",
-                 "-rtsp_transport", "tcp", self.url],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )  # fmt: skip
-            time.sleep(0.5)
-            if self.proc.poll() is None:  # connected and streaming (a refused connection exits at once)
-                return
-            time.sleep(0.5)
-        pytest.fail(f"no RTSP listener accepted {self.url} within {seconds:.0f} s")
-
-    def wait(self, seconds: float = 60) -> None:
-        assert self.proc is not None
-        self.proc.wait(seconds)
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 class Hook(BaseHTTPRequestHandler):
     """A webhook receiver that answers 500 to its first POST (so a retry is needed) and 200 afterwards."""
 
