@@ -318,3 +318,46 @@ def test_stream_registration_errors(server) -> None:
         assert answer.status_code == 422 and answer.json()["code"] == code, answer.text
     assert httpx.get(f"{url}/v1/streams/nope/events", headers=_auth(key)).status_code == 404
     assert httpx.delete(f"{url}/v1/streams/nope", headers=_auth(key)).status_code == 404
+
+
+def test_ui_videos_tab_uploads_shows_progress_and_plays_the_timeline(server, browser, tmp_path: Path) -> None:  # noqa: F811
+    """The Videos tab in a real headless Chromium: upload the clip, see the progress bar move, then the clip
+    plays above its track timeline (one bar per track, named bars green); clicking a bar seeks to the track."""
+    url, key, _ = server
+    page = browser.new_page(viewport={"width": 1100, "height": 1200})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.goto(url + "/")
+    page.fill("#api-key", key)
+    page.click("#key-save")
+    page.locator("#status", has_text="key set").wait_for(timeout=30_000)
+    page.click("nav button[data-tab=videos]")
+    page.set_input_files("#videos-file", str(CLIP))
+    page.fill("#videos-threshold", THRESHOLD)
+    page.click("#videos-run")
+    page.locator("#videos-status", has_text="frame").wait_for(timeout=60_000)  # progress while it runs
+    page.wait_for_selector("#videos-tracks[data-done='1'] li", timeout=300_000)
+    tracks = page.inner_text("#videos-tracks")
+    assert "Lin-Manuel Miranda" in tracks and "Barack Obama" in tracks and "unknown" in tracks
+    assert page.eval_on_selector("#videos-progress", "p => p.value") == 1
+    bars = page.locator("#videos-timeline .bar")
+    assert bars.count() == page.locator("#videos-tracks li").count() >= 6
+    named = page.locator("#videos-timeline .bar.named")
+    assert "Barack Obama" in " ".join(named.all_inner_texts())
+    # bars sit where their tracks are: Obama's (frames ~214-274 of 275) starts in the last quarter
+    obama = page.locator("#videos-timeline .bar.named", has_text="Barack Obama")
+    box, lane = obama.bounding_box(), page.locator("#videos-timeline").bounding_box()
+    assert box is not None and lane is not None and (box["x"] - lane["x"]) / lane["width"] > 0.7
+    page.screenshot(
+        path=str(Path(os.environ.get("FACEPRINT_UI_SCREENSHOTS") or tmp_path) / "videos.png"), full_page=True
+    )
+    # the local clip plays (H.264 where the browser has the codec) and a bar seeks to its track
+    playable = page.eval_on_selector("#videos-player", "v => v.canPlayType('video/mp4; codecs=\"avc1.42E01E\"')")
+    if playable:
+        page.wait_for_function("() => document.getElementById('videos-player').readyState >= 1", timeout=30_000)
+        obama.click()
+        page.wait_for_function("() => document.getElementById('videos-player').currentTime >= 7", timeout=30_000)
+    assert page.inner_text("#error") == ""
+    assert not errors, errors
+    page.close()
