@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from faceprint.cli import app
 from faceprint.gallery import enrol_images, open_gallery
-from faceprint.video import VideoDecodeError, aggregate_vectors, open_source
+from faceprint.types import Detection, Faceprint
+from faceprint.video import DecisionPolicy, TrackIdentifier, VideoDecodeError, aggregate_vectors, open_source
 from faceprint.video.sources import source_kind
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "video"
@@ -283,3 +284,66 @@ def test_watch_rtsp_names_the_same_tracks_as_the_file(
             want,
             live,
         )
+
+
+# -- decisions across tracks: one subject per moment, no flip-flopping ----------------------------------------------
+def _fp(vector: list[float], quality: float) -> Faceprint:
+    v = np.asarray(vector, dtype=np.float32)
+    return Faceprint(v / np.linalg.norm(v), "toy-model", Detection((0.0, 0.0, 80.0, 80.0), 1.0), quality)
+
+
+@pytest.fixture
+def toy_gallery(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A real embedded gallery with two subjects on orthogonal 4-d toy templates: A = e1, B = e2."""
+    monkeypatch.setenv("FACEPRINT_KEY", KEY)
+    with open_gallery(tmp_path / "toy") as gallery:
+        gallery.ensure_collection("default", "toy-model", 4)
+        for name, vector in (("A", [1, 0, 0, 0]), ("B", [0, 1, 0, 0])):
+            gallery.add_subject(name)
+            gallery.add_templates(name, [_fp(vector, 1.0)])
+        yield gallery
+
+
+def test_one_subject_per_moment(toy_gallery) -> None:
+    """Two live tracks both closest to A: the better one gets A, the other falls back to B (it passes too),
+    and a track whose only passing subject is taken by a better track stays unknown."""
+    policy = DecisionPolicy(min_frames=1, max_frames=1)
+    ident = TrackIdentifier(toy_gallery, "toy-model", threshold=0.5, policy=policy)
+    ident.add(1, _fp([0.9, 0.55, 0.3, 0], 0.9))  # A 0.81, B 0.50
+    assert ident.decide(1).subject == "A"
+    ident.add(2, _fp([0.95, 0.3, 0, 0], 0.9))  # A 0.95 (better than track 1), B 0.30
+    decision = ident.decide(2)
+    assert decision.subject == "A"
+    (moved,) = ident.displaced
+    assert moved.track_id == 1 and moved.subject == "B"  # 0.50: its next passing candidate
+    ident.add(3, _fp([0.9, 0.1, 0.4, 0], 0.9))  # A 0.91 < track 2's 0.95, B below the threshold
+    assert ident.decide(3).subject is None
+    ident.forget(2)  # track 2 ended: A is free again
+    ident.add(3, _fp([0.9, 0.1, 0.4, 0], 0.95))
+    assert ident.decide(3).subject == "A"
+
+
+def test_a_name_changes_only_after_two_decisions_or_a_clear_margin(toy_gallery) -> None:
+    policy = DecisionPolicy(min_frames=1, max_frames=1, switch_after=2, switch_margin=0.1)
+    ident = TrackIdentifier(toy_gallery, "toy-model", threshold=0.5, policy=policy)
+    ident.add(1, _fp([0.8, 0.6, 0, 0], 0.5))  # A 0.80, B 0.60
+    assert ident.decide(1).subject == "A"
+    ident.add(1, _fp([0.7, 0.72, 0, 0], 0.6))  # B leads by 0.02: A is kept once
+    kept = ident.decide(1)
+    assert kept.subject == "A" and abs(kept.score - 0.697) < 0.01
+    ident.add(1, _fp([0.7, 0.72, 0, 0], 0.7))  # B leads a second time: the name changes
+    assert ident.decide(1).subject == "B"
+    ident.add(1, _fp([0.95, 0.3, 0, 0], 0.8))  # A leads by 0.65 > margin: at once
+    assert ident.decide(1).subject == "A"
+    ident.add(1, _fp([0.1, 0.1, 1, 0], 0.9))  # nobody passes: the name is withdrawn (A fails the threshold)
+    assert ident.decide(1).subject is None
+
+
+def test_a_near_tie_names_nobody(toy_gallery) -> None:
+    """A face as close to A as to B (a profile between two people) stays unknown; a clear lead is named."""
+    ident = TrackIdentifier(toy_gallery, "toy-model", threshold=0.5, policy=DecisionPolicy(min_frames=1, max_frames=1))
+    ident.add(1, _fp([0.7, 0.699, 0, 0], 0.5))  # A and B both ~0.707, 0.0007 apart
+    tie = ident.decide(1)
+    assert tie.subject is None and tie.score is not None and tie.score > 0.5
+    ident.add(2, _fp([0.7, 0.6, 0, 0], 0.5))  # A leads by 0.1
+    assert ident.decide(2).subject == "A"

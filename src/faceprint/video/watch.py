@@ -16,7 +16,7 @@ from faceprint.errors import InvalidArgument
 from faceprint.image import load_image
 from faceprint.pipeline import Pipeline
 from faceprint.types import Box, Faceprint
-from faceprint.video.decisions import TrackIdentifier
+from faceprint.video.decisions import TrackDecision, TrackIdentifier
 from faceprint.video.sources import Frame, VideoSource
 from faceprint.video.tracking import CutDetector, FaceTracker, TrackedFace
 
@@ -136,6 +136,14 @@ def watch(
                 decision = identifier.decide(face.track_id)
                 if decision is None:
                     continue
+                for moved in identifier.displaced:  # one-to-one: another live track lost its subject to this one
+                    other = tracks.get(moved.track_id)
+                    if other is not None and not other.ended and moved.subject != other.subject:
+                        other.subject, other.score = moved.subject, moved.score
+                        yield WatchEvent(
+                            "identity", moved.track_id, frame.index, frame.time_s, other.last_box, moved.subject,
+                            moved.score, {**_details(moved), "reason": "one_to_one"},
+                        )  # fmt: skip
                 summary.evidence_frames = decision.frames
                 changed = summary.evidence_frames == identifier.policy.min_frames or decision.subject != summary.subject
                 summary.score = decision.score
@@ -143,11 +151,12 @@ def watch(
                     summary.subject = decision.subject
                     yield WatchEvent(
                         "identity", face.track_id, frame.index, frame.time_s, face.box, decision.subject,
-                        decision.score, {k: v for k, v in decision.to_dict().items() if k not in ("subject", "score")},
+                        decision.score, _details(decision),
                     )  # fmt: skip
             alive = tracker.alive_ids()
             for track_id, summary in tracks.items():
                 if not summary.ended and track_id not in alive:
+                    identifier.forget(track_id)
                     yield _end(summary, frame)
         else:
             faces = tracker.predict(frame.time_s, (frame.pixels.shape[1], frame.pixels.shape[0]))
@@ -158,6 +167,10 @@ def watch(
         for summary in tracks.values():
             if not summary.ended:
                 yield _end(summary, last)
+
+
+def _details(decision: TrackDecision) -> dict[str, object]:
+    return {k: v for k, v in decision.to_dict().items() if k not in ("subject", "score")}
 
 
 def _end(summary: TrackSummary, frame: Frame) -> WatchEvent:
