@@ -318,6 +318,9 @@ def test_one_subject_per_moment(toy_gallery) -> None:
     assert moved.track_id == 1 and moved.subject == "B"  # 0.50: its next passing candidate
     ident.add(3, _fp([0.9, 0.1, 0.4, 0], 0.9))  # A 0.91 < track 2's 0.95, B below the threshold
     assert ident.decide(3).subject is None
+    # track 2 not on this frame (lost a moment ago): it is no rival, and it keeps A too
+    assert ident.decide(3, rivals={3}).subject == "A" and not ident.displaced
+    assert ident.decisions[2].subject == "A"
     ident.forget(2)  # track 2 ended: A is free again
     ident.add(3, _fp([0.9, 0.1, 0.4, 0], 0.95))
     assert ident.decide(3).subject == "A"

@@ -25,6 +25,7 @@ Two rules across decisions:
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,6 +119,7 @@ class TrackIdentifier:
         self._answers: dict[int, Identification] = {}  # each live track's latest identification
         self._streak: dict[int, tuple[str | None, int]] = {}  # a challenger to the current name, decisions in a row
         self.displaced: list[TrackDecision] = []  # tracks whose name the last decide() took away (one-to-one)
+        self._rivals: set[int] | None = None
 
     def usable(self, faceprint: Faceprint) -> bool:
         det = faceprint.detection
@@ -154,11 +156,14 @@ class TrackIdentifier:
         vector = aggregate_vectors(np.stack(ev.vectors), q)
         return Faceprint(vector=vector, model_id=self.model_id, quality=float(q.mean()))
 
-    def decide(self, track_id: int) -> TrackDecision | None:
+    def decide(self, track_id: int, rivals: Collection[int] | None = None) -> TrackDecision | None:
         """Identify the track's aggregated faceprint (``None``: not enough evidence yet, or no gallery), under
-        the one-to-one and hysteresis rules (module docstring). Tracks whose name this took away are in
+        the one-to-one and hysteresis rules (module docstring). ``rivals``: the tracks it competes with for a
+        subject (those seen on the same frame; default every live track) — a track lost a moment ago keeps
+        its name when the same person comes back on a new track. Tracks whose name this took away are in
         :attr:`displaced`."""
         self.displaced = []
+        self._rivals = None if rivals is None else set(rivals)
         probe = self.aggregate(track_id)
         if probe is None or self.gallery is None:
             return None
@@ -173,7 +178,7 @@ class TrackIdentifier:
         decision = self.decisions[track_id] = self._decision(track_id, answer, chosen)
         if chosen is not None and self.policy.one_to_one:
             for other, held in list(self.decisions.items()):
-                if other != track_id and held.subject_id == chosen.subject_id:
+                if other != track_id and held.subject_id == chosen.subject_id and self._rival(other):
                     fallback = self._best_free(other, self._answers[other])
                     self.decisions[other] = self._decision(other, self._answers[other], fallback)
                     self._streak.pop(other, None)
@@ -188,9 +193,12 @@ class TrackIdentifier:
         held = {
             d.subject_id: d.score or 0.0
             for t, d in self.decisions.items()
-            if t != track_id and d.subject_id is not None and self.policy.one_to_one
+            if t != track_id and d.subject_id is not None and self.policy.one_to_one and self._rival(t)
         }
         return [c for c in self._passing(answer) if not (c.subject_id in held and held[c.subject_id] >= c.score)]
+
+    def _rival(self, track_id: int) -> bool:
+        return self._rivals is None or track_id in self._rivals
 
     def _best_free(self, track_id: int, answer: Identification) -> Candidate | None:
         """The best free candidate, if it leads the next candidate down by ``min_lead`` (a face about as close

@@ -133,7 +133,7 @@ def watch(
                     on_faceprint(face.track_id, frame, fp)
                 if not identifier.add(face.track_id, fp):
                     continue
-                decision = identifier.decide(face.track_id)
+                decision = identifier.decide(face.track_id, rivals={f.track_id for f in faces})
                 if decision is None:
                     continue
                 for moved in identifier.displaced:  # one-to-one: another live track lost its subject to this one
