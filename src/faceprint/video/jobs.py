@@ -230,6 +230,10 @@ class VideoJobs:
             job.frames_done = result.frame.index + 1
             if hooks.on_frame is not None:
                 hooks.on_frame(job, result)
+            if self._stop.is_set():  # checked per frame: a clip without faces has no events
+                raise VideoJobError("the service is shutting down; the job was stopped")
+            if limit is not None and job.frames_done > limit:
+                raise VideoJobError(f"{job.name}: longer than the limit of {self.max_seconds:g} s of video")
 
         try:
             for event in watch(source, pipeline, identifier, every=job.every, tracks=tracks, on_frame=on_frame):
@@ -239,10 +243,6 @@ class VideoJobs:
                     job.events.append({"type": "truncated", "message": f"more than {MAX_EVENTS} events"})
                 if hooks.on_event is not None:
                     hooks.on_event(job, event)
-                if self._stop.is_set():
-                    raise VideoJobError("the service is shutting down; the job was stopped")
-                if limit is not None and job.frames_done > limit:
-                    raise VideoJobError(f"{job.name}: longer than the limit of {self.max_seconds:g} s of video")
             job.tracks = [t.to_dict() for t in sorted(tracks.values(), key=lambda t: t.track_id)]
             job.status = "done"
         except (VideoSourceError, VideoJobError) as exc:

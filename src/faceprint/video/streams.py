@@ -45,6 +45,10 @@ WEBHOOK_DEFAULT_TYPES = ("identity",)
 Subscriber = Callable[[int, dict[str, object]], None]
 
 
+class _Stopped(Exception):
+    """Raised from the frame callback to leave the loop when the watcher is stopped."""
+
+
 class StreamError(FaceprintError):
     """A stream cannot be registered or found."""
 
@@ -361,6 +365,8 @@ class StreamWatcher:
                     self.stats.status = "running"
 
                     def on_frame(result: FrameResult, source: VideoSource = source) -> None:
+                        if self._stop.is_set():  # per frame: a feed without faces has no events
+                            raise _Stopped
                         self._on_frame(source.lag_s, result)
 
                     first = max(tracks, default=-1) + 1
@@ -372,6 +378,8 @@ class StreamWatcher:
                         self._publish(event.to_dict())
                         if self._stop.is_set():
                             break
+            except _Stopped:
+                break
             except VideoSourceError as exc:
                 self.stats.last_error = str(exc)
                 self._publish({"type": "source_error", "source": self.display_url, "message": exc.reason})
