@@ -23,7 +23,8 @@ What it does, per stride N (``--every``):
 
 The machine is shared (the load average is printed): wall time includes waiting for a core; CPU time is the
 cost. ``CPU/video-s`` = process CPU seconds per second of video: under the number of cores means the work fits
-in real time if it were spread over them (the loop is one thread; ONNX Runtime and FFmpeg use more).
+in real time if it were spread over them (the loop is one thread; ONNX Runtime and FFmpeg use more);
+``frames/CPU-s`` = frames per second of process CPU, the rate on an otherwise idle core.
 """
 
 from __future__ import annotations
@@ -202,13 +203,17 @@ def main(argv: list[str] | None = None) -> int:
         f"\nclip {args.clip.name}: {size}, {fps:.2f} fps, {offline[1].frames} frames ({offline[1].frames / fps:.1f} s)"
     )
     print("\nOffline (as fast as it goes): ms per video frame, wall / CPU")
-    head = f"{'every':>5} {'frames/s':>9} {'CPU/video-s':>11} " + " ".join(f"{s:>13}" for s in STAGES)
+    head = f"{'every':>5} {'frames/s':>9} {'frames/CPU-s':>12} {'CPU/video-s':>11} " + " ".join(
+        f"{s:>13}" for s in STAGES
+    )
     print(head)
     for n, r in offline.items():
         stages = " ".join(
             f"{1000 * r.clock.wall[s] / r.frames:6.1f}/{1000 * r.clock.cpu[s] / r.frames:<6.1f}" for s in STAGES
         )
-        print(f"{n:>5} {r.frames / r.wall_s:9.1f} {r.cpu_s / (r.frames / fps):11.2f} {stages}")
+        print(
+            f"{n:>5} {r.frames / r.wall_s:9.1f} {r.frames / r.cpu_s:12.1f} {r.cpu_s / (r.frames / fps):11.2f} {stages}"
+        )
     base = named(offline[1].tracks)
     print(f"\nNamed tracks with --every 1: {', '.join(f'{s} from frame {f}' for s, f in base)}")
     ok = True
