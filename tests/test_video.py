@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +24,14 @@ from typer.testing import CliRunner
 from faceprint.cli import app
 from faceprint.gallery import enrol_images, open_gallery
 from faceprint.types import Detection, Faceprint
-from faceprint.video import DecisionPolicy, TrackIdentifier, VideoDecodeError, aggregate_vectors, open_source
+from faceprint.video import (
+    DecisionPolicy,
+    StreamLost,
+    TrackIdentifier,
+    VideoDecodeError,
+    aggregate_vectors,
+    open_source,
+)
 from faceprint.video.sources import source_kind
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "video"
@@ -350,3 +358,35 @@ def test_a_near_tie_names_nobody(toy_gallery) -> None:
     assert tie.subject is None and tie.score is not None and tie.score > 0.5
     ident.add(2, _fp([0.7, 0.6, 0, 0], 0.5))  # A leads by 0.1
     assert ident.decide(2).subject == "A"
+
+
+@pytest.mark.parametrize("max_lag", [None, 0.5])
+def test_a_slow_consumer_of_a_live_stream_lags_unless_frames_are_skipped(max_lag: float | None) -> None:
+    """The clip pushed at 30 fps by a real FFmpeg, read by a consumer that needs 0.1 s a frame (a third of
+    real time): without ``max_lag_s`` every frame comes, ever later (lag ~2/3 of the stream's length);
+    with 0.5 s frames are skipped and the lag stays bounded, and the stream's timestamps stay true."""
+    url = f"rtsp://127.0.0.1:{free_port()}/live"
+    pusher = Pusher(url)
+    starter = threading.Thread(target=pusher.start, daemon=True)
+    starter.start()
+    frames, lags = [], []
+    try:
+        with open_source(url, listen=True, open_timeout_s=60, max_reconnects=0, max_lag_s=max_lag) as source:
+            try:
+                for frame in source:
+                    frames.append((frame.index, frame.time_s))
+                    lags.append(source.lag_s)
+                    time.sleep(0.1)
+            except StreamLost:  # the push ended
+                pass
+            skipped = source.skipped
+    finally:
+        starter.join(10)
+        pusher.kill()
+    indices = [i for i, _ in frames]
+    assert indices == sorted(indices) and frames[-1][0] >= 260  # it reaches the end of the push either way
+    assert all(abs(t - i / 29.97) < 0.1 for i, t in frames)  # stream time, not arrival time
+    if max_lag is None:
+        assert skipped == 0 and len(frames) >= 270 and max(lags) > 4
+    else:
+        assert skipped > 100 and max(lags) < 1.5, (skipped, max(lags))

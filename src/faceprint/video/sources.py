@@ -19,7 +19,9 @@ served as streams), so a loop that falls behind still sees the frames' real spac
 minus the frame's stream time). ``listen=True`` receives a pushed RTSP stream: FFmpeg's RTSP demuxer waits,
 as the server side, for an encoder or camera to connect and ``ANNOUNCE``/``RECORD`` (``ffmpeg -re -i clip.mp4
 -c copy -f rtsp rtsp://host:8554/cam``); OpenCV passes it the ``rtsp_flags=listen`` option through the
-``OPENCV_FFMPEG_CAPTURE_OPTIONS`` variable, set for the duration of the open only.
+``OPENCV_FFMPEG_CAPTURE_OPTIONS`` variable, set for the duration of the open only. ``max_lag_s`` bounds the lag
+of a live source whose consumer is slower than the stream: frames more than that behind live are grabbed and
+skipped (:attr:`VideoSource.skipped` counts them) until it has caught up.
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ class VideoSource:
         backoff_s: tuple[float, float] = (0.5, 8.0),
         on_event: Callable[[SourceEvent], None] | None = None,
         listen: bool = False,
+        max_lag_s: float | None = None,
     ) -> None:
         self.kind = source_kind(spec)
         self.spec = int(spec) if self.kind == "camera" else str(spec)
@@ -149,6 +152,8 @@ class VideoSource:
         if listen and not str(spec).lower().startswith("rtsp://"):
             raise VideoSourceError(self.name, "listen mode receives pushed RTSP only: give an rtsp:// URL")
         self.lag_s = 0.0  # live sources: how far the last frame read is behind live
+        self.max_lag_s = max_lag_s  # live sources: frames further behind live are skipped (None: never)
+        self.skipped = 0
         self._pts_base: float | None = None  # stream time (s) of frame time 0
         self._wall_base: float | None = None  # monotonic time of frame time 0
         self._last_t: float | None = None
@@ -259,7 +264,18 @@ class VideoSource:
         start = time.monotonic()
         first_deadline = start + self.open_timeout_s
         while True:
-            ok, bgr = self._capture.read()
+            if self.kind == "file":
+                ok, bgr = self._capture.read()
+                t = index / self.fps
+            else:
+                ok, bgr, t = self._capture.grab(), None, 0.0
+                if ok:
+                    t = self._live_time(index, time.monotonic())
+                    if self.max_lag_s is not None and index and self.lag_s > self.max_lag_s:
+                        self.skipped += 1  # behind live: decoded, never converted or processed
+                        index += 1
+                        continue
+                    ok, bgr = self._capture.retrieve()
             if ok and bgr is not None and bgr.size:
                 if bgr.ndim == 2:
                     rgb = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
@@ -267,7 +283,6 @@ class VideoSource:
                     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB)
                 else:
                     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                t = index / self.fps if self.kind == "file" else self._live_time(index, time.monotonic())
                 yield Frame(index, float(t), rgb)
                 index += 1
                 continue
@@ -312,9 +327,11 @@ def open_source(
     backoff_s: tuple[float, float] = (0.5, 8.0),
     on_event: Callable[[SourceEvent], None] | None = None,
     listen: bool = False,
+    max_lag_s: float | None = None,
 ) -> VideoSource:
     """Open a file, stream URL or camera index (see the module docstring); errors name the source.
-    ``listen``: wait for an RTSP stream pushed to ``spec`` instead of pulling one."""
+    ``listen``: wait for an RTSP stream pushed to ``spec`` instead of pulling one. ``max_lag_s``: a live
+    source skips frames (grabbed, not converted nor handed out) while the loop is more than this behind live."""
     return VideoSource(
         spec,
         open_timeout_s=open_timeout_s,
@@ -323,4 +340,5 @@ def open_source(
         backoff_s=backoff_s,
         on_event=on_event,
         listen=listen,
+        max_lag_s=max_lag_s,
     )

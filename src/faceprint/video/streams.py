@@ -179,6 +179,7 @@ class StreamConfig:
     open_timeout_s: float = 10.0
     max_reconnects: int = 5
     max_backoff_s: float = 30.0  # between whole restarts, after the source itself gave up
+    max_lag_s: float | None = None  # skip frames while further behind live than this (None: never)
 
 
 @dataclass
@@ -190,6 +191,7 @@ class StreamStats:
     fps: float = 0.0  # frames processed per second, over the last few seconds
     lag_s: float = 0.0
     restarts: int = 0
+    skipped: int = 0  # frames skipped to catch up with live (max_lag_s)
     last_error: str | None = None
     started_at: str = field(default_factory=_now)
     last_frame_at: str | None = None
@@ -243,6 +245,7 @@ class StreamWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._rate: deque[float] = deque(maxlen=90)
+        self._skipped_before = 0  # skipped by earlier sources of this watcher (restarts)
         self._thread = threading.Thread(target=self._loop, name=f"faceprint-stream-{self.id}", daemon=True)
 
     def start(self) -> StreamWatcher:
@@ -294,6 +297,8 @@ class StreamWatcher:
             "open_tracks": s.open_tracks,
             "fps": round(s.fps, 2),
             "lag_s": round(s.lag_s, 3),
+            "max_lag_s": self.config.max_lag_s,
+            "skipped": s.skipped,
             "restarts": s.restarts,
             "last_error": s.last_error,
             "started_at": s.started_at,
@@ -360,6 +365,7 @@ class StreamWatcher:
                     max_reconnects=cfg.max_reconnects,
                     on_event=self._on_source_event,
                     listen=cfg.listen,
+                    max_lag_s=cfg.max_lag_s,
                 ) as source:
                     failures = 0
                     self.stats.status = "running"
@@ -367,6 +373,7 @@ class StreamWatcher:
                     def on_frame(result: FrameResult, source: VideoSource = source) -> None:
                         if self._stop.is_set():  # per frame: a feed without faces has no events
                             raise _Stopped
+                        self.stats.skipped = self._skipped_before + source.skipped
                         self._on_frame(source.lag_s, result)
 
                     first = max(tracks, default=-1) + 1
@@ -387,6 +394,7 @@ class StreamWatcher:
                 log.exception("stream %s failed", self.id)
                 self.stats.last_error = f"internal error ({type(exc).__name__})"
             self._end_open_tracks(tracks)
+            self._skipped_before = self.stats.skipped
             if self._stop.is_set():
                 break
             failures += 1

@@ -40,6 +40,9 @@ class StreamBody(ThresholdParams):
     every: StrictInt = Field(3, ge=1, le=100, description="Run the detector on every Nth frame (tracking on all)")
     listen: bool = Field(False, description="Wait for a camera/encoder to push RTSP to this URL instead of pulling")
     open_timeout_s: StrictFloat = Field(10.0, ge=0.5, le=300, description="Seconds to wait for the first frame")
+    max_lag_s: StrictFloat | None = Field(
+        None, ge=0.1, le=600, description="Skip frames while processing is more than this behind live (none: never)"
+    )
     webhook_url: str | None = Field(None, min_length=8, max_length=2000, description="POST events here (http/https)")
     webhook_events: list[EventType] = Field(
         list(WEBHOOK_DEFAULT_TYPES), min_length=1, max_length=7, description="Event types POSTed to the webhook"
@@ -64,8 +67,9 @@ async def create_stream(request: Request, principal: Admin) -> dict[str, object]
     engine = await svc.engine_for(collection)
     identifier = identifier_for(svc, engine, collection, body)
     config = StreamConfig(
-        url=body.url, name=body.name, every=body.every, listen=body.listen, open_timeout_s=body.open_timeout_s
-    )
+        url=body.url, name=body.name, every=body.every, listen=body.listen, open_timeout_s=body.open_timeout_s,
+        max_lag_s=body.max_lag_s,
+    )  # fmt: skip
     webhook = None
     if body.webhook_url is not None:
         webhook = WebhookConfig(body.webhook_url, tuple(dict.fromkeys(body.webhook_events)))
