@@ -32,7 +32,7 @@ from faceprint.video import (
     aggregate_vectors,
     open_source,
 )
-from faceprint.video.sources import source_kind
+from faceprint.video.sources import redact_url, source_kind
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "video"
 CLIP = DATA / "short_hamilton_clip.mp4"
@@ -153,6 +153,9 @@ def test_source_kinds_and_frames() -> None:
     assert source_kind(0) == "camera" and source_kind("1") == "camera"
     assert source_kind("rtsp://cam/stream") == "stream" and source_kind("https://x/live.m3u8") == "stream"
     assert source_kind("clip.mp4") == "file"
+    assert redact_url("rtsp://admin:hunter2@cam:554/s?channel=1&token=abc&Password=x") == (
+        "rtsp://admin:***@cam:554/s?channel=1&token=***&Password=***"
+    )
     with open_source(CLIP) as source:
         assert source.frame_count == 275 and abs(source.fps - 29.97) < 0.01
         frame = next(iter(source))

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +51,10 @@ CAPTURE_OPTIONS_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 # Stream opens hold this lock while the variable may carry the listen options, so no other stream opened in
 # the meantime listens by mistake (files ignore RTSP options).
 _OPTIONS_LOCK = threading.Lock()
+_SECRET_PARAMS = re.compile(
+    r"([?&;](?:password|passwd|pass|pwd|token|access_token|key|apikey|api_key|secret|auth|sig|signature)=)[^&;#]*",
+    re.IGNORECASE,
+)
 
 
 class VideoSourceError(FaceprintError):
@@ -116,7 +121,9 @@ def source_kind(spec: str | int | Path) -> str:
 
 
 def redact_url(text: str) -> str:
-    """A stream URL without its password (``rtsp://user:secret@host`` → ``rtsp://user:***@host``)."""
+    """A stream URL without its secrets: the password (``rtsp://user:secret@host`` → ``rtsp://user:***@host``)
+    and the values of query parameters that carry credentials (``?token=…``, ``&password=…``)."""
+    text = _SECRET_PARAMS.sub(r"\1***", text)
     scheme, sep, rest = text.partition("://")
     if not sep or "@" not in rest.split("/", 1)[0]:
         return text
