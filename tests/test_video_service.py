@@ -150,6 +150,7 @@ def test_bad_uploads_are_clear_4xx(server, tmp_path: Path) -> None:
         (_upload(url, key, data, "clip.png", "image/png"), 415, "unsupported_media_type", "video"),
         (_upload(url, key, b"x" * (MAX_VIDEO_BYTES + 1)), 413, "payload_too_large", "FACEPRINT_MAX_VIDEO_BYTES"),
         (_upload(url, key, data, every="0"), 422, "validation_error", "every"),
+        (_upload(url, key, data, collection="nobody"), 404, "not_found", "nobody"),
         (httpx.post(f"{url}/v1/videos", json={"video": "AAAA"}, headers=_auth(key)), 415, "unsupported_media_type", ""),
         (httpx.post(f"{url}/v1/videos", files={"clip": ("a.mp4", data)}, headers=_auth(key)), 422, "missing_video", ""),
         (httpx.post(f"{url}/v1/videos", files={"video": ("a.mp4", data)}), 401, "unauthenticated", ""),
@@ -316,6 +317,9 @@ def test_stream_registration_errors(server) -> None:
     ):
         answer = httpx.post(f"{url}/v1/streams", json=body, headers=_auth(key))
         assert answer.status_code == 422 and answer.json()["code"] == code, answer.text
+    missing = httpx.post(f"{url}/v1/streams", json={"url": "rtsp://127.0.0.1:9/x", "collection": "nobody"},
+                         headers=_auth(key))  # fmt: skip
+    assert missing.status_code == 404 and "nobody" in missing.json()["detail"]
     assert httpx.get(f"{url}/v1/streams/nope/events", headers=_auth(key)).status_code == 404
     assert httpx.delete(f"{url}/v1/streams/nope", headers=_auth(key)).status_code == 404
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from faceprint.errors import FaceprintError
 from faceprint.pipeline import Pipeline
 from faceprint.video.decisions import TrackIdentifier
-from faceprint.video.sources import VideoSource, VideoSourceError
+from faceprint.video.sources import VideoSource
 from faceprint.video.watch import FrameResult, TrackSummary, WatchEvent, watch
 
 log = logging.getLogger("faceprint.video")
@@ -245,7 +245,7 @@ class VideoJobs:
                     hooks.on_event(job, event)
             job.tracks = [t.to_dict() for t in sorted(tracks.values(), key=lambda t: t.track_id)]
             job.status = "done"
-        except (VideoSourceError, VideoJobError) as exc:
+        except FaceprintError as exc:  # the clip's or the gallery's (a collection deleted meanwhile, …)
             job.error, job.status = str(exc), "failed"
         except Exception as exc:  # a bug: the job fails with a generic message; the log has the traceback
             log.exception("video job %s failed", job.id)

@@ -390,6 +390,9 @@ class StreamWatcher:
             except VideoSourceError as exc:
                 self.stats.last_error = str(exc)
                 self._publish({"type": "source_error", "source": self.display_url, "message": exc.reason})
+            except FaceprintError as exc:  # e.g. the collection was deleted: reported, retried after back-off
+                self.stats.last_error = str(exc)
+                self._publish({"type": "error", "message": str(exc)})
             except Exception as exc:  # a bug: reported, and the watcher restarts like after a failure
                 log.exception("stream %s failed", self.id)
                 self.stats.last_error = f"internal error ({type(exc).__name__})"

@@ -26,7 +26,7 @@ router = APIRouter(prefix="/v1/streams", tags=["video"])
 
 StreamId = Annotated[str, Path(min_length=1, max_length=64, description="The stream's id (from POST /v1/streams)")]
 EventType = Literal["track_start", "identity", "track_end", "source_dropped", "source_reconnecting",
-                    "source_reconnected", "source_error"]  # fmt: skip
+                    "source_reconnected", "source_error", "error"]  # fmt: skip
 #: Seconds between SSE comments that keep an idle connection (and proxies) alive.
 KEEPALIVE_S = 15.0
 #: Events buffered per SSE client; a client this far behind loses the oldest (it can resume by Last-Event-ID).
@@ -45,7 +45,7 @@ class StreamBody(ThresholdParams):
     )
     webhook_url: str | None = Field(None, min_length=8, max_length=2000, description="POST events here (http/https)")
     webhook_events: list[EventType] = Field(
-        list(WEBHOOK_DEFAULT_TYPES), min_length=1, max_length=7, description="Event types POSTed to the webhook"
+        list(WEBHOOK_DEFAULT_TYPES), min_length=1, max_length=8, description="Event types POSTed to the webhook"
     )
 
 
@@ -64,6 +64,7 @@ async def create_stream(request: Request, principal: Admin) -> dict[str, object]
     if body.webhook_url is not None and not body.webhook_url.lower().startswith(("http://", "https://")):
         raise ApiError(422, "invalid_webhook", "webhook_url must be an http:// or https:// URL")
     collection = svc.collection(body.collection)
+    await svc.inference.run(None, svc.gallery.get_collection, collection)  # 404 for a collection that is not there
     engine = await svc.engine_for(collection)
     identifier = identifier_for(svc, engine, collection, body)
     config = StreamConfig(

@@ -126,6 +126,7 @@ async def create_job(request: Request, principal: Recognize) -> dict[str, object
     upload, raw = await _read_upload(request)
     params = validate_params(VideoParams, raw)
     collection = svc.collection(params.collection)
+    await svc.inference.run(None, svc.gallery.get_collection, collection)  # 404 for a collection that is not there
     engine = await svc.engine_for(collection)
     identifier = identifier_for(svc, engine, collection, params)
     name = Path(upload.filename or "video").name[:200] or "video"
