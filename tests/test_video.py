@@ -393,3 +393,24 @@ def test_a_slow_consumer_of_a_live_stream_lags_unless_frames_are_skipped(max_lag
         assert skipped == 0 and len(frames) >= 270 and max(lags) > 4
     else:
         assert skipped > 100 and max(lags) < 1.5, (skipped, max(lags))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "args", "frames", "size"),
+    [
+        ("mkv", ["-c", "copy"], 275, (640, 360)),
+        ("avi", ["-c:v", "mjpeg", "-q:v", "5", "-an"], 275, (640, 360)),
+        ("webm", ["-c:v", "libvpx", "-deadline", "realtime", "-cpu-used", "8", "-b:v", "1M", "-an"], 275, (640, 360)),
+        ("gif", ["-vf", "fps=10,scale=320:-1"], 92, (320, 180)),
+    ],
+)
+def test_other_containers_decode_to_their_last_frame(
+    suffix: str, args: list[str], frames: int, size: tuple[int, int], tmp_path: Path
+) -> None:
+    """The clip converted by a real FFmpeg to mkv, avi (MJPEG), webm (VP8) and an animated GIF: each opens and
+    yields every frame (none is taken for truncated)."""
+    out = tmp_path / f"clip.{suffix}"
+    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-i", str(CLIP), *args, str(out)], check=True)
+    with open_source(out) as source:
+        got = [frame.pixels.shape for frame in source]
+    assert len(got) == frames and got[0] == (size[1], size[0], 3)
