@@ -140,13 +140,20 @@ def test_bad_files_fail_cleanly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     truncated.write_bytes(CLIP.read_bytes()[:400_000])
     text = tmp_path / "notes.mp4"
     text.write_text("not a video")
+    fast = tmp_path / "fast.mp4"  # index first: the cut file opens, and stops decoding early
+    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-i", str(CLIP), "-c", "copy", "-movflags", "+faststart",
+                    str(fast)], check=True)  # fmt: skip
+    fastcut = tmp_path / "fastcut.mp4"
+    fastcut.write_bytes(fast.read_bytes()[:300_000])
     runner = CliRunner()
-    for path in (truncated, text, tmp_path / "missing.webm"):
+    for path in (truncated, text, tmp_path / "missing.webm", fastcut):
         result = runner.invoke(app, ["watch", str(path)])
         assert result.exit_code == 2, result.output
         assert str(path) in result.output and "error:" in result.output
     with pytest.raises(VideoDecodeError, match="not a video"):
         open_source(text)
+    with open_source(fastcut) as source, pytest.raises(VideoDecodeError, match="truncated"):
+        source.check_end()  # what the service checks before it queues an upload
 
 
 def test_source_kinds_and_frames() -> None:

@@ -29,7 +29,7 @@ import pytest
 
 from faceprint.gallery import enrol_images, open_gallery
 from tests.test_service_ui import browser, free_port, stop_server, wait_until_ready  # noqa: F401 (fixture)
-from tests.test_video import CLIP, REFERENCES, Pusher, _centre
+from tests.test_video import CLIP, FFMPEG, REFERENCES, Pusher, _centre
 
 CLI = [sys.executable, "-c", "from faceprint.cli import app; app()"]
 THRESHOLD = "0.89"  # see tests/test_video.py: Obama's aggregated score with dlib-resnet-v1 is ~0.895
@@ -144,7 +144,11 @@ def test_uploaded_clip_becomes_a_job_with_progress_summary_audit_and_metrics(ser
 def test_bad_uploads_are_clear_4xx(server, tmp_path: Path) -> None:
     url, key, _ = server
     data = CLIP.read_bytes()
+    fast = tmp_path / "fast.mp4"  # index first ("fast start"): a cut in the data still opens
+    subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-i", str(CLIP), "-c", "copy", "-movflags", "+faststart",
+                    str(fast)], check=True)  # fmt: skip
     cases = [
+        (_upload(url, key, fast.read_bytes()[:300_000], "fastcut.mp4"), 422, "invalid_video", "truncated"),
         (_upload(url, key, b"not a video at all", "notes.mp4"), 422, "invalid_video", "notes.mp4"),
         (_upload(url, key, data[:400_000], "cut.mp4"), 422, "invalid_video", "cut.mp4"),  # moov atom lost
         (_upload(url, key, data, "clip.png", "image/png"), 415, "unsupported_media_type", "video"),

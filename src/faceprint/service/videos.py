@@ -76,6 +76,10 @@ class VideoService:
             except VideoSourceError as exc:
                 raise ApiError(422, "invalid_video", f"{name}: {exc.reason}", source=name) from None
             try:
+                try:
+                    source.check_end()
+                except VideoSourceError as exc:
+                    raise ApiError(422, "invalid_video", f"{name}: {exc.reason}", source=name) from None
                 self._check_size(source.width, source.height, source.frame_count, source.fps, name)
                 job = self.jobs.submit(
                     source, engine.pipeline, identifier, name=name, every=every, delete_after=path, meta=meta

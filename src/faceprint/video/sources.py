@@ -305,6 +305,24 @@ class VideoSource:
             if not self._reconnect():
                 raise StreamLost(self.name, f"stream dropped and {self.max_reconnects} reconnect attempts failed")
 
+    def check_end(self) -> None:
+        """For a file whose header states its frame count: that the frame at :data:`TRUNCATED_FRACTION` of it
+        decodes, read through a second capture (this one stays at its start). A file cut after its index (a
+        "fast start" mp4 cut in its data) opens fine and fails here, before any work is spent on it."""
+        if self.kind != "file" or not self.frame_count:
+            return
+        target = int(TRUNCATED_FRACTION * self.frame_count) - 1
+        probe = cv2.VideoCapture(str(self.spec), cv2.CAP_FFMPEG)
+        try:
+            ok = probe.isOpened() and probe.set(cv2.CAP_PROP_POS_FRAMES, max(0, target)) and probe.grab()
+        finally:
+            probe.release()
+        if not ok:
+            raise VideoDecodeError(
+                self.name, f"frame {target} of the {self.frame_count} its header states cannot be decoded: the file "
+                "is truncated or damaged",
+            )  # fmt: skip
+
     def _check_complete(self, read: int) -> None:
         if read == 0:
             raise VideoDecodeError(self.name, "no frame could be decoded (not a video, or a damaged file)")
