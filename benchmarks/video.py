@@ -18,6 +18,8 @@ What it does, per stride N (``--every``):
    t0 + i / fps; the loop waits when it is ahead, as it would on a camera). Lag of a frame = when its
    processing ended − when it became available; p50, max and the lag at the last frame. It keeps up when the
    lag stays bounded: the last frame's lag under ``--keep-up-s`` (0.5 s).
+   With ``--max-lag S`` frames more than S behind live are skipped, as ``VideoSource(max_lag_s=S)`` does on a
+   stream (``skipped`` counts them; "live tracks" compares the live run's named tracks with stride 1's).
 3. **Same tracks**: the named tracks (subject, first frame) against stride 1: the same subjects in the same
    order, each starting within 2N + 3 frames of stride 1's.
 
@@ -95,11 +97,15 @@ class PacedSource:
     """The clip's frames, timed as ``decode``; with ``live_fps`` each frame is released at t0 + i / fps and
     the lag of the previous frame is recorded when the loop asks for the next one."""
 
-    def __init__(self, source: VideoSource, clock: Clock, live_fps: float | None) -> None:
-        self.source, self.clock, self.live_fps = source, clock, live_fps
+    def __init__(
+        self, source: VideoSource, clock: Clock, live_fps: float | None, max_lag_s: float | None = None
+    ) -> None:
+        self.source, self.clock, self.live_fps, self.max_lag_s = source, clock, live_fps, max_lag_s
         self.lags: list[float] = []
         self.frames = 0
+        self.skipped = 0
         self.t0 = 0.0
+        self.last_index = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.source, name)
@@ -109,8 +115,8 @@ class PacedSource:
         self.t0 = time.perf_counter()
         index = 0
         while True:
-            if self.live_fps and index:
-                self.lags.append(time.perf_counter() - (self.t0 + (index - 1) / self.live_fps))
+            if self.live_fps and self.frames:
+                self.lags.append(time.perf_counter() - (self.t0 + self.last_index / self.live_fps))
             if self.live_fps:
                 wait = self.t0 + index / self.live_fps - time.perf_counter()
                 if wait > 0:
@@ -120,8 +126,13 @@ class PacedSource:
             self.clock.add("decode", time.perf_counter() - w, time.process_time() - c)
             if frame is None:
                 return
-            self.frames += 1
             index += 1
+            behind = time.perf_counter() - (self.t0 + frame.index / self.live_fps) if self.live_fps else 0.0
+            if self.max_lag_s is not None and self.frames and behind > self.max_lag_s:
+                self.skipped += 1  # as VideoSource(max_lag_s=…) does on a live stream
+                continue
+            self.frames += 1
+            self.last_index = frame.index
             yield frame
 
 
@@ -129,6 +140,7 @@ class PacedSource:
 class Run:
     every: int
     frames: int
+    skipped: int
     wall_s: float
     cpu_s: float
     clock: Clock
@@ -137,7 +149,13 @@ class Run:
 
 
 def run_once(
-    clip: Path, pipeline: Pipeline, gallery: Any, threshold: float | None, every: int, live_fps: float | None
+    clip: Path,
+    pipeline: Pipeline,
+    gallery: Any,
+    threshold: float | None,
+    every: int,
+    live_fps: float | None,
+    max_lag_s: float | None = None,
 ) -> Run:
     clock = Clock()
     identifier = TrackIdentifier(gallery, pipeline.model_id, threshold=threshold, calibration=pipeline.calibration)
@@ -145,16 +163,17 @@ def run_once(
     timed_identifier = Timed(identifier, clock, {"add": "decide", "decide": "decide"})
     tracks: dict[int, TrackSummary] = {}
     with open_source(clip) as source:
-        paced = PacedSource(source, clock, live_fps)
+        paced = PacedSource(source, clock, live_fps, max_lag_s)
         w, c = time.perf_counter(), time.process_time()
         for _ in watch(paced, timed_pipeline, timed_identifier, every=every, tracks=tracks):  # type: ignore[arg-type]
             pass
         wall, cpu = time.perf_counter() - w, time.process_time() - c
         if live_fps:
-            paced.lags.append(time.perf_counter() - (paced.t0 + (paced.frames - 1) / live_fps))
+            paced.lags.append(time.perf_counter() - (paced.t0 + paced.last_index / live_fps))
     clock.wall["track"] = max(0.0, wall - sum(v for k, v in clock.wall.items() if k != "track"))
     clock.cpu["track"] = max(0.0, cpu - sum(v for k, v in clock.cpu.items() if k != "track"))
-    return Run(every, paced.frames, wall, cpu, clock, sorted(tracks.values(), key=lambda t: t.first_frame), paced.lags)
+    ordered = sorted(tracks.values(), key=lambda t: t.first_frame)
+    return Run(every, paced.frames, paced.skipped, wall, cpu, clock, ordered, paced.lags)
 
 
 def named(tracks: list[TrackSummary]) -> list[tuple[str, int]]:
@@ -177,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.89, help="Decision threshold (see docs/video.md)")
     parser.add_argument("--detector", default=None, help="Detector (default: the model's own)")
     parser.add_argument("--no-live", action="store_true", help="Skip the paced (live) runs")
+    parser.add_argument(
+        "--max-lag", type=float, default=None, help="Live runs: skip frames while more than this behind (max_lag_s)"
+    )
     args = parser.parse_args(argv)
     strides = sorted({int(v) for v in args.every.split(",")} | {1})
     os.environ.setdefault("FACEPRINT_KEY", secrets.token_hex(32))  # a throw-away gallery's key
@@ -196,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         run_once(args.clip, pipeline, gallery, args.threshold, 3, None)  # warm-up (thread pools, caches)
         offline = {n: run_once(args.clip, pipeline, gallery, args.threshold, n, None) for n in strides}
         live = {} if args.no_live else {
-            n: run_once(args.clip, pipeline, gallery, args.threshold, n, args.live_fps) for n in strides
+            n: run_once(args.clip, pipeline, gallery, args.threshold, n, args.live_fps, args.max_lag) for n in strides
         }  # fmt: skip
 
     print(
@@ -218,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nNamed tracks with --every 1: {', '.join(f'{s} from frame {f}' for s, f in base)}")
     ok = True
     if live:
-        print(f"\nLive at {args.live_fps:g} fps: lag behind live (s)")
-        print(f"{'every':>5} {'p50':>7} {'max':>7} {'last':>7} {'keeps up':>9} {'same tracks':>12}")
+        skip = "" if args.max_lag is None else f", frames skipped while more than {args.max_lag:g} s behind"
+        print(f"\nLive at {args.live_fps:g} fps: lag behind live (s){skip}")
+        print(f"{'every':>5} {'p50':>7} {'max':>7} {'last':>7} {'skipped':>8} {'keeps up':>9} {'same tracks':>12} "
+              f"{'live tracks':>12}")  # fmt: skip
     else:
         print(f"\n{'every':>5} {'same tracks':>12}")
     for n in strides:
@@ -228,8 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         if live:
             lags = np.asarray(live[n].lags)
             keeps = bool(lags[-1] < args.keep_up_s)
-            print(f"{n:>5} {np.median(lags):7.3f} {lags.max():7.3f} {lags[-1]:7.3f} {'yes' if keeps else 'NO':>9} "
-                  f"{'yes' if same else 'NO':>12}")  # fmt: skip
+            live_same = same_tracks(base, named(live[n].tracks), n)
+            verdicts = " ".join(f"{'yes' if v else 'NO':>{w}}" for v, w in ((keeps, 9), (same, 12), (live_same, 12)))
+            print(f"{n:>5} {np.median(lags):7.3f} {lags.max():7.3f} {lags[-1]:7.3f} {live[n].skipped:8d} {verdicts}")
+            if not live_same and live[n].skipped:
+                print(f"      live --every {n}: {named(live[n].tracks)}")
         else:
             print(f"{n:>5} {'yes' if same else 'NO':>12}")
         if not same:
