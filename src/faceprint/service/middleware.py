@@ -90,7 +90,10 @@ class ServiceMiddleware:
             await send(message)
 
         received = 0
-        max_body, limit_var = self.body_limits.get(scope.get("path", ""), (self.max_body, "FACEPRINT_MAX_UPLOAD_BYTES"))
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        max_body, limit_var = self.body_limits.get(path, (self.max_body, "FACEPRINT_MAX_UPLOAD_BYTES"))
 
         async def limited_receive() -> Message:
             nonlocal received
