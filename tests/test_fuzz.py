@@ -175,9 +175,17 @@ OPERATIONS = [
     ("DELETE", "/v1/subjects/{subject_id}/consent"),
     ("GET", "/v1/subjects/{subject_id}/personal-data"),
     ("GET", "/v1/erasures/{receipt_id}"),
+    ("POST", "/v1/videos"),
+    ("GET", "/v1/videos/{job_id}"),
+    ("POST", "/v1/streams"),
+    ("GET", "/v1/streams"),
+    ("GET", "/v1/streams/{stream_id}"),
+    ("DELETE", "/v1/streams/{stream_id}"),
+    ("GET", "/v1/streams/{stream_id}/events"),
 ]
 #: Operations without parameters or a body: nothing to generate a negative example from.
 NO_INPUT = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/info")}
+NO_INPUT |= {("GET", "/v1/streams")}
 CASES = [
     pytest.param(method, path, mode, media, id=f"{method} {path} {mode}{' ' + media if media else ''}")
     for method, path in OPERATIONS

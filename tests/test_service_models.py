@@ -186,9 +186,7 @@ def test_a_collection_on_a_missing_model_is_refused_and_the_rest_served(
         assert [m["model_id"] for m in info["models"]] == ["dlib-resnet-v1"]
         assert "faceprint models install faceplugin" in info["unavailable"]["faceplugin-mbf"]
         assert client.get("/readyz").status_code == 200
-        refused = client.post(
-            "/v1/identify", files=_upload(BOB_PROBE), data={"collection": "arcface"}, headers=auth
-        )
+        refused = client.post("/v1/identify", files=_upload(BOB_PROBE), data={"collection": "arcface"}, headers=auth)
         assert refused.status_code == 503 and refused.json()["code"] == "model_unavailable"
         assert "faceprint models install faceplugin" in refused.json()["detail"]
         served = client.post("/v1/identify", files=_upload(ADA_PROBE), headers=auth).json()

@@ -69,6 +69,12 @@ def watch(
     threshold: float | None = typer.Option(None, "--threshold", help="Raw cosine-score threshold instead."),
     open_timeout: float = typer.Option(10.0, "--open-timeout", min=0.1, help="Seconds to wait for a stream's frame."),
     reconnects: int = typer.Option(5, "--reconnects", min=0, help="Reopen attempts when a stream drops."),
+    max_lag: float | None = typer.Option(
+        None, "--max-lag", min=0.1, help="Live sources: skip frames while more than this many seconds behind live."
+    ),
+    listen: bool = typer.Option(
+        False, "--listen", help="Wait for a camera or encoder to push RTSP to this rtsp:// URL (server side)."
+    ),
     detector: str | None = DetectorOpt,
     device: str = DeviceOpt,
     model: str | None = ModelOpt,
@@ -98,7 +104,14 @@ def watch(
         def on_event(event: SourceEvent) -> None:
             _line(event.to_dict())
 
-        with open_source(source, open_timeout_s=open_timeout, max_reconnects=reconnects, on_event=on_event) as src:
+        with open_source(
+            source,
+            open_timeout_s=open_timeout,
+            max_reconnects=reconnects,
+            on_event=on_event,
+            listen=listen,
+            max_lag_s=max_lag,
+        ) as src:
             annotator = None
             if annotate is not None:
                 annotator = _Annotator(annotate, src.fps, (src.width, src.height))

@@ -40,8 +40,11 @@ from faceprint.service.monitoring import DriftRecorder
 from faceprint.service.paths import STATIC_DIR
 from faceprint.service.routers import audit, clusters, detect, drift, health, identify, liveness, subjects, verify
 from faceprint.service.routers import erasures as erasures_router
+from faceprint.service.routers import streams as stream_routes
+from faceprint.service.routers import videos as video_routes
 from faceprint.service.settings import Settings, SettingsError
 from faceprint.service.store import ServiceStore
+from faceprint.service.videos import VideoService
 from faceprint.tracing import TracingUnavailable, configure_from_env, enabled
 from faceprint.tracing import shutdown as shutdown_tracing
 
@@ -57,6 +60,11 @@ OPENAPI_TAGS = [
     },
     {"name": "audit", "description": "The append-only audit log. Scope `admin`."},
     {"name": "operations", "description": "Health, readiness, metrics and service information."},
+    {
+        "name": "video",
+        "description": "Uploaded clips as background jobs (scope `recognize`) and camera streams with Server-Sent "
+        "Events and webhooks (registered with scope `admin`); see docs/video.md.",
+    },
 ]
 
 
@@ -108,6 +116,7 @@ def create_app(
         metrics=metrics,
         max_body=settings.max_upload_bytes,
         trust_request_id=settings.trust_request_id,
+        body_limits={"/v1/videos": (settings.max_video_bytes, "FACEPRINT_MAX_VIDEO_BYTES")},
     )
     for router in (
         health.router,
@@ -120,6 +129,8 @@ def create_app(
         audit.router,
         drift.router,
         erasures_router.router,
+        video_routes.router,
+        stream_routes.router,
     ):
         app.include_router(router)
     app.mount("/static", health.UiStaticFiles(directory=STATIC_DIR), name="static")
@@ -172,6 +183,7 @@ def _start(
         decode_max_pixels=settings.decode_max_pixels,
     )
     _start_monitoring(app, settings, metrics)
+    app.state.videos = VideoService(settings, metrics, app.state.audit)
     app.state.ready = True
     metrics.ready.set(1)
     if settings.auth and not app.state.keys.list(include_revoked=False):
@@ -269,7 +281,7 @@ def _stop(app: FastAPI) -> None:
     drift = getattr(app.state, "drift", None)
     if drift is not None:
         drift.save()
-    for name in ("engines", "gallery", "store"):
+    for name in ("videos", "engines", "gallery", "store"):
         thing = getattr(app.state, name, None)
         if thing is not None:
             try:

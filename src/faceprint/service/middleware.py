@@ -54,11 +54,21 @@ class RequestIdFilter(logging.Filter):
 
 
 class ServiceMiddleware:
-    def __init__(self, app: ASGIApp, *, metrics: Metrics, max_body: int, trust_request_id: bool = True) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body: int,
+        trust_request_id: bool = True,
+        body_limits: dict[str, tuple[int, str]] | None = None,
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.max_body = max_body
         self.trust_request_id = trust_request_id
+        # Paths with their own body limit and the variable that sets it (video uploads).
+        self.body_limits = body_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -90,20 +100,25 @@ class ServiceMiddleware:
             await send(message)
 
         received = 0
+        path, root = scope.get("path", ""), scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        max_body, limit_var = self.body_limits.get(path, (self.max_body, "FACEPRINT_MAX_UPLOAD_BYTES"))
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise ApiError(413, "payload_too_large", self._too_large())
+                if received > max_body:
+                    raise ApiError(413, "payload_too_large", self._too_large(max_body, limit_var))
             return message
 
         try:
             declared = headers.get("content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-                await self._problem(send_wrapper, 413, "payload_too_large", self._too_large(), request_id, scope)
+            if declared is not None and declared.isdigit() and int(declared) > max_body:
+                too_large = self._too_large(max_body, limit_var)
+                await self._problem(send_wrapper, 413, "payload_too_large", too_large, request_id, scope)
             elif refused is not None:  # the CPU queue is full: 503 at once, the body drained unparsed
                 while (await limited_receive()).get("more_body"):
                     pass
@@ -154,8 +169,9 @@ class ServiceMiddleware:
             )
             request_id_var.reset(token)
 
-    def _too_large(self) -> str:
-        return f"the request body is over the limit of {self.max_body:,} bytes (FACEPRINT_MAX_UPLOAD_BYTES)"
+    @staticmethod
+    def _too_large(limit: int, variable: str) -> str:
+        return f"the request body is over the limit of {limit:,} bytes ({variable})"
 
     @staticmethod
     async def _problem(

@@ -233,6 +233,9 @@ def run(app: Any, settings: Settings, *, host: str, port: int, log_level: str) -
         lifespan="on",
         http=protocol_class(settings.header_timeout_s, settings.connection_limit),
         timeout_keep_alive=settings.keepalive_timeout_s,  # type: ignore[arg-type]  # uvicorn takes any number
+        # Open Server-Sent Event connections (/v1/streams/{id}/events) never end by themselves: shutdown waits
+        # this long for them, then closes them.
+        timeout_graceful_shutdown=5,
     )
     server = uvicorn.Server(config)
     try:

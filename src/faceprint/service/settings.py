@@ -92,6 +92,12 @@ class Settings:
     shadow_fraction: float = 0.1  # fraction of identify requests also run through the shadow model
     purge_interval_s: float = 3600.0  # expired subjects are purged (with receipts) this often; 0: never
     withdrawal_deletes_templates: bool = False  # DELETE /v1/subjects/{id}/consent also deletes the faces
+    # Video (issue 16, docs/video.md): uploads to POST /v1/videos, background jobs, camera streams.
+    max_video_bytes: int = 200 * 1024 * 1024
+    max_video_seconds: float = 1800.0
+    max_video_jobs: int = 4  # queued or running at once; one more gets 429 too_many_jobs
+    video_workers: int = 1  # clips analysed at once
+    max_streams: int = 4
 
     def __post_init__(self) -> None:
         for name in (
@@ -127,6 +133,13 @@ class Settings:
             raise SettingsError(f"FACEPRINT_SHADOW_FRACTION: must be between 0 and 1, got {self.shadow_fraction}")
         if not 0 <= self.purge_interval_s <= 86400 * 7:  # also refuses NaN
             raise SettingsError(f"FACEPRINT_PURGE_INTERVAL_S: must be 0 (off) to 604800, got {self.purge_interval_s}")
+        for name in ("max_video_bytes", "max_video_jobs", "video_workers", "max_streams"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{_ENV[name]}: must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.max_video_seconds <= 86_400:  # also refuses NaN
+            raise SettingsError(
+                f"FACEPRINT_MAX_VIDEO_SECONDS: must be above 0 and at most 86400, got {self.max_video_seconds}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -216,6 +229,11 @@ _ENV = {
     "shadow_fraction": "FACEPRINT_SHADOW_FRACTION",
     "purge_interval_s": "FACEPRINT_PURGE_INTERVAL_S",
     "withdrawal_deletes_templates": "FACEPRINT_WITHDRAWAL_DELETES_TEMPLATES",
+    "max_video_bytes": "FACEPRINT_MAX_VIDEO_BYTES",
+    "max_video_seconds": "FACEPRINT_MAX_VIDEO_SECONDS",
+    "max_video_jobs": "FACEPRINT_MAX_VIDEO_JOBS",
+    "video_workers": "FACEPRINT_VIDEO_WORKERS",
+    "max_streams": "FACEPRINT_MAX_STREAMS",
 }
 
 

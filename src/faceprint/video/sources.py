@@ -12,11 +12,24 @@ ends far before the frame count its header states: a truncated file), a stream t
 the open timeout (:class:`StreamTimeout`), a stream that dropped and could not be reopened after the
 reconnect attempts (:class:`StreamLost`). A live source that drops is reopened with exponential back-off;
 each attempt is reported as a :class:`SourceEvent` (``on_event`` callback and the ``faceprint.video`` log).
+
+Live timestamps come from the stream's own presentation times where FFmpeg reports them (RTSP, HLS, files
+served as streams), so a loop that falls behind still sees the frames' real spacing, and
+:attr:`VideoSource.lag_s` says how far behind live the last frame read is (wall time since the first frame
+minus the frame's stream time). ``listen=True`` receives a pushed RTSP stream: FFmpeg's RTSP demuxer waits,
+as the server side, for an encoder or camera to connect and ``ANNOUNCE``/``RECORD`` (``ffmpeg -re -i clip.mp4
+-c copy -f rtsp rtsp://host:8554/cam``); OpenCV passes it the ``rtsp_flags=listen`` option through the
+``OPENCV_FFMPEG_CAPTURE_OPTIONS`` variable, set for the duration of the open only. ``max_lag_s`` bounds the lag
+of a live source whose consumer is slower than the stream: frames more than that behind live are grabbed and
+skipped (:attr:`VideoSource.skipped` counts them) until it has caught up.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,6 +46,15 @@ log = logging.getLogger("faceprint.video")
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt")
 #: A file that yields fewer than this fraction of the frames its header states is reported as truncated.
 TRUNCATED_FRACTION = 0.9
+#: OpenCV reads FFmpeg's demuxer options from this variable when it opens a capture.
+CAPTURE_OPTIONS_VAR = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+# Stream opens hold this lock while the variable may carry the listen options, so no other stream opened in
+# the meantime listens by mistake (files ignore RTSP options).
+_OPTIONS_LOCK = threading.Lock()
+_SECRET_PARAMS = re.compile(
+    r"([?&;](?:password|passwd|pass|pwd|token|access_token|key|apikey|api_key|secret|auth|sig|signature)=)[^&;#]*",
+    re.IGNORECASE,
+)
 
 
 class VideoSourceError(FaceprintError):
@@ -72,15 +94,19 @@ class SourceEvent:
     attempt: int = 0
     delay_s: float = 0.0
     message: str = ""
+    frame: int | None = None  # the index the next frame will get
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "type": f"source_{self.kind}",
             "source": self.source,
             "attempt": self.attempt,
             "delay_s": round(self.delay_s, 3),
             "message": self.message,
         }
+        if self.frame is not None:
+            out["frame"] = self.frame
+        return out
 
 
 def source_kind(spec: str | int | Path) -> str:
@@ -94,8 +120,10 @@ def source_kind(spec: str | int | Path) -> str:
     return "file"
 
 
-def _redact(text: str) -> str:
-    """A stream URL without its password (``rtsp://user:secret@host`` → ``rtsp://user:***@host``)."""
+def redact_url(text: str) -> str:
+    """A stream URL without its secrets: the password (``rtsp://user:secret@host`` → ``rtsp://user:***@host``)
+    and the values of query parameters that carry credentials (``?token=…``, ``&password=…``)."""
+    text = _SECRET_PARAMS.sub(r"\1***", text)
     scheme, sep, rest = text.partition("://")
     if not sep or "@" not in rest.split("/", 1)[0]:
         return text
@@ -116,15 +144,27 @@ class VideoSource:
         max_reconnects: int = 5,
         backoff_s: tuple[float, float] = (0.5, 8.0),
         on_event: Callable[[SourceEvent], None] | None = None,
+        listen: bool = False,
+        max_lag_s: float | None = None,
     ) -> None:
         self.kind = source_kind(spec)
         self.spec = int(spec) if self.kind == "camera" else str(spec)
-        self.name = f"camera {self.spec}" if self.kind == "camera" else _redact(str(spec))
+        self.name = f"camera {self.spec}" if self.kind == "camera" else redact_url(str(spec))
         self.open_timeout_s = open_timeout_s
         self.read_timeout_s = read_timeout_s
         self.max_reconnects = max_reconnects
         self.backoff_s = backoff_s
         self.on_event = on_event
+        self.listen = listen
+        if listen and not str(spec).lower().startswith("rtsp://"):
+            raise VideoSourceError(self.name, "listen mode receives pushed RTSP only: give an rtsp:// URL")
+        self.lag_s = 0.0  # live sources: how far the last frame read is behind live
+        self.max_lag_s = max_lag_s  # live sources: frames further behind live are skipped (None: never)
+        self.skipped = 0
+        self._pts_base: float | None = None  # stream time (s) of frame time 0
+        self._wall_base: float | None = None  # monotonic time of frame time 0
+        self._last_t: float | None = None
+        self._next_index = 0
         if self.kind == "file":
             path = Path(self.spec)
             if not path.is_file():
@@ -152,13 +192,57 @@ class VideoSource:
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC,
                 int(self.read_timeout_s * 1000),
             ]
-            capture = cv2.VideoCapture(str(self.spec), cv2.CAP_FFMPEG, params)
+            capture = (
+                self._open_stream(params)
+                if self.kind == "stream"
+                else cv2.VideoCapture(str(self.spec), cv2.CAP_FFMPEG, params)
+            )
         if not capture.isOpened():
             capture.release()
             if self.kind == "file":
                 raise VideoDecodeError(self.name, "not a video OpenCV/FFmpeg can decode (or a damaged file)")
             raise StreamTimeout(self.name, f"no stream could be opened within {self.open_timeout_s:g} s")
         return capture
+
+    def _open_stream(self, params: list[int]) -> cv2.VideoCapture:
+        """A network stream's capture; in listen mode with FFmpeg's RTSP server-side options for this open."""
+        with _OPTIONS_LOCK:
+            previous = os.environ.get(CAPTURE_OPTIONS_VAR)
+            if self.listen:
+                wait = max(1, round(self.open_timeout_s))
+                ours = f"rtsp_flags;listen|listen_timeout;{wait}"
+                os.environ[CAPTURE_OPTIONS_VAR] = f"{previous}|{ours}" if previous else ours
+            try:
+                return cv2.VideoCapture(str(self.spec), cv2.CAP_FFMPEG, params)
+            finally:
+                if previous is None:
+                    os.environ.pop(CAPTURE_OPTIONS_VAR, None)
+                else:
+                    os.environ[CAPTURE_OPTIONS_VAR] = previous
+
+    def _live_time(self, index: int, now: float) -> float:
+        """A live frame's time: its stream timestamp when FFmpeg reports one (rebased when the stream's clock
+        restarts, e.g. after a reconnect), else the wall clock since the first frame; updates :attr:`lag_s`."""
+        step = 1.0 / self.fps
+        pos = float(self._capture.get(cv2.CAP_PROP_POS_MSEC) or 0.0) / 1000.0
+        last = self._last_t
+        if pos > 0 and np.isfinite(pos):
+            t = pos - self._pts_base if self._pts_base is not None else -1.0
+            if self._pts_base is None or (last is not None and t <= last):  # first stamp, or the clock restarted
+                t = 0.0 if last is None else last + step
+                self._pts_base = pos - t
+                self._wall_base = now - t
+        elif last is None:
+            t = 0.0
+        elif self._pts_base is not None:  # an unstamped frame within a stamped stream
+            t = last + step
+        else:  # no stream clock at all: the wall clock
+            t = max(last + 1e-6, now - (self._wall_base or now))
+        if self._wall_base is None:
+            self._wall_base = now - t
+        self._last_t = t
+        self.lag_s = max(0.0, (now - self._wall_base) - t)
+        return t
 
     def _emit(self, event: SourceEvent) -> None:
         log.warning("%s: %s %s", event.source, event.kind, event.message)
@@ -178,7 +262,7 @@ class VideoSource:
             except VideoSourceError as exc:
                 log.info("%s: reconnect attempt %d failed: %s", self.name, attempt, exc.reason)
                 continue
-            self._emit(SourceEvent("reconnected", self.name, attempt, delay))
+            self._emit(SourceEvent("reconnected", self.name, attempt, delay, frame=self._next_index))
             return True
         return False
 
@@ -187,7 +271,18 @@ class VideoSource:
         start = time.monotonic()
         first_deadline = start + self.open_timeout_s
         while True:
-            ok, bgr = self._capture.read()
+            if self.kind == "file":
+                ok, bgr = self._capture.read()
+                t = index / self.fps
+            else:
+                ok, bgr, t = self._capture.grab(), None, 0.0
+                if ok:
+                    t = self._live_time(index, time.monotonic())
+                    if self.max_lag_s is not None and index and self.lag_s > self.max_lag_s:
+                        self.skipped += 1  # behind live: decoded, never converted or processed
+                        index += 1
+                        continue
+                    ok, bgr = self._capture.retrieve()
             if ok and bgr is not None and bgr.size:
                 if bgr.ndim == 2:
                     rgb = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
@@ -195,7 +290,6 @@ class VideoSource:
                     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB)
                 else:
                     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                t = index / self.fps if self.kind == "file" else time.monotonic() - start
                 yield Frame(index, float(t), rgb)
                 index += 1
                 continue
@@ -206,9 +300,28 @@ class VideoSource:
                 continue
             if index == 0:
                 raise StreamTimeout(self.name, f"no frame received within {self.open_timeout_s:g} s")
-            self._emit(SourceEvent("dropped", self.name, message=f"no frame after frame {index - 1}"))
+            self._next_index = index
+            self._emit(SourceEvent("dropped", self.name, message=f"no frame after frame {index - 1}", frame=index))
             if not self._reconnect():
                 raise StreamLost(self.name, f"stream dropped and {self.max_reconnects} reconnect attempts failed")
+
+    def check_end(self) -> None:
+        """For a file whose header states its frame count: that the frame at :data:`TRUNCATED_FRACTION` of it
+        decodes, read through a second capture (this one stays at its start). A file cut after its index (a
+        "fast start" mp4 cut in its data) opens fine and fails here, before any work is spent on it."""
+        if self.kind != "file" or not self.frame_count:
+            return
+        target = int(TRUNCATED_FRACTION * self.frame_count) - 1
+        probe = cv2.VideoCapture(str(self.spec), cv2.CAP_FFMPEG)
+        try:
+            ok = probe.isOpened() and probe.set(cv2.CAP_PROP_POS_FRAMES, max(0, target)) and probe.grab()
+        finally:
+            probe.release()
+        if not ok:
+            raise VideoDecodeError(
+                self.name, f"frame {target} of the {self.frame_count} its header states cannot be decoded: the file "
+                "is truncated or damaged",
+            )  # fmt: skip
 
     def _check_complete(self, read: int) -> None:
         if read == 0:
@@ -238,8 +351,12 @@ def open_source(
     max_reconnects: int = 5,
     backoff_s: tuple[float, float] = (0.5, 8.0),
     on_event: Callable[[SourceEvent], None] | None = None,
+    listen: bool = False,
+    max_lag_s: float | None = None,
 ) -> VideoSource:
-    """Open a file, stream URL or camera index (see the module docstring); errors name the source."""
+    """Open a file, stream URL or camera index (see the module docstring); errors name the source.
+    ``listen``: wait for an RTSP stream pushed to ``spec`` instead of pulling one. ``max_lag_s``: a live
+    source skips frames (grabbed, not converted nor handed out) while the loop is more than this behind live."""
     return VideoSource(
         spec,
         open_timeout_s=open_timeout_s,
@@ -247,4 +364,6 @@ def open_source(
         max_reconnects=max_reconnects,
         backoff_s=backoff_s,
         on_event=on_event,
+        listen=listen,
+        max_lag_s=max_lag_s,
     )

@@ -16,7 +16,7 @@ from faceprint.errors import InvalidArgument
 from faceprint.image import load_image
 from faceprint.pipeline import Pipeline
 from faceprint.types import Box, Faceprint
-from faceprint.video.decisions import TrackIdentifier
+from faceprint.video.decisions import TrackDecision, TrackIdentifier
 from faceprint.video.sources import Frame, VideoSource
 from faceprint.video.tracking import CutDetector, FaceTracker, TrackedFace
 
@@ -91,14 +91,17 @@ def watch(
     tracks: dict[int, TrackSummary] | None = None,
     on_frame: Callable[[FrameResult], None] | None = None,
     on_faceprint: Callable[[int, Frame, Faceprint], None] | None = None,
+    first_track_id: int = 0,
 ) -> Iterator[WatchEvent]:
     """Run the loop over ``source`` and yield events; ``tracks`` (pass a dict) collects :class:`TrackSummary`.
+    ``first_track_id``: the first id to give (a watcher that restarts the loop on the same feed continues its
+    ids, so no two tracks of one feed share an id).
 
     At a shot cut (``cut_threshold``, :class:`CutDetector`; ``None``: never) every track ends and tracking
     starts afresh, so one person's track never continues onto another's face in the next shot."""
     if every < 1:
         raise InvalidArgument(f"--every must be at least 1, got {every}")
-    tracker = FaceTracker(fps=source.fps)
+    tracker = FaceTracker(fps=source.fps, first_id=first_track_id)
     cuts = None if cut_threshold is None else CutDetector(cut_threshold)
     tracks = {} if tracks is None else tracks
     last: Frame | None = None
@@ -109,7 +112,7 @@ def watch(
                 if not summary.ended:
                     identifier.forget(summary.track_id)
                     yield _end(summary, last or frame)
-            tracker = FaceTracker(fps=source.fps, first_id=max(tracks, default=-1) + 1)
+            tracker = FaceTracker(fps=source.fps, first_id=max(max(tracks, default=-1) + 1, first_track_id))
             since_cut = 0
         last = frame
         detected = since_cut % every == 0
@@ -130,9 +133,17 @@ def watch(
                     on_faceprint(face.track_id, frame, fp)
                 if not identifier.add(face.track_id, fp):
                     continue
-                decision = identifier.decide(face.track_id)
+                decision = identifier.decide(face.track_id, rivals={f.track_id for f in faces})
                 if decision is None:
                     continue
+                for moved in identifier.displaced:  # one-to-one: another live track lost its subject to this one
+                    other = tracks.get(moved.track_id)
+                    if other is not None and not other.ended and moved.subject != other.subject:
+                        other.subject, other.score = moved.subject, moved.score
+                        yield WatchEvent(
+                            "identity", moved.track_id, frame.index, frame.time_s, other.last_box, moved.subject,
+                            moved.score, {**_details(moved), "reason": "one_to_one"},
+                        )  # fmt: skip
                 summary.evidence_frames = decision.frames
                 changed = summary.evidence_frames == identifier.policy.min_frames or decision.subject != summary.subject
                 summary.score = decision.score
@@ -140,11 +151,12 @@ def watch(
                     summary.subject = decision.subject
                     yield WatchEvent(
                         "identity", face.track_id, frame.index, frame.time_s, face.box, decision.subject,
-                        decision.score, {k: v for k, v in decision.to_dict().items() if k not in ("subject", "score")},
+                        decision.score, _details(decision),
                     )  # fmt: skip
             alive = tracker.alive_ids()
             for track_id, summary in tracks.items():
                 if not summary.ended and track_id not in alive:
+                    identifier.forget(track_id)
                     yield _end(summary, frame)
         else:
             faces = tracker.predict(frame.time_s, (frame.pixels.shape[1], frame.pixels.shape[0]))
@@ -155,6 +167,10 @@ def watch(
         for summary in tracks.values():
             if not summary.ended:
                 yield _end(summary, last)
+
+
+def _details(decision: TrackDecision) -> dict[str, object]:
+    return {k: v for k, v in decision.to_dict().items() if k not in ("subject", "score")}
 
 
 def _end(summary: TrackSummary, frame: Frame) -> WatchEvent:

@@ -511,4 +511,106 @@ async function loadAudit() {
 
 $("audit-refresh").addEventListener("click", loadAudit);
 
+// -- videos --------------------------------------------------------------------------------------------------
+// The clip is uploaded as a job; its progress is polled; once done the local file plays (it never comes back
+// from the server) above a timeline of its tracks: one bar per track from its first to its last frame.
+const videoState = { url: null, fps: 25, frames: 0 };
+
+function sleep(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function trackLabel(track) {
+  const who = track.subject || "unknown";
+  const score = track.score === null || track.score === undefined ? "" : ` ${Number(track.score).toFixed(3)}`;
+  return `#${track.track_id} ${who}${score}`;
+}
+
+function renderTimeline(job) {
+  const tracks = (job.summary && job.summary.tracks) || [];
+  const timeline = $("videos-timeline");
+  const list = $("videos-tracks");
+  timeline.replaceChildren();
+  list.replaceChildren();
+  videoState.fps = job.fps || 25;
+  videoState.frames = Math.max(job.frame_count || 0, job.frames_done || 0, 1);
+  const playhead = el("div", null, "playhead");
+  playhead.id = "videos-playhead";
+  for (const track of tracks) {
+    const lane = el("div", null, "lane");
+    const bar = el("div", trackLabel(track), track.subject ? "bar named" : "bar");
+    bar.dataset.track = String(track.track_id);
+    bar.dataset.start = String(track.first_frame / videoState.fps);
+    bar.title = `${trackLabel(track)} · frames ${track.first_frame}–${track.last_frame}`;
+    bar.style.left = `${(100 * track.first_frame) / videoState.frames}%`;
+    bar.style.width = `${(100 * (track.last_frame - track.first_frame + 1)) / videoState.frames}%`;
+    bar.addEventListener("click", () => {
+      const player = $("videos-player");
+      player.currentTime = Number(bar.dataset.start);
+      player.play().catch(() => {});
+    });
+    lane.append(bar);
+    timeline.append(lane);
+    const item = el("li");
+    item.append(el("span", track.subject || "unknown", track.subject ? "match" : "unknown"));
+    const seconds = `${(track.first_frame / videoState.fps).toFixed(1)}–${(track.last_frame / videoState.fps).toFixed(1)} s`;
+    item.append(el("span", ` · track #${track.track_id} · ${seconds} · ${track.evidence_frames} good frame(s)` +
+      (track.score === null ? "" : ` · score ${Number(track.score).toFixed(3)}`), "muted"));
+    list.append(item);
+  }
+  timeline.append(playhead);
+  timeline.hidden = false;
+  list.dataset.done = "1";
+}
+
+$("videos-player").addEventListener("timeupdate", () => {
+  const playhead = $("videos-playhead");
+  const player = $("videos-player");
+  if (!playhead || !player.duration) return;
+  playhead.style.left = `${(100 * player.currentTime) / player.duration}%`;
+});
+
+$("videos-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  showError(null);
+  const file = $("videos-file").files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("video", file);
+  addNumber(form, "every", $("videos-every"));
+  addNumber(form, "threshold", $("videos-threshold"));
+  const list = $("videos-tracks");
+  list.replaceChildren();
+  delete list.dataset.done;
+  $("videos-timeline").hidden = true;
+  const bar = $("videos-progress");
+  bar.hidden = false;
+  bar.value = 0;
+  $("videos-run").disabled = true;
+  try {
+    let job = await api("/v1/videos", { method: "POST", body: form });
+    while (job.status === "queued" || job.status === "running") {
+      bar.value = job.progress;
+      $("videos-status").textContent = `${job.status} · frame ${job.frames_done}${job.frame_count ? ` of ${job.frame_count}` : ""}`;
+      await sleep(500);
+      job = await api(`/v1/videos/${encodeURIComponent(job.id)}`);
+    }
+    if (job.status !== "done") throw new Error(`the job failed: ${job.error || "unknown error"}`);
+    bar.value = 1;
+    const named = job.summary.tracks.filter((t) => t.subject).length;
+    $("videos-status").textContent = `done in ${Number(job.seconds).toFixed(1)} s · ${job.summary.tracks.length} track(s), ${named} named`;
+    if (videoState.url) URL.revokeObjectURL(videoState.url);
+    videoState.url = URL.createObjectURL(file);
+    const player = $("videos-player");
+    player.src = videoState.url;
+    player.hidden = false;
+    renderTimeline(job);
+  } catch (error) {
+    $("videos-status").textContent = "";
+    showError(error);
+  } finally {
+    $("videos-run").disabled = false;
+  }
+});
+
 refreshStatus();
