@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -344,7 +345,9 @@ def test_a_copy_migrated_to_another_model_leaves_the_source_serving(
     copy = f"default@{TARGET}"
     with EmbeddedGallery(gallery_dir, key=KEY) as g:
         g.update_subject("person01", metadata={"badge": "17"})
+        policy = g.set_collection_policy("default", retention=timedelta(days=365), purposes=("access-control",))
         made = copy_collection(g, "default", copy)
+        assert g.collection_policy(copy) == policy  # the copy protects people as the source does
         assert (made.subjects, made.templates, made.without_chip) == (enrolled.subjects, enrolled.templates, 0)
         with pytest.raises(GalleryError, match="exists already"):
             copy_collection(g, "default", copy)

@@ -357,15 +357,20 @@ class CopyReport:
 
 
 def copy_collection(gallery: Gallery, source: str, target: str) -> CopyReport:
-    """Copy ``source`` into a new collection ``target`` on the same model: subjects (name, metadata, consent,
-    retention) and templates (vector, quality, box, photo hash and kept chip). Migrate the copy to another model
-    (:func:`migrate_collection`) to get a shadow copy for a canary while ``source`` keeps serving. Corrections
-    (`subjects not`) are not copied. ``target`` must not exist yet."""
+    """Copy ``source`` into a new collection ``target`` on the same model: its protection policy (default
+    retention, consent required, purposes), subjects (name, metadata, consent, retention) and templates
+    (vector, quality, box, photo hash and kept chip). Migrate the copy to another model (:func:`migrate_collection`)
+    to get a shadow copy for a canary while ``source`` keeps serving. Corrections (`subjects not`) are not copied.
+    ``target`` must not exist yet."""
     store = _migratable(gallery)
     coll = gallery.get_collection(source)
     if any(c.name == target for c in gallery.list_collections()):
         raise GalleryError(f"collection {target!r} exists already: delete it or choose another name")
     gallery.ensure_collection(target, coll.model_id, coll.dim)
+    policy = gallery.collection_policy(source)  # the copy protects people as the source does (issue 18)
+    gallery.set_collection_policy(
+        target, retention=policy.retention, consent_required=policy.consent_required, purposes=policy.purposes
+    )
     subjects = templates = without_chip = 0
     cursor: str | None = None
     with gallery.bulk():
