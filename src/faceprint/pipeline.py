@@ -84,10 +84,15 @@ class PipelineConfig:
     calibration: Path | None = None  # an operator's score → FMR table for the embedder; None: the shipped one
     liveness: str | None = None  # liveness model id; None: the installed one (loaded on first liveness check)
     liveness_calibration: Path | None = None  # an operator's liveness table; None: the shipped one
+    # Test-time augmentation: each faceprint is the normalised sum of the chip's and the mirrored chip's
+    # embeddings (twice the embedding work). None: the model's default (its spec's [options] mirror).
+    mirror: bool | None = None
     profile: ModelProfile = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        profile = resolve_profile(self.registry(), self.embedder, detector=self.detector, landmarks=self.landmarks)
+        profile = resolve_profile(
+            self.registry(), self.embedder, detector=self.detector, landmarks=self.landmarks, mirror=self.mirror
+        )
         object.__setattr__(self, "profile", profile)
 
     def registry(self) -> ModelRegistry:
@@ -270,7 +275,7 @@ class Pipeline:
         if sum(counts) == 0:
             return [[] for _ in items]
         all_chips = np.concatenate([c for c in chip_sets if len(c)], axis=0)
-        vectors = self.embedder.embed_chips(all_chips)
+        vectors = self.embed_chips(all_chips)
         out: list[list[Faceprint]] = []
         start = 0
         for (_, dets), chips in zip(items, chip_sets, strict=True):
@@ -289,6 +294,15 @@ class Pipeline:
             start += len(dets)
             out.append(prints)
         return out
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Unit-length embeddings of aligned chips; with the profile's ``mirror``, of each chip plus its
+        mirror image (the sum, renormalised)."""
+        vectors = self.embedder.embed_chips(chips)
+        if not self.profile.mirror or len(chips) == 0:
+            return vectors
+        total = vectors + self.embedder.embed_chips(np.ascontiguousarray(chips[:, :, ::-1]))
+        return (total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def liveness(
         self,
