@@ -26,7 +26,7 @@ from faceprint.detect.base import Detector, RawDetection
 
 # Imported here, while `faceprint/__init__` runs, like `detect.base` above: the first import of the `embed`
 # subpackage sets the attribute `faceprint.embed`, which must happen before `faceprint.embed()` is defined.
-from faceprint.embed.base import Embedder
+from faceprint.embed.base import Embedder, embed_chips
 from faceprint.errors import InvalidArgument, NoFaceFound
 from faceprint.factory import (
     DETECTORS,
@@ -296,13 +296,9 @@ class Pipeline:
         return out
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
-        """Unit-length embeddings of aligned chips; with the profile's ``mirror``, of each chip plus its
-        mirror image (the sum, renormalised)."""
-        vectors = self.embedder.embed_chips(chips)
-        if not self.profile.mirror or len(chips) == 0:
-            return vectors
-        total = vectors + self.embedder.embed_chips(np.ascontiguousarray(chips[:, :, ::-1]))
-        return (total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        """Unit-length embeddings of aligned chips (with the mirrored chip averaged in when the profile says
+        ``mirror``: :func:`faceprint.embed.base.embed_chips`)."""
+        return embed_chips(self.embedder, chips, mirror=self.profile.mirror)
 
     def liveness(
         self,
