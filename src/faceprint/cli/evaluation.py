@@ -381,6 +381,7 @@ def calibrate(
         raise fail(f"{out}: the calibration table must end in .json")
     pipeline = _pipeline(detector, device, model=model)
     setup = f"detector {pipeline.detector_name}, landmarks {pipeline.landmarker_id}, face {face}"
+    setup += ", mirrored chip averaged in" if pipeline.profile.mirror else ""
     if pairs_file is not None:
         pairs = read_pairs(pairs_file, root)
         paths = list(dict.fromkeys(p for pair in pairs for p in (pair.a, pair.b)))
