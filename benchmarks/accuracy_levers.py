@@ -34,7 +34,7 @@ INTERP = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "area": cv2.INTE
 
 
 def detect(args: argparse.Namespace) -> None:
-    pipe = Pipeline(embedder=PROFILES[args.profile])
+    pipe = Pipeline(embedder=PROFILES[args.profile], detector=args.detector)
     alt = None
     if pipe.landmark_scheme == "dlib5":  # the pack's 68-point model on the same boxes, for the yaw/landmark study
         alt = load_landmarker(pipe.registry, "faceplugin-landmark68", detector=pipe.config.detector_id)
@@ -182,6 +182,7 @@ def main() -> None:
     d = sub.add_parser("detect")
     d.add_argument("--profile", choices=sorted(PROFILES), required=True)
     d.add_argument("--dir", required=True)
+    d.add_argument("--detector", default=None, help="another detector than the profile's (cascade, mmod, …)")
     d.add_argument("--out", required=True)
     e = sub.add_parser("embed")
     e.add_argument("--det", required=True)
