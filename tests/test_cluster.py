@@ -46,7 +46,7 @@ def test_identities_cluster_into_people(library: FaceSet, clustered: Clustering)
     truth = np.array([_person(f) for f in library.faces])
     scores = clustering_scores(truth, clustered.labels, outlier_label=0)
     assert scores.bcubed_f1 >= BCUBED_F1_FLOOR, scores
-    assert clustered.threshold == pytest.approx(0.926, abs=0.002)  # the model's score at FMR 1e-3
+    assert clustered.threshold == pytest.approx(0.929, abs=0.002)  # the model's score at FMR 1e-3 (mirrored chip)
     assert [c.size for c in clustered.clusters] == sorted((c.size for c in clustered.clusters), reverse=True)
     for c in clustered.clusters:
         assert c.members[0] == c.representative and 0.9 < c.cohesion <= 1.0

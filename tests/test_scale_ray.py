@@ -169,7 +169,7 @@ def test_embedder_batches_concurrent_calls_and_matches_unbatched(served: Served,
         vectors = list(pool.map(lambda c: handle.embed.remote(c).result(), chips))
     after = handle.info.remote().result()
     for c, v in zip(chips, vectors, strict=True):
-        np.testing.assert_allclose(v, hog_pipeline.embedder.embed_chips(c), atol=1e-4)
+        np.testing.assert_allclose(v, hog_pipeline.embed_chips(c), atol=1e-4)  # the pipeline's vectors (mirror too)
     calls = after["requests"] - before["requests"]
     batches = after["batches"] - before["batches"]
     assert calls == len(chips)

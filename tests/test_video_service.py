@@ -32,7 +32,7 @@ from tests.test_service_ui import browser, free_port, stop_server, wait_until_re
 from tests.test_video import CLIP, FFMPEG, REFERENCES, Pusher, _centre
 
 CLI = [sys.executable, "-c", "from faceprint.cli import app; app()"]
-THRESHOLD = "0.89"  # see tests/test_video.py: Obama's aggregated score with dlib-resnet-v1 is ~0.895
+THRESHOLD = "0.9102"  # the shipped dlib table's FMR 1e-2, the rule of tests/test_video.py (Obama ~0.920 there)
 MAX_VIDEO_BYTES = 2_000_000
 
 pytestmark = pytest.mark.skipif(not CLIP.is_file(), reason="needs ../shared/data/video")
@@ -132,7 +132,7 @@ def test_uploaded_clip_becomes_a_job_with_progress_summary_audit_and_metrics(ser
     actions = {a["action"]: a for a in audit}
     assert actions["video.create"]["detail"]["job"] == job["id"]
     end = actions["video.done"]
-    assert end["detail"]["job"] == job["id"] and len(end["subject_ids"]) >= 2 and end["threshold"] == 0.89
+    assert end["detail"]["job"] == job["id"] and len(end["subject_ids"]) >= 2 and end["threshold"] == float(THRESHOLD)
     assert "clip.mp4" not in json.dumps(audit)  # client file names are never recorded
     metrics = httpx.get(f"{url}/metrics", headers=_auth(key)).text
     assert 'faceprint_video_frames_total{kind="file"} 275.0' in metrics

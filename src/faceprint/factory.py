@@ -89,6 +89,7 @@ class ModelProfile:
     landmarks: str
     landmark_scheme: str  # "dlib5" | "arcface5": the 5 points the landmark model gives
     dim: int  # the embedder's output dimension
+    mirror: bool = False  # average in the mirrored chip's embedding (the spec's [options] mirror)
 
     @property
     def detector_boxes(self) -> str:
@@ -102,6 +103,7 @@ class ModelProfile:
             "landmarks": self.landmarks,
             "landmark_scheme": self.landmark_scheme,
             "dim": self.dim,
+            "mirror": self.mirror,
         }
 
 
@@ -118,9 +120,11 @@ def resolve_profile(
     *,
     detector: str | None = None,
     landmarks: str | None = None,
+    mirror: bool | None = None,
 ) -> ModelProfile:
     """The profile for a model choice (see the module docstring); unknown ids are a :class:`ModelError`
-    listing the known ones. Whether the embedder's weights are installed is checked when it is loaded."""
+    listing the known ones. Whether the embedder's weights are installed is checked when it is loaded.
+    ``mirror`` None follows the embedder spec's ``[options] mirror`` (measured per model: docs/evaluation.md)."""
     specs = registry.specs()
     embedder = embedder or registry.default_embedder()
     embedders = [i for i, s in specs.items() if s.task == "embedder"]
@@ -143,7 +147,9 @@ def resolve_profile(
         known = ", ".join(i for i, s in specs.items() if gives_landmarks(s))
         raise ModelError(f"unknown landmark model {landmarks!r}; choose one of {known}")
     assert spec.output_dim is not None  # embedder specs always state it (checked when parsed)
-    return ModelProfile(embedder, detector, landmarks, landmark_scheme(specs[landmarks]), spec.output_dim)
+    if mirror is None:
+        mirror = bool(spec.options.get("mirror", False))
+    return ModelProfile(embedder, detector, landmarks, landmark_scheme(specs[landmarks]), spec.output_dim, mirror)
 
 
 @dataclass(frozen=True)

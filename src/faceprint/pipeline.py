@@ -26,7 +26,7 @@ from faceprint.detect.base import Detector, LandmarkingDetector, RawDetection
 
 # Imported here, while `faceprint/__init__` runs, like `detect.base` above: the first import of the `embed`
 # subpackage sets the attribute `faceprint.embed`, which must happen before `faceprint.embed()` is defined.
-from faceprint.embed.base import Embedder
+from faceprint.embed.base import Embedder, embed_chips
 from faceprint.errors import InvalidArgument, NoFaceFound
 from faceprint.factory import (
     DETECTORS,
@@ -89,11 +89,16 @@ class PipelineConfig:
     # "fp32" or "int8" (embedder and detectors quantized with shipped ranges; models without stay fp32);
     # None: $FACEPRINT_PRECISION, else fp32. Accuracy: docs/models.md ("int8").
     precision: str | None = None
+    # Test-time augmentation: each faceprint is the normalised sum of the chip's and the mirrored chip's
+    # embeddings (twice the embedding work). None: the model's default (its spec's [options] mirror).
+    mirror: bool | None = None
     profile: ModelProfile = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "precision", resolve_precision(self.precision))
-        profile = resolve_profile(self.registry(), self.embedder, detector=self.detector, landmarks=self.landmarks)
+        profile = resolve_profile(
+            self.registry(), self.embedder, detector=self.detector, landmarks=self.landmarks, mirror=self.mirror
+        )
         object.__setattr__(self, "profile", profile)
 
     def registry(self) -> ModelRegistry:
@@ -299,7 +304,7 @@ class Pipeline:
             return [[] for _ in items]
         all_chips = np.concatenate([c for c in chip_sets if len(c)], axis=0)
         with span("embed", model=self.model_id, faces=len(all_chips), images=len(items)):
-            vectors = self.embedder.embed_chips(all_chips)
+            vectors = self.embed_chips(all_chips)
         out: list[list[Faceprint]] = []
         start = 0
         for (_, dets), chips in zip(items, chip_sets, strict=True):
@@ -318,6 +323,11 @@ class Pipeline:
             start += len(dets)
             out.append(prints)
         return out
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Unit-length embeddings of aligned chips (with the mirrored chip averaged in when the profile says
+        ``mirror``: :func:`faceprint.embed.base.embed_chips`)."""
+        return embed_chips(self.embedder, chips, mirror=self.profile.mirror)
 
     def liveness(
         self,

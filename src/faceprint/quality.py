@@ -18,7 +18,7 @@ from faceprint.types import Detection
 class QualityPolicy:
     min_face_px: float = 40.0  # box width in source pixels
     min_sharpness: float = 25.0  # variance of the Laplacian on the grey chip
-    max_yaw: float = 0.6  # |left-right eye/nose asymmetry|, 0 = frontal, 1 = profile
+    max_yaw: float = 0.6  # yaw angle / 90° (estimate_yaw): 0 = frontal, 0.6 = 54°, 1 = profile
     min_brightness: float = 40.0
     max_brightness: float = 220.0
 
@@ -47,8 +47,21 @@ class Quality:
         }
 
 
+# How far in front of the eyes' line each scheme's nose point sits, in half eye spans (d/h below). With the
+# eyes at ±h and the nose point d in front of them, a head turned by θ shows the nose point (d/h)·tan θ half
+# spans off the eyes' midpoint. dlib's nose base sits closer to the eyes' plane than ArcFace's nose tip: on the
+# same 743 celeba_wild faces the tip's offset is 1.19× the base's (docs/evaluation.md, "Pose estimate").
+_NOSE_DEPTH = {"dlib5": 0.5, "arcface5": 0.6}
+
+
 def estimate_yaw(detection: Detection) -> float:
-    """Signed-free yaw proxy from dlib's 5 points: how far the nose base sits from the eyes' midline."""
+    """Head turn in [0, 1): the yaw angle as a fraction of 90° (0 = frontal, 0.5 = 45°, → 1 in profile).
+
+    From the 5 points: the nose's offset from the eyes' midpoint along the eye axis, in half eye spans, is
+    ``(d/h)·tan(yaw)`` (see ``_NOSE_DEPTH``), so the angle is ``atan(offset / (d/h))``. The same head gives the
+    same angle with either landmark scheme, and the estimate never saturates: a ratio clipped at 1.0 (the
+    nose point level with an eye, about 45° for the nose tip) read as "profile" before.
+    """
     if detection.landmarks is None:
         return 0.0
     pts = np.asarray(detection.landmarks, dtype=np.float64)
@@ -61,8 +74,9 @@ def estimate_yaw(detection: Detection) -> float:
     if span < 1e-6:
         return 1.0
     mid = (left_eye + right_eye) / 2
-    offset = float(np.dot(nose - mid, axis / span))
-    return min(1.0, abs(offset) / (span / 2))
+    offset = abs(float(np.dot(nose - mid, axis / span))) / (span / 2)
+    depth = _NOSE_DEPTH.get(detection.landmark_scheme, _NOSE_DEPTH["arcface5"])
+    return float(np.arctan(offset / depth) / (np.pi / 2))
 
 
 def assess(detection: Detection, chip: np.ndarray, policy: QualityPolicy | None = None) -> Quality:

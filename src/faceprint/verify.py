@@ -27,13 +27,17 @@ class Verification:
     def to_dict(self) -> dict:
         out = self.decision.to_dict()
         notes = [
-            f"image {label} holds {n} faces; the largest was used"
-            for label, n in (("a", self.faces_in_a), ("b", self.faces_in_b))
+            f"image {label} holds {n} faces; the largest was used, box {_box(fp)}"
+            for label, n, fp in (("a", self.faces_in_a, self.a), ("b", self.faces_in_b, self.b))
             if n > 1
         ]
         if notes:
             out["notes"] = notes
         return out
+
+
+def _box(fp: Faceprint) -> str:
+    return "unknown" if fp.detection is None else "(" + ", ".join(f"{v:.0f}" for v in fp.detection.box) + ")"
 
 
 def _as_faceprint(value: VerifyInput, pipeline: Pipeline, name: str) -> tuple[Faceprint, int]:

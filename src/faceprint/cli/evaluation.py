@@ -1,4 +1,4 @@
-"""Evaluation commands: ``eval verify|identify|detect|liveness``, ``calibrate [liveness]``, ``bench``.
+"""Evaluation commands: ``eval verify|identify|wild|detect|liveness``, ``calibrate [liveness]``, ``bench``.
 
 Thin: parse options, call :mod:`faceprint.evaluation`, print Markdown (or JSON with ``--json``).
 """
@@ -231,6 +231,79 @@ def eval_identify(
         typer.echo(to_markdown(identification_blocks(result, source)), nl=False)
 
 
+@eval_app.command("wild")
+@handle_errors
+def eval_wild(
+    folder: Annotated[Path, typer.Option("--dir", help="One subfolder per identity (photos as users take them).")],
+    people: Path | None = PeopleOpt,
+    enrol: Annotated[int, typer.Option("--enrol", min=1, help="Photos enrolled per identity.")] = 3,
+    probes: Annotated[
+        int | None, typer.Option("--probes", min=1, help="Mated probes per enrolled identity (default: the rest).")
+    ] = None,
+    strangers: Annotated[
+        float, typer.Option("--strangers", min=0.0, max=0.95, help="Share of identities never enrolled.")
+    ] = 0.3,
+    scoring: Annotated[
+        str, typer.Option("--scoring", help="A subject's score over its templates: max, mean or quality.")
+    ] = "max",
+    fmr: Annotated[
+        float | None, typer.Option("--fmr", help="Identification threshold: the table's for this FMR (1e-3).")
+    ] = None,
+    fpir: Annotated[float | None, typer.Option("--fpir", help="Identification threshold for this FPIR.")] = None,
+    threshold: Annotated[float | None, typer.Option("--threshold", help="Explicit identification threshold.")] = None,
+    calibration: Annotated[
+        Path | None, typer.Option("--calibration", help="Calibration table (default: shipped).")
+    ] = None,
+    no_gate: Annotated[
+        bool, typer.Option("--no-quality-gate", help="Enrol photos the quality gate would reject.")
+    ] = False,
+    mirror: Annotated[
+        bool | None,
+        typer.Option("--mirror/--no-mirror", help="Average in the mirrored chip (default: the model's setting)."),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the strangers and the enrolment photos.")] = 0,
+    json_out: bool = JsonOpt,
+    face: str = FaceOpt,
+    cache: Path | None = CacheOpt,
+    batch: int = BatchOpt,
+    detector: str | None = DetectorOpt,
+    device: str = DeviceOpt,
+    model: str | None = ModelOpt,
+) -> None:
+    """In-the-wild accuracy: all-pairs TAR at FMR 1e-3/1e-4 with the calibration table's stated FMR checked
+    against the observed one, and open-set identification (enrolled, probes, strangers) at a threshold."""
+    from faceprint.evaluation.wild import identify_open_set, split_wild, to_markdown, verify_all_pairs
+    from faceprint.factory import load_calibration
+    from faceprint.matching import ThresholdRule
+
+    identities = _identities(folder, people)
+    split = split_wild(identities, enrol=enrol, probes=probes, strangers=strangers, seed=seed)
+    config = PipelineConfig(detector=detector, device=device, embedder=resolve_model(model), mirror=mirror)
+    pipeline = Pipeline(config)
+    table = load_calibration(pipeline.model_id, calibration)
+    subjects = len(split.enrol)
+    rule = ThresholdRule.choose(
+        pipeline.model_id, fmr=fmr, fpir=fpir, threshold=threshold, subjects=subjects, calibration=table
+    )
+    paths = [p for images in identities.values() for p in images]
+    embeddings = _embed(paths, pipeline, face, cache, batch)
+    verification = verify_all_pairs(embeddings, identities, table)
+    ident = identify_open_set(split, embeddings, rule, scoring=scoring, quality_gate=not no_gate)
+    if json_out:
+        emit_json(
+            {
+                "source": str(folder),
+                "model": pipeline.model_id,
+                "profile": pipeline.profile.to_dict(),
+                "face": face,
+                "verification": verification.to_dict(),
+                "identification": ident.to_dict(),
+            }
+        )
+    else:
+        typer.echo(to_markdown(str(folder), face, pipeline.model_id, verification, ident), nl=False)
+
+
 @eval_app.command("detect")
 @handle_errors
 def eval_detect(
@@ -314,6 +387,7 @@ def calibrate(
     setup = f"detector {pipeline.detector_name}, landmarks {pipeline.landmarker_id}, face {face}"
     if cohorts and pairs_file is None:
         raise fail("--cohorts goes with --pairs")
+    setup += ", mirrored chip averaged in" if pipeline.profile.mirror else ""
     if pairs_file is not None:
         pairs = read_pairs(pairs_file, root)
         paths = list(dict.fromkeys(p for pair in pairs for p in (pair.a, pair.b)))

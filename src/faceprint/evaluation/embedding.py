@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,11 @@ class Embeddings:
     keys: tuple[str, ...]
     vectors: np.ndarray  # len(keys) × dim, float32, L2-normalised
     failures: dict[str, str]
+    # Per key: the quality score of the face used (NaN: not recorded, e.g. an older cache), how many faces the
+    # photo holds (0: not recorded), and the quality gate's reasons for the faces that fail it.
+    quality: np.ndarray | None = None
+    faces: np.ndarray | None = None
+    rejections: dict[str, str] = field(default_factory=dict)
 
     def index(self) -> dict[str, int]:
         return {k: i for i, k in enumerate(self.keys)}
@@ -56,7 +61,17 @@ class Embeddings:
                 vectors=self.vectors,
                 failed=np.array(list(self.failures), dtype=str),
                 reasons=np.array(list(self.failures.values()), dtype=str),
+                quality=self.qualities(),
+                faces=self.face_counts(),
+                rejected=np.array(list(self.rejections), dtype=str),
+                rejected_reasons=np.array(list(self.rejections.values()), dtype=str),
             )
+
+    def qualities(self) -> np.ndarray:
+        return np.full(len(self.keys), np.nan, np.float32) if self.quality is None else self.quality
+
+    def face_counts(self) -> np.ndarray:
+        return np.zeros(len(self.keys), np.int32) if self.faces is None else self.faces
 
     @classmethod
     def load(cls, path: Path) -> Embeddings:
@@ -67,13 +82,12 @@ class Embeddings:
                 tuple(str(k) for k in data["keys"]),
                 np.asarray(data["vectors"], dtype=np.float32),
                 dict(zip((str(k) for k in data["failed"]), (str(r) for r in data["reasons"]), strict=True)),
+                np.asarray(data["quality"], np.float32) if "quality" in data else None,
+                np.asarray(data["faces"], np.int32) if "faces" in data else None,
+                dict(zip((str(k) for k in data["rejected"]), (str(r) for r in data["rejected_reasons"]), strict=True))
+                if "rejected" in data
+                else {},
             )
-
-
-def cache_label(pipeline: Pipeline, face: str) -> str:
-    """What a cache's vectors were made with besides the model: ``detector/face``, plus ``/int8`` for int8."""
-    label = f"{pipeline.detector_name}/{face}"
-    return label if pipeline.config.precision == "fp32" else f"{label}/{pipeline.config.precision}"
 
 
 def key(path: Path | str) -> str:
@@ -104,34 +118,34 @@ def embed_images(
         raise FaceprintError(f"face must be one of {', '.join(FACE_CHOICES)}, got {face!r}")
     detector = cache_label(pipeline, face)
     wanted = list(dict.fromkeys(key(p) for p in paths))
-    keys: list[str] = []
-    vectors: list[np.ndarray] = []
+    rows: dict[str, _Row] = {}
     failures: dict[str, str] = {}
     if cache is not None and Path(cache).is_file():
         old = Embeddings.load(cache)
         if old.model_id == pipeline.model_id and old.detector == detector:
             known = old.index()
+            quality, faces = old.qualities(), old.face_counts()
             for k in wanted:
                 if k in known:
-                    keys.append(k)
-                    vectors.append(old.vectors[known[k]])
+                    i = known[k]
+                    rows[k] = _Row(old.vectors[i], float(quality[i]), int(faces[i]), old.rejections.get(k, ""))
                 elif k in old.failures and old.failures[k] == NO_FACE:
                     failures[k] = NO_FACE
-            log.info("cache %s: %d of %d images already embedded", cache, len(keys), len(wanted))
+            log.info("cache %s: %d of %d images already embedded", cache, len(rows), len(wanted))
         else:
             log.warning("cache %s was made with %s/%s; ignoring it", cache, old.model_id, old.detector)
-    done = set(keys) | set(failures)
+    done = set(rows) | set(failures)
     todo = [Path(k) for k in wanted if k not in done]
 
     batch: list[tuple[Image, list[Detection]]] = []
-    batch_keys: list[str] = []
+    batch_keys: list[tuple[str, int]] = []
 
     def flush() -> None:
         if not batch:
             return
-        for k, prints in zip(batch_keys, pipeline.embed_batch(batch), strict=True):
-            keys.append(k)
-            vectors.append(np.asarray(prints[0].vector, dtype=np.float32))
+        for (k, n_faces), prints in zip(batch_keys, pipeline.embed_batch(batch), strict=True):
+            q = prints[0].extra["quality"]
+            rows[k] = _Row(np.asarray(prints[0].vector, np.float32), float(q.score), n_faces, "; ".join(q.reasons))
         batch.clear()
         batch_keys.clear()
 
@@ -148,7 +162,7 @@ def embed_images(
             failures[k] = NO_FACE
         else:
             batch.append((image, [choose_face(detections, image, face)]))
-            batch_keys.append(k)
+            batch_keys.append((k, len(detections)))
             if len(batch) >= batch_size:
                 flush()
         n += 1
@@ -157,21 +171,51 @@ def embed_images(
             log.info("embedded %d/%d images (%.1f/s, %.0f s left)", n, len(todo), rate, (len(todo) - n) / rate)
         if cache is not None and n % checkpoint == 0:
             flush()  # a long run that is interrupted keeps what it has done
-            _save_merged(cache, _collect(pipeline.model_id, detector, keys, vectors, failures))
+            _save_merged(cache, _collect(pipeline.model_id, detector, rows, failures))
     flush()
-    result = _collect(pipeline.model_id, detector, keys, vectors, failures)
+    result = _collect(pipeline.model_id, detector, rows, failures)
     if cache is not None and todo:
         _save_merged(cache, result)
     return result
 
 
-def _collect(
-    model_id: str, detector: str, keys: list[str], vectors: list[np.ndarray], failures: dict[str, str]
-) -> Embeddings:
-    dim = vectors[0].shape[0] if vectors else 0
-    matrix = np.vstack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
+def cache_label(pipeline: Pipeline, face: str) -> str:
+    """What, besides the model, decides a photo's embedding: the detector, the face rule, the mirrored chip
+    and the precision (``detector/face[/mirror][/int8]``; a cache made otherwise is ignored)."""
+    label = f"{pipeline.detector_name}/{face}" + ("/mirror" if pipeline.profile.mirror else "")
+    return label if pipeline.config.precision == "fp32" else f"{label}/{pipeline.config.precision}"
+
+
+@dataclass(frozen=True)
+class _Row:
+    vector: np.ndarray
+    quality: float
+    faces: int
+    rejection: str
+
+
+def _collect(model_id: str, detector: str, rows: dict[str, _Row], failures: dict[str, str]) -> Embeddings:
+    keys = tuple(rows)
+    dim = next(iter(rows.values())).vector.shape[0] if rows else 0
+    matrix = np.vstack([rows[k].vector for k in keys]).astype(np.float32) if rows else np.zeros((0, dim), np.float32)
     matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-    return Embeddings(model_id, detector, tuple(keys), matrix, dict(failures))
+    return Embeddings(
+        model_id,
+        detector,
+        keys,
+        matrix,
+        dict(failures),
+        np.array([rows[k].quality for k in keys], np.float32),
+        np.array([rows[k].faces for k in keys], np.int32),
+        {k: rows[k].rejection for k in keys if rows[k].rejection},
+    )
+
+
+def _rows(e: Embeddings) -> dict[str, _Row]:
+    quality, faces = e.qualities(), e.face_counts()
+    return {
+        k: _Row(e.vectors[i], float(quality[i]), int(faces[i]), e.rejections.get(k, "")) for i, k in enumerate(e.keys)
+    }
 
 
 def _save_merged(cache: Path, new: Embeddings) -> None:
@@ -184,11 +228,6 @@ def _save_merged(cache: Path, new: Embeddings) -> None:
 def _merge(old: Embeddings, new: Embeddings) -> Embeddings:
     if (old.model_id, old.detector) != (new.model_id, new.detector):
         return new
-    index = {k: v for k, v in zip(old.keys, old.vectors, strict=True)}
-    index.update(zip(new.keys, new.vectors, strict=True))
-    failures = {**old.failures, **new.failures}
-    for k in index:
-        failures.pop(k, None)
-    keys = tuple(index)
-    vectors = np.vstack([index[k] for k in keys]) if keys else new.vectors
-    return Embeddings(new.model_id, new.detector, keys, vectors, failures)
+    rows = {**_rows(old), **_rows(new)}
+    failures = {k: v for k, v in {**old.failures, **new.failures}.items() if k not in rows}
+    return _collect(new.model_id, new.detector, rows, failures)

@@ -31,8 +31,9 @@ from typing import Any
 import numpy as np
 
 from faceprint.align.templates import reframe_chips, reframe_coverage, template_by_name
+from faceprint.embed.base import embed_chips
 from faceprint.errors import CalibrationMissing, ModelError
-from faceprint.factory import load_embedder
+from faceprint.factory import load_embedder, resolve_profile
 from faceprint.gallery.base import Gallery, Migratable
 from faceprint.gallery.errors import GalleryError, MigrationUnsupported, MissingChips, SubjectExists
 from faceprint.gallery.model import PendingChip
@@ -258,6 +259,7 @@ def run_migration(
     if getattr(embedder, "model_id", plan.target_model) != plan.target_model:
         raise GalleryError(f"the embedder given is {embedder.model_id}, not {plan.target_model}")
     target = plan.target_template
+    mirror = resolve_profile(registry, plan.target_model).mirror  # as the pipeline embeds for this model
     if template_by_name(target).size != embedder.chip_size:
         raise ModelError(
             f"model {plan.target_model!r}: template {target} does not fit its {embedder.chip_size} px input"
@@ -281,7 +283,7 @@ def run_migration(
                     f"the stored chips of subject {bad.subject!r} (template {bad.template_id}, …) do not have "
                     f"the shape of template {source}: {exc}"
                 ) from None
-            out[rows] = embedder.embed_chips(recut)
+            out[rows] = embed_chips(embedder, recut, mirror=mirror)
         return out
 
     store.start_migration(plan.collection, plan.target_model)

@@ -50,7 +50,8 @@ class FaceEmbedder:
     """``embed(chips) -> vectors``: calls arriving together are merged into one batched network pass."""
 
     def __init__(self, config: PipelineConfig, batch_max_size: int, batch_wait_ms: float) -> None:
-        self.model = Pipeline(config).embedder
+        self.pipeline = Pipeline(config)
+        self.model = self.pipeline.embedder
         self.model.embed_chips(np.zeros((1, self.model.chip_size, self.model.chip_size, 3), dtype=np.uint8))
         self.embed.set_max_batch_size(batch_max_size)
         self.embed.set_batch_wait_timeout_s(batch_wait_ms / 1000)
@@ -74,7 +75,7 @@ class FaceEmbedder:
         if batch is None:
             return [np.zeros((0, int(self.model.dim)), dtype=np.float32) for _ in requests]
         # In a thread: the replica's event loop keeps accepting (and batching) requests while the net runs.
-        vectors = await asyncio.to_thread(self.model.embed_chips, batch)
+        vectors = await asyncio.to_thread(self.pipeline.embed_chips, batch)  # with the profile's mirror
         self.batches += 1
         self.requests += len(requests)
         out: list[np.ndarray] = []
