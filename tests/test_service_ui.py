@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -129,9 +130,9 @@ def browser():
         instance.close()
 
 
-def test_enrol_then_identify_shows_the_name(server: tuple[str, str], browser, tmp_path: Path) -> None:
-    url, key = server
-    page = browser.new_page(viewport={"width": 1100, "height": 1000})
+def open_ui(browser, url: str, key: str, *, height: int = 1000) -> tuple[Any, list[str]]:
+    """A new page of the web UI at ``url`` with ``key`` saved, and the list its page and console errors go to."""
+    page = browser.new_page(viewport={"width": 1100, "height": height})
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
@@ -140,6 +141,12 @@ def test_enrol_then_identify_shows_the_name(server: tuple[str, str], browser, tm
     page.click("#key-save")
     # A locator wait, not wait_for_function: polling a JS string is eval, which the UI's CSP rightly forbids.
     page.locator("#status", has_text="key set").wait_for(timeout=30_000)
+    return page, errors
+
+
+def test_enrol_then_identify_shows_the_name(server: tuple[str, str], browser, tmp_path: Path) -> None:
+    url, key = server
+    page, errors = open_ui(browser, url, key)
     # The header names every model the server has loaded, with its detector.
     assert "dlib-resnet-v1 (hog)" in page.inner_text("#status")
 
@@ -181,13 +188,7 @@ def test_enrol_then_identify_shows_the_name(server: tuple[str, str], browser, tm
 def test_liveness_tab_labels_live_and_attack_faces(server: tuple[str, str], browser) -> None:
     """The Liveness tab boxes each face of a real NUAA frame with its decision: live, or ATTACK."""
     url, key = server
-    page = browser.new_page(viewport={"width": 1100, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(url + "/")
-    page.fill("#api-key", key)
-    page.click("#key-save")
-    page.locator("#status", has_text="key set").wait_for(timeout=30_000)
+    page, errors = open_ui(browser, url, key)
     page.click("nav button[data-tab=liveness]")
     for frame, css, word in ((NUAA_LIVE, "match", "live"), (NUAA_PRINT, "unknown", "ATTACK")):
         page.set_input_files("#liveness-file", str(frame))
@@ -203,13 +204,7 @@ def test_liveness_tab_labels_live_and_attack_faces(server: tuple[str, str], brow
 def test_clusters_tab_groups_faces_and_merges(server: tuple[str, str], browser, tmp_path: Path) -> None:
     """The Clusters tab: photos of two people become two thumbnail grids; merging them leaves one."""
     url, key = server
-    page = browser.new_page(viewport={"width": 1100, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.goto(url + "/")
-    page.fill("#api-key", key)
-    page.click("#key-save")
-    page.locator("#status", has_text="key set").wait_for(timeout=30_000)
+    page, errors = open_ui(browser, url, key)
     page.click("nav button[data-tab=clusters]")
     photos = [IDENTITIES / "person01" / n for n in ("img27.jpg", "img28.jpg", "img43.jpg")]
     photos += [IDENTITIES / "person02" / n for n in ("img47.jpg", "img48.jpg")]
