@@ -183,7 +183,11 @@ def _start(
         decode_max_pixels=settings.decode_max_pixels,
     )
     _start_monitoring(app, settings, metrics)
-    app.state.videos = VideoService(settings, metrics, app.state.audit)
+    videos = VideoService(settings, metrics, app.state.audit, store)
+    app.state.videos = videos
+    restored = videos.restore(engines, gallery, app.state.serving.resolve)  # watchers open in their threads
+    if restored:
+        log.info("%d registered stream(s) restarted", restored)
     app.state.ready = True
     metrics.ready.set(1)
     if settings.auth and not app.state.keys.list(include_revoked=False):

@@ -1,5 +1,5 @@
-"""The service's own SQLite file (``$FACEPRINT_HOME/service.sqlite3``): API keys, the audit log and erasure
-receipts.
+"""The service's own SQLite file (``$FACEPRINT_HOME/service.sqlite3``): API keys, the audit log, erasure
+receipts and the registered camera streams.
 
 Kept apart from the gallery so that keys and audit entries survive a gallery being replaced, exported or
 erased, and so that ``faceprint keys``/``faceprint audit`` never need the gallery's encryption key.
@@ -99,6 +99,28 @@ MIGRATIONS: tuple[str, ...] = (
         BEGIN SELECT RAISE(ABORT, 'erasure receipts are append-only'); END;
     CREATE TRIGGER erasures_no_delete BEFORE DELETE ON erasures
         BEGIN SELECT RAISE(ABORT, 'erasure receipts are append-only'); END;
+    """,
+    # 4: registered camera streams (POST /v1/streams), restarted when the service starts. The URLs are kept as
+    # registered, passwords and tokens included (FFmpeg and the webhook need them): the file is 0600 in a 0700
+    # home, and the service shows and logs them masked.
+    """
+    CREATE TABLE streams (
+        id             TEXT PRIMARY KEY,
+        url            TEXT NOT NULL,
+        name           TEXT NOT NULL DEFAULT '',
+        collection     TEXT NOT NULL,           -- the name the client gave (resolved by the serving table)
+        every          INTEGER NOT NULL,
+        listen         INTEGER NOT NULL,
+        open_timeout_s REAL NOT NULL,
+        max_lag_s      REAL,
+        fmr            REAL,
+        fpir           REAL,
+        threshold      REAL,
+        webhook_url    TEXT,
+        webhook_events TEXT NOT NULL DEFAULT '[]',  -- JSON list of event types
+        created_at     TEXT NOT NULL,
+        created_by     TEXT                     -- the admin key's id
+    );
     """,
 )
 

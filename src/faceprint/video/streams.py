@@ -56,7 +56,7 @@ class StreamError(FaceprintError):
 
 class StreamNotFound(StreamError):
     def __init__(self, stream_id: str) -> None:
-        super().__init__(f"no stream {stream_id!r} (registered streams are forgotten on restart)")
+        super().__init__(f"no stream {stream_id!r}")
         self.stream_id = stream_id
 
 
@@ -220,6 +220,7 @@ class StreamWatcher:
         hooks: StreamHooks | None = None,
         meta: dict[str, object] | None = None,
         stream_id: str | None = None,
+        first_seq: int = 0,
     ) -> None:
         if source_kind(config.url) != "stream":
             raise InvalidStream(
@@ -241,7 +242,7 @@ class StreamWatcher:
         self.hooks = hooks or StreamHooks()
         self.meta = dict(meta or {})
         self.stats = StreamStats()
-        self._seq = 0
+        self._seq = first_seq  # events are numbered from first_seq + 1 (a restored stream continues above)
         self._backlog: deque[tuple[int, dict[str, object]]] = deque(maxlen=BACKLOG)
         self._subscribers: list[Subscriber] = []
         self._lock = threading.Lock()
@@ -436,9 +437,11 @@ class StreamRegistry:
         self._watchers: dict[str, StreamWatcher] = {}
         self._lock = threading.Lock()
 
-    def add(self, watcher: StreamWatcher) -> StreamWatcher:
+    def add(self, watcher: StreamWatcher, *, over_limit: bool = False) -> StreamWatcher:
+        """Register and start ``watcher``; ``over_limit``: even beyond ``max_streams`` (a stream registered
+        before a restart under a higher limit is restarted, new ones wait until fewer are registered)."""
         with self._lock:
-            if len(self._watchers) >= self.max_streams:
+            if len(self._watchers) >= self.max_streams and not over_limit:
                 raise TooManyStreams(self.max_streams)
             self._watchers[watcher.id] = watcher
         return watcher.start()

@@ -1,6 +1,7 @@
 """``/v1/streams``: camera streams watched by the service (registered with the ``admin`` scope), their state,
 and their events live as Server-Sent Events (``GET /v1/streams/{stream_id}/events``), optionally also POSTed
-to a webhook with retries. Registered streams live in this process: a restart forgets them."""
+to a webhook with retries. Registrations are kept in the service database and restarted when the service
+starts (``faceprint.service.videos.VideoService.restore``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from faceprint.service.params import StrictFloat, StrictInt, ThresholdParams
 from faceprint.service.routers.subjects import _json_body
 from faceprint.service.routers.videos import identifier_for, video_service
 from faceprint.service.uploads import inline_schema, validate_params
-from faceprint.video.streams import WEBHOOK_DEFAULT_TYPES, StreamConfig, WebhookConfig
+from faceprint.service.videos import StreamRegistration
+from faceprint.video.streams import WEBHOOK_DEFAULT_TYPES
 
 router = APIRouter(prefix="/v1/streams", tags=["video"])
 
@@ -63,19 +65,18 @@ async def create_stream(request: Request, principal: Admin) -> dict[str, object]
     body = validate_params(StreamBody, await _json_body(request))
     if body.webhook_url is not None and not body.webhook_url.lower().startswith(("http://", "https://")):
         raise ApiError(422, "invalid_webhook", "webhook_url must be an http:// or https:// URL")
-    collection = svc.collection(body.collection)
+    name = body.collection or svc.settings.default_collection
+    collection = svc.collection(name)
     await svc.inference.run(None, svc.gallery.get_collection, collection)  # 404 for a collection that is not there
     engine = await svc.engine_for(collection)
     identifier = identifier_for(svc, engine, collection, body)
-    config = StreamConfig(
-        url=body.url, name=body.name, every=body.every, listen=body.listen, open_timeout_s=body.open_timeout_s,
-        max_lag_s=body.max_lag_s,
+    registration = StreamRegistration(
+        url=body.url, collection=name, name=body.name, every=body.every, listen=body.listen,
+        open_timeout_s=body.open_timeout_s, max_lag_s=body.max_lag_s, fmr=body.fmr, fpir=body.fpir,
+        threshold=body.threshold, webhook_url=body.webhook_url,
+        webhook_events=tuple(dict.fromkeys(body.webhook_events)), created_by=principal.key_id,
     )  # fmt: skip
-    webhook = None
-    if body.webhook_url is not None:
-        webhook = WebhookConfig(body.webhook_url, tuple(dict.fromkeys(body.webhook_events)))
-    meta: dict[str, object] = {"collection": collection, "model": engine.model_id, "key_id": principal.key_id}
-    watcher = await svc.inference.run(None, videos.add_stream, config, engine, identifier, webhook=webhook, meta=meta)
+    watcher = await svc.inference.run(None, videos.register, registration, engine, identifier)
     await record(
         request,
         principal,
@@ -83,7 +84,12 @@ async def create_stream(request: Request, principal: Admin) -> dict[str, object]
         201,
         collection=collection,
         decision="watching",
-        detail={"stream": watcher.id, "every": body.every, "listen": body.listen, "webhook": webhook is not None},
+        detail={
+            "stream": watcher.id,
+            "every": body.every,
+            "listen": body.listen,
+            "webhook": body.webhook_url is not None,
+        },
         model_id=engine.model_id,
     )
     return watcher.to_dict()
@@ -92,22 +98,23 @@ async def create_stream(request: Request, principal: Admin) -> dict[str, object]
 @router.get("", summary="Registered streams with their state (frames, frames/s, lag behind live, tracks)")
 async def list_streams(request: Request, principal: Recognize) -> dict[str, object]:
     services(request)
-    return {"streams": [w.to_dict() for w in video_service(request).streams.list()]}
+    return {"streams": video_service(request).describe_all()}
 
 
 @router.get("/{stream_id}", summary="One stream's state")
 async def get_stream(request: Request, principal: Recognize, stream_id: StreamId) -> dict[str, object]:
     services(request)
-    return video_service(request).stream(stream_id).to_dict()
+    return video_service(request).describe(stream_id)
 
 
-@router.delete("/{stream_id}", status_code=204, summary="Stop watching a stream and forget it")
+@router.delete("/{stream_id}", status_code=204, summary="Stop watching a stream and forget it (also after restarts)")
 async def delete_stream(request: Request, principal: Admin, stream_id: StreamId) -> None:
-    services(request)
-    watcher = video_service(request).remove_stream(stream_id)
+    svc = services(request)
+    watcher = await svc.inference.run(None, video_service(request).remove_stream, stream_id)
+    frames, events = (0, 0) if watcher is None else (watcher.stats.frames, watcher.stats.events)
     await record(
         request, principal, "stream.delete", 204, decision="stopped",
-        detail={"stream": watcher.id, "frames": watcher.stats.frames, "events": watcher.stats.events},
+        detail={"stream": stream_id, "frames": frames, "events": events},
     )  # fmt: skip
 
 
