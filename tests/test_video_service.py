@@ -28,7 +28,9 @@ import httpx
 import pytest
 
 from faceprint.gallery import enrol_images, open_gallery
-from tests.test_service_ui import browser, free_port, stop_server, wait_until_ready  # noqa: F401 (fixture)
+from faceprint.service.store import ServiceStore
+from faceprint.service.videos import StreamRegistration, StreamRegistrations
+from tests.test_service_ui import browser, free_port, open_ui, stop_server, wait_until_ready  # noqa: F401 (fixture)
 from tests.test_video import CLIP, FFMPEG, REFERENCES, Pusher, _centre
 
 CLI = [sys.executable, "-c", "from faceprint.cli import app; app()"]
@@ -38,10 +40,33 @@ MAX_VIDEO_BYTES = 2_000_000
 pytestmark = pytest.mark.skipif(not CLIP.is_file(), reason="needs ../shared/data/video")
 
 
+class Serve:
+    """A real `faceprint serve` subprocess on one home and port, which a test can stop and start again (its
+    output is appended to ``home/server.log``)."""
+
+    def __init__(self, home: Path, env: dict[str, str], key: str) -> None:
+        self.home, self.env, self.key = home, env, key
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with (self.home / "server.log").open("a") as log:
+            self.proc = subprocess.Popen(
+                [*CLI, "serve", "--host", "127.0.0.1", "--port", str(self.port)], env=self.env, stdout=log,
+                stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        wait_until_ready(self.proc, self.url, self.home / "server.log", 180)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_server(self.proc)
+            self.proc = None
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, pipeline) -> Iterator[tuple[str, str, Path]]:
-    """`faceprint serve` (default dlib profile) with the three references enrolled; yields its URL, an admin
-    key and its home."""
+def serve(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, pipeline) -> Iterator[Serve]:
+    """`faceprint serve` (default dlib profile) with the three references enrolled and an admin key."""
     home = tmp_path_factory.mktemp("video-home")
     env = {
         **os.environ,
@@ -60,18 +85,18 @@ def server(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, pipeline) 
         [*CLI, "keys", "create", "--scope", "admin", "--name", "video-test"], env=env, capture_output=True, text=True
     )
     assert made.returncode == 0, made.stderr
-    port = free_port()
-    log = (home / "server.log").open("w")
-    proc = subprocess.Popen(
-        [*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
+    server = Serve(home, env, made.stdout.strip())
     try:
-        wait_until_ready(proc, url, home / "server.log", 180)
-        yield url, made.stdout.strip(), home
+        server.start()
+        yield server
     finally:
-        stop_server(proc)
-        log.close()
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(serve: Serve) -> tuple[str, str, Path]:
+    """The server's URL, an admin key and its home."""
+    return serve.url, serve.key, serve.home
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -311,6 +336,118 @@ def test_registered_rtsp_stream_names_tracks_over_sse_and_webhook_and_survives_a
     assert httpx.get(f"{url}/v1/streams/{stream_id}", headers=_auth(key)).status_code == 404
 
 
+def test_registered_streams_survive_a_service_restart_and_a_deleted_one_does_not_come_back(serve: Serve) -> None:
+    """Registrations are rows of the service database: `faceprint serve` stopped and started again on the same
+    home lists the streams with their settings and watches them again (the listen stream's SSE feed names the
+    clip's tracks as the file does, its webhook still gets them, its event ids continue above the old ones), a
+    stream that cannot be opened is reported without holding start-up back, a deleted one does not come back;
+    the stream's password and the webhook's token are never shown nor logged."""
+    url, key = serve.url, serve.key
+    rtsp = f"rtsp://127.0.0.1:{free_port()}/live"
+    password, token = secrets.token_hex(8), secrets.token_hex(8)
+    Hook.received, Hook.attempts = [], 0
+    hook_server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook_server.serve_forever, daemon=True).start()
+    hook_url = f"http://127.0.0.1:{hook_server.server_address[1]}/events?token={token}"
+    bodies = {
+        "stage": {"url": rtsp, "listen": True, "threshold": float(THRESHOLD), "every": 3, "open_timeout_s": 30,
+                  "max_lag_s": 30.0, "name": "stage", "webhook_url": hook_url, "webhook_events": ["identity"]},
+        "door": {"url": f"rtsp://admin:{password}@127.0.0.1:{free_port()}/cam", "name": "door", "fmr": 0.01,
+                 "open_timeout_s": 1},  # nothing listens there: it never opens
+        "gone": {"url": "rtsp://127.0.0.1:9/old", "name": "gone"},
+    }  # fmt: skip
+    ids = {}
+    for name, body in bodies.items():
+        made = httpx.post(f"{url}/v1/streams", json=body, headers=_auth(key), timeout=30)
+        assert made.status_code == 201, made.text
+        ids[name] = made.json()["id"]
+    assert httpx.delete(f"{url}/v1/streams/{ids['gone']}", headers=_auth(key)).status_code == 204
+    before = {s["id"]: s for s in httpx.get(f"{url}/v1/streams", headers=_auth(key)).json()["streams"]}
+
+    serve.stop()
+    # while it is stopped: a stream registered when its collection's model was served, which this deployment
+    # no longer serves (written as POST /v1/streams writes it)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FACEPRINT_KEY", serve.env["FACEPRINT_KEY"])
+        with open_gallery(serve.home / "gallery") as gallery:
+            gallery.ensure_collection("legacy", "retired-model-v0", 128)
+    store = ServiceStore(serve.home / "service.sqlite3")
+    try:
+        StreamRegistrations(store).add(
+            StreamRegistration(url="rtsp://127.0.0.1:9/legacy", collection="legacy", id="legacy0", created_at="x")
+        )
+    finally:
+        store.close()
+    restarted_at_us = time.time_ns() // 1000
+    serve.start()  # ready while "door" cannot be opened: restoring opens nothing itself
+    listed = {s["id"]: s for s in httpx.get(f"{url}/v1/streams", headers=_auth(key)).json()["streams"]}
+    legacy = listed.pop("legacy0")  # listed with why it is not watched, until deleted
+    assert legacy["status"] == "not_started" and "retired-model-v0" in legacy["last_error"], legacy
+    refused = httpx.get(f"{url}/v1/streams/legacy0/events", headers=_auth(key))
+    assert refused.status_code == 409 and refused.json()["code"] == "stream_not_started"
+    assert httpx.delete(f"{url}/v1/streams/legacy0", headers=_auth(key)).status_code == 204
+    assert set(listed) == {ids["stage"], ids["door"]}, listed  # "gone" was deleted: its row went with it
+    for stream_id, state in listed.items():
+        for field in ("name", "url", "listen", "every", "max_lag_s", "collection", "model", "key_id", "created_at"):
+            assert state[field] == before[stream_id][field], (field, state)
+    stage = listed[ids["stage"]]
+    assert stage["webhook"]["url"] == before[ids["stage"]]["webhook"]["url"] and stage["webhook"]["delivered"] == 0
+    assert stage["url"] == rtsp and "***" in stage["webhook"]["url"]
+    assert listed[ids["door"]]["url"].startswith("rtsp://admin:***@")
+    assert httpx.get(f"{url}/v1/streams/{ids['gone']}", headers=_auth(key)).status_code == 404
+    events: list[dict] = []
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_collect_sse, args=(f"{url}/v1/streams/{ids['stage']}/events", key, events, stop), daemon=True
+    )
+    reader.start()
+    pusher = Pusher(rtsp)
+    try:
+        pusher.start()  # the restored watcher listens again on the registered port
+        deadline = time.monotonic() + 30  # meanwhile, the camera that cannot be opened: reported and retried
+        while (door := httpx.get(f"{url}/v1/streams/{ids['door']}", headers=_auth(key)).json())["last_error"] is None:
+            assert time.monotonic() < deadline, door
+            time.sleep(0.5)
+        assert door["status"] in ("starting", "reconnecting") and door["frames"] == 0
+        pusher.wait(60)
+        deadline = time.monotonic() + 60
+        while not any(e["data"].get("subject") == "Barack Obama" for e in events) or not any(
+            e["subject"] == "Barack Obama" for e in Hook.received
+        ):
+            assert time.monotonic() < deadline, (events, Hook.received)
+            time.sleep(0.2)
+        time.sleep(3)  # the drop after the end of the push, and the tracks' ends
+    finally:
+        pusher.kill()
+    for stream_id in (ids["stage"], ids["door"]):
+        assert httpx.delete(f"{url}/v1/streams/{stream_id}", headers=_auth(key)).status_code == 204
+    reader.join(30)
+    stop.set()
+    hook_server.shutdown()
+
+    seqs = [e["id"] for e in events if "id" in e]
+    assert seqs == sorted(seqs) and seqs[0] > restarted_at_us  # above any id of the process before
+    data = [e["data"] for e in events]
+    assert data[-1]["type"] == "stream_deleted"
+    starts = {d["track_id"]: d for d in data if d["type"] == "track_start"}
+    ends = {d["track_id"]: d for d in data if d.get("track_id") in starts and d.get("box") is not None}
+    tracks = [
+        {"track_id": t, "first_frame": starts[t]["frame"], "last_frame": e["frame"], "subject": e["subject"]}
+        for t, e in ends.items()
+    ]
+    named = _named(tracks, ends)  # the same named tracks as the file: the map of tests/test_video.py
+    assert "Lin-Manuel Miranda" in named.values() and sum(s == "Barack Obama" for s in named.values()) == 1
+    assert {e["type"] for e in Hook.received} == {"identity"}
+    # the restored stream decides under its registering key (audit), and nothing is left after the deletes
+    audit = httpx.get(f"{url}/v1/audit", params={"limit": 200}, headers=_auth(key)).json()["items"]
+    decided = [a for a in audit if a["action"] == "stream.identity" and a["detail"]["stream"] == ids["stage"]]
+    assert decided and {a["key_id"] for a in decided} == {before[ids["stage"]]["key_id"]}
+    assert httpx.get(f"{url}/v1/streams", headers=_auth(key)).json()["streams"] == []
+    log = (serve.home / "server.log").read_text()
+    assert "restarted" in log and password not in log and token not in log
+    assert (serve.home / "service.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
 def test_stream_registration_errors(server) -> None:
     url, key, _ = server
     for body, code in (
@@ -332,14 +469,7 @@ def test_ui_videos_tab_uploads_shows_progress_and_plays_the_timeline(server, bro
     """The Videos tab in a real headless Chromium: upload the clip, see the progress bar move, then the clip
     plays above its track timeline (one bar per track, named bars green); clicking a bar seeks to the track."""
     url, key, _ = server
-    page = browser.new_page(viewport={"width": 1100, "height": 1200})
-    errors: list[str] = []
-    page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-    page.goto(url + "/")
-    page.fill("#api-key", key)
-    page.click("#key-save")
-    page.locator("#status", has_text="key set").wait_for(timeout=30_000)
+    page, errors = open_ui(browser, url, key, height=1200)
     page.click("nav button[data-tab=videos]")
     page.set_input_files("#videos-file", str(CLIP))
     page.fill("#videos-threshold", THRESHOLD)
