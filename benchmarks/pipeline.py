@@ -600,8 +600,21 @@ def blazeface_rows() -> list[Row]:
     ]
 
 
+def blazeface_shape5_rows() -> list[Row]:
+    """BlazeFace's boxes with dlib's 5-point predictor instead of its keypoints (as the cascade profile aligns):
+    the candidate default detector of docs/models.md, "BlazeFace as the default detector?"."""
+    models = ("mediapipe-blazeface-short", "mediapipe-blazeface-full")
+    return [
+        Row(
+            f"{m.removeprefix('mediapipe-')} + dlib-shape5 · dlib-resnet-v1 · fp32",
+            {"detector": m, "landmarks": "dlib-shape5"},
+        )
+        for m in models
+    ]
+
+
 #: Row builders, one per detector family; append yours (each returns its rows).
-DETECTOR_ROWS: list[Callable[[], list[Row]]] = [cascade_rows, ultraface_rows, blazeface_rows]
+DETECTOR_ROWS: list[Callable[[], list[Row]]] = [cascade_rows, ultraface_rows, blazeface_rows, blazeface_shape5_rows]
 DLIB_FACES = FACES.parent / "dlib_faces"
 
 
