@@ -16,7 +16,6 @@ import os
 import secrets
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -68,8 +67,10 @@ class Serve:
 def serve(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path, pipeline) -> Iterator[Serve]:
     """`faceprint serve` (default dlib profile) with the three references enrolled and an admin key."""
     home = tmp_path_factory.mktemp("video-home")
+    (home / "tmp").mkdir()
     env = {
         **os.environ,
+        "TMPDIR": str(home / "tmp"),  # the server's own temporary folder: the tests look for leftovers in it
         "FACEPRINT_HOME": str(home),
         "FACEPRINT_KEY": secrets.token_hex(32),
         "FACEPRINT_CACHE_DIR": str(cache_dir),
@@ -167,7 +168,7 @@ def test_uploaded_clip_becomes_a_job_with_progress_summary_audit_and_metrics(ser
 
 
 def test_bad_uploads_are_clear_4xx(server, tmp_path: Path) -> None:
-    url, key, _ = server
+    url, key, home = server
     data = CLIP.read_bytes()
     fast = tmp_path / "fast.mp4"  # index first ("fast start"): a cut in the data still opens
     subprocess.run([FFMPEG, "-nostdin", "-loglevel", "error", "-i", str(CLIP), "-c", "copy", "-movflags", "+faststart",
@@ -189,7 +190,7 @@ def test_bad_uploads_are_clear_4xx(server, tmp_path: Path) -> None:
         assert (response.status_code, body["code"]) == (status, code), body
         assert named in body["detail"], body
     # no temporary file is left behind by a refused upload (and no job is running now)
-    assert not list(Path(tempfile.gettempdir()).glob("faceprint-video-*"))
+    assert not list((home / "tmp").glob("faceprint-video-*"))
 
 
 def test_jobs_are_bounded(server) -> None:
