@@ -22,12 +22,20 @@ from typer.testing import CliRunner
 from faceprint.cli import app
 from faceprint.detect.blazeface import (
     BlazeFaceDetector,
+    BlazeFaceFallback,
     arcface5_from_keypoints,
     ssd_anchors,
     weighted_nms,
 )
 from faceprint.errors import ModelError
-from faceprint.factory import load_blazeface, load_landmarker, resolve_profile, tflite_onnx_path
+from faceprint.factory import (
+    DetectorOptions,
+    load_blazeface,
+    load_detector,
+    load_landmarker,
+    resolve_profile,
+    tflite_onnx_path,
+)
 from faceprint.image import load_image
 from faceprint.models.install import install_pack
 from faceprint.models.registry import ModelRegistry
@@ -319,3 +327,67 @@ def test_grey_and_tightly_cropped_faces(detectors: dict[str, BlazeFaceDetector])
         boxes, keypoints, _ = detectors["mediapipe-blazeface-short"].detect_keypoints(grey)
         assert len(boxes) == 1, photo
         assert keypoints[0, 0, 0] < keypoints[0, 2, 0] < keypoints[0, 1, 0]  # nose between the eyes
+
+
+#: One of the 52 LFW photos (large, close faces) where full range finds no face and short range finds it
+#: (docs/models.md, "BlazeFace as the default detector?": the ``failed`` list of full range's LFW cache).
+FULL_RANGE_MISS = DATA / "lfw" / "Frank_Cassell" / "Frank_Cassell_0001.jpg"
+
+
+def test_blazeface_runs_short_range_only_where_full_range_finds_no_face(
+    registry: ModelRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    detector = load_detector(registry, "blazeface", DetectorOptions(threads=1))
+    assert isinstance(detector, BlazeFaceFallback) and detector.model_id == "mediapipe-blazeface-full"
+    miss = load_image(FULL_RANGE_MISS).pixels
+    expected = detector.short.detect(miss)
+    short_runs: list[tuple[int, ...]] = []
+    short_range = detector.short.detect_keypoints
+
+    def counted(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        short_runs.append(image.shape)
+        return short_range(image)
+
+    monkeypatch.setattr(detector.short, "detect_keypoints", counted)
+    assert detector.full.detect(miss) == []
+    raw, points = detector.detect_landmarks(miss)
+    assert len(short_runs) == 1 and len(raw) == 1 and points.shape == (1, 5, 2)
+    (x1, y1, x2, y2), score = raw[0]
+    assert score >= 0.5 and x1 < 125 < x2 and y1 < 125 < y2 and x2 - x1 > 100  # LFW's centred, close face
+    assert raw == expected  # short range's own face, box and score unchanged
+    for photo in ("couple.jpg", "selfie-many-people.jpg"):  # full range finds faces: short range never runs
+        pixels = load_image(GROUPS / photo).pixels
+        assert detector.detect(pixels) == detector.full.detect(pixels) != []
+    assert len(short_runs) == 1
+
+
+@pytest.mark.parametrize("landmarks", [None, "dlib-shape5"])
+def test_blazeface_pipeline_aligns_a_full_range_miss(store: Path, landmarks: str | None) -> None:
+    pipe = Pipeline(PipelineConfig(detector="blazeface", landmarks=landmarks, model_dir=store, threads=1))
+    own = landmarks is None  # BlazeFace's own keypoints, from the pass that found the face
+    assert pipe.profile.landmarks == ("mediapipe-blazeface-full" if own else "dlib-shape5")
+    assert pipe.profile.detector_boxes == "mediapipe-blazeface-full"
+    faces = pipe.embed(FULL_RANGE_MISS)
+    assert len(faces) == 1 and faces[0].detection is not None
+    assert faces[0].detection.landmark_scheme == ("arcface5" if own else "dlib5")
+    x1, y1, x2, y2 = faces[0].detection.box
+    points = faces[0].detection.landmarks  # every point on the face, none at the box's edge
+    assert np.all((points > [x1, y1]) & (points < [x2, y2])) and np.ptp(points[:, 0]) > 0.2 * (x2 - x1)
+
+
+def test_models_use_blazeface(store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "store"
+    shutil.copytree(store, root)
+    env = {"FACEPRINT_MODEL_DIR": str(root)}
+    result = CliRunner().invoke(app, ["models", "use", "blazeface"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "default detector: blazeface (landmarks mediapipe-blazeface-full)" in result.output
+    profile = resolve_profile(ModelRegistry(ModelStore(root)))
+    assert (profile.detector, profile.detector_boxes) == ("blazeface", "mediapipe-blazeface-full")
+    result = CliRunner().invoke(app, ["detect", str(FULL_RANGE_MISS), "--json"], env=env)
+    assert result.exit_code == 0 and result.output.count('"box"') == 1, result.output
+    empty = {"FACEPRINT_MODEL_DIR": str(tmp_path / "empty")}  # without the mediapipe pack: how to install it
+    bad = CliRunner().invoke(app, ["models", "use", "blazeface"], env=empty)
+    assert bad.exit_code != 0 and "mediapipe" in bad.output, bad.output

@@ -24,7 +24,7 @@ from faceprint.align.facemesh import FaceMesh
 from faceprint.align.landmark68 import Landmark68
 from faceprint.align.shape_predictor import ShapePredictor5
 from faceprint.detect.base import Detector
-from faceprint.detect.blazeface import BlazeFaceDetector, BlazeFaceKeypoints
+from faceprint.detect.blazeface import BlazeFaceDetector, BlazeFaceFallback, BlazeFaceKeypoints
 from faceprint.detect.cascade import CascadeDetector
 from faceprint.detect.confirm import ConfirmedDetector
 from faceprint.detect.hog import HOGDetector
@@ -62,12 +62,15 @@ from faceprint.models.tflite_onnx import convert_tflite
 
 # Short names of the built-in detectors (any detector model id also works): "cascade" = MTCNN proposals
 # confirmed by dlib's CNN (detect/cascade.py), "mmod" = dlib's CNN scanning the whole photo, "hog" = dlib's
-# HOG (face_recognition's default, needs dlib-bin).
-DETECTORS = ("cascade", "mmod", "hog")
+# HOG (face_recognition's default, needs dlib-bin), "blazeface" = BlazeFace full range, and short range on a
+# photo where full range finds no face (detect/blazeface.py BlazeFaceFallback; the mediapipe pack).
+DETECTORS = ("cascade", "mmod", "hog", "blazeface")
 FALLBACK_DETECTOR = "cascade"
 FALLBACK_LANDMARKS = "dlib-shape5"
 # whose boxes each built-in detector returns (the landmark models adapt to it): the cascade's are MMOD's
 _DETECTOR_IDS = {"cascade": "dlib-mmod", "mmod": "dlib-mmod", "hog": "dlib-hog"}
+# the pack models a short name runs (its boxes and keypoints are the first one's), when not faceprint's own
+_DETECTOR_MODELS = {"blazeface": ("mediapipe-blazeface-full", "mediapipe-blazeface-short")}
 # the keypoint families' classes (detect/retinaface.py, scrfd.py, yunet.py): detectors that give 5 points too
 _KEYPOINT_DETECTORS: dict[str, type[KeypointDetector]] = {
     "retinaface": RetinaFaceDetector,
@@ -94,7 +97,7 @@ class ModelProfile:
     @property
     def detector_boxes(self) -> str:
         """The model id whose boxes the detector returns (``mmod`` and ``cascade`` → ``dlib-mmod``)."""
-        return _DETECTOR_IDS.get(self.detector, self.detector)
+        return _DETECTOR_IDS.get(self.detector) or detector_models(self.detector)[0]
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -107,11 +110,19 @@ class ModelProfile:
         }
 
 
+def detector_models(detector: str) -> tuple[str, ...]:
+    """The installable models a detector choice runs: the short name ``blazeface`` → both BlazeFace models
+    (full range first), a detector model id → itself, faceprint's own dlib and MTCNN detectors → none."""
+    if detector in _DETECTOR_MODELS:
+        return _DETECTOR_MODELS[detector]
+    return () if detector in DETECTORS else (detector,)
+
+
 def _available(registry: ModelRegistry, model_id: str | None) -> bool:
-    if not model_id or model_id in DETECTORS:
-        return bool(model_id)
+    if not model_id:
+        return False
     specs = registry.specs()
-    return model_id in specs and registry.status(specs[model_id]).available
+    return all(m in specs and registry.status(specs[m]).available for m in detector_models(model_id))
 
 
 def resolve_profile(
@@ -139,8 +150,9 @@ def resolve_profile(
     detectors = [i for i, s in specs.items() if s.task == "detector" and i not in _DETECTOR_IDS.values()]
     if detector not in DETECTORS and detector not in detectors:
         raise ModelError(f"unknown detector {detector!r}; choose one of {', '.join([*DETECTORS, *detectors])}")
-    if landmarks is None and detector in specs and gives_landmarks(specs[detector]):
-        landmarks = detector  # a keypoint detector (BlazeFace, RetinaFace, SCRFD, YuNet): its own points
+    boxes = _DETECTOR_IDS.get(detector) or detector_models(detector)[0]
+    if landmarks is None and boxes in specs and gives_landmarks(specs[boxes]):
+        landmarks = boxes  # a keypoint detector (BlazeFace, RetinaFace, SCRFD, YuNet): its own points
     if landmarks is None:
         landmarks = spec.landmarks if _available(registry, spec.landmarks) else FALLBACK_LANDMARKS
     if landmarks not in specs or not gives_landmarks(specs[landmarks]):
@@ -187,6 +199,12 @@ def load_detector(registry: ModelRegistry, detector: str, options: DetectorOptio
         if o.min_score is not None:
             kwargs["min_score"] = o.min_score
         return MMODDetector(**kwargs)
+    if detector == "blazeface":
+        full, short = (
+            load_blazeface(registry, m, device=o.device, threads=o.threads, min_score=o.min_score)
+            for m in _DETECTOR_MODELS[detector]
+        )
+        return BlazeFaceFallback(full, short)
     spec = registry.get(detector)
     check_task(spec, "detector", ("ultraface", *KEYPOINT_DETECTOR_FAMILIES))
     if spec.family == "blazeface":

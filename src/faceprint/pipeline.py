@@ -234,7 +234,7 @@ class Pipeline:
         """All faces in ``image`` with boxes, scores and 5 landmarks, highest score first."""
         img = load_image(image)
         detector = self.detector
-        if self.profile.landmarks == self.profile.detector and isinstance(detector, LandmarkingDetector):
+        if self.profile.landmarks == self.profile.detector_boxes and isinstance(detector, LandmarkingDetector):
             with span("detect", detector=self.detector_name):  # boxes and points from one pass (BlazeFace,
                 raw, points = detector.detect_landmarks(img.pixels)  # RetinaFace, SCRFD, YuNet)
                 set_attributes(faces=len(raw))

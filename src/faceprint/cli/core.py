@@ -18,7 +18,7 @@ from faceprint.cli.common import (
     progress,
 )
 from faceprint.errors import InvalidImage
-from faceprint.factory import DETECTORS, add_model, resolve_profile
+from faceprint.factory import DETECTORS, add_model, detector_models, resolve_profile
 from faceprint.image import Image, load_image
 from faceprint.liveness import LIVENESS_MODES, LivenessPolicy, LivenessResult, attack_reason
 from faceprint.liveness.frames import frames_from, frames_liveness
@@ -312,7 +312,7 @@ def models_list(json_out: bool = JsonOpt) -> None:
     registry = ModelRegistry()
     profile = resolve_profile(registry)
     default_embedder = profile.embedder
-    defaults = {profile.embedder, profile.landmarks, profile.detector_boxes}
+    defaults = {profile.embedder, profile.landmarks, profile.detector_boxes, *detector_models(profile.detector)}
     if profile.detector == "cascade":
         defaults |= {"mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"}
     rows = []
@@ -392,13 +392,17 @@ def models_add(
 
 @models_app.command("use")
 @handle_errors
-def models_use(model: str = typer.Argument(..., help="Embedder or detector model id (or cascade/mmod/hog).")) -> None:
+def models_use(
+    model: str = typer.Argument(..., help="Embedder or detector model id (or cascade/mmod/hog/blazeface)."),
+) -> None:
     """Make an embedder (and its detector and landmarks) the default for new collections, commands and the
     service (existing collections keep theirs); a detector id (e.g. mediapipe-blazeface-short) makes that
     detector the default for every embedder."""
     registry = ModelRegistry()
     if model in DETECTORS or registry.get(model).task == "detector":
-        if model in DETECTORS:  # a built-in detector's short name (cascade, mmod, hog)
+        if model in DETECTORS:  # a built-in detector's short name (cascade, mmod, hog, blazeface)
+            for needed in detector_models(model):  # blazeface: both BlazeFace models, or how to install them
+                registry.path(needed)
             registry.store.set_default_detector(model)
         else:
             registry.set_default_detector(model)

@@ -48,8 +48,8 @@ def serve(
     detector: Annotated[
         str | None,
         typer.Option(
-            help="Face detector: cascade, mmod, hog or a detector model id (default FACEPRINT_DETECTOR, else the "
-            "model's own)."
+            help="Face detector: cascade, mmod, hog, blazeface or a detector model id (default FACEPRINT_DETECTOR, "
+            "else the model's own)."
         ),
     ] = None,
     insecure_no_auth: Annotated[
