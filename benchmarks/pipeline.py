@@ -610,7 +610,8 @@ def blazeface_shape5_rows() -> list[Row]:
             {"detector": m, "landmarks": "dlib-shape5"},
         )
         for m in models
-    ]
+    ] + [Row("blazeface (full, short where full finds none) + dlib-shape5 · dlib-resnet-v1 · fp32",
+             {"detector": "blazeface", "landmarks": "dlib-shape5"})]  # fmt: skip
 
 
 #: Row builders, one per detector family; append yours (each returns its rows).
@@ -671,6 +672,8 @@ def detector_rows_section(args: argparse.Namespace, photos: list[Path]) -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for build in DETECTOR_ROWS:
         for row in build():
+            if args.rows and not any(part in row.label for part in args.rows.split(",")):
+                continue
             cmd = [sys.executable, __file__, "--worker", "row:" + json.dumps(row.options)]
             cmd += ["--photos", ",".join(str(p) for p in photos)]
             cmd += ["--threads", str(args.threads)] if args.threads else []
@@ -886,6 +889,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: cores)")
     parser.add_argument(
         "--skip", default="", help="comma-separated sections to skip: detection,embedding,e2e,rows,blazeface"
+    )
+    parser.add_argument(
+        "--rows", default="", help="section 4: only the rows whose label contains one of these (comma-separated)"
     )
     parser.add_argument("--frames", type=int, default=150, help="640×360 video frames for the BlazeFace frames/s")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
