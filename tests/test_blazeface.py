@@ -6,6 +6,7 @@ checked on the shared photos' known faces and dlib's labelled boxes.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -272,8 +273,6 @@ def test_profile_uses_the_detectors_own_keypoints(registry: ModelRegistry, store
 
 
 def test_models_use_makes_blazeface_the_default_detector(store: Path, tmp_path: Path) -> None:
-    import shutil
-
     root = tmp_path / "store"
     shutil.copytree(store, root)
     env = {"FACEPRINT_MODEL_DIR": str(root)}
@@ -376,8 +375,6 @@ def test_blazeface_pipeline_aligns_a_full_range_miss(store: Path, landmarks: str
 
 
 def test_models_use_blazeface(store: Path, tmp_path: Path) -> None:
-    import shutil
-
     root = tmp_path / "store"
     shutil.copytree(store, root)
     env = {"FACEPRINT_MODEL_DIR": str(root)}
