@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -23,6 +27,7 @@ from faceprint.scale.bulk import Analysed, analyse
 from faceprint.service.app import create_app
 from faceprint.service.settings import Settings, SettingsError
 from tests.conftest import DATA
+from tests.test_service_ui import free_port, stop_server, wait_until_ready
 
 NUAA = DATA / "spoof" / "nuaa"
 LIVE = sorted((NUAA / "live" / "0001").iterdir())[:3]
@@ -33,6 +38,7 @@ INSTALL = "faceprint models install faceplugin"
 #: session score far above it).
 THRESHOLD = 0.9
 KEY = secrets.token_hex(32)
+SERVE = [sys.executable, "-c", "from faceprint.cli import app; app()", "serve", "--host", "127.0.0.1"]
 
 
 @pytest.fixture(scope="module")
@@ -312,3 +318,27 @@ def test_http_server_default_and_no_model(
             assert INSTALL in r.json()["detail"]
         off = client.post("/v1/identify", files=upload(image=LIVE[0]), data={"threshold": "0.9", "liveness": "off"})
         assert off.status_code != 503  # the request's own mode wins over the server's (no collection yet: 404)
+
+
+def test_serve_liveness_option_sets_the_servers_policy(bare_store: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """`faceprint serve --liveness require` in a real server: a request that names no policy is checked, so with
+    no liveness model installed it is refused 503 naming the install command; a wrong mode exits 2 at once."""
+    env = {**os.environ, "FACEPRINT_HOME": str(tmp_path), "FACEPRINT_KEY": KEY, "FACEPRINT_MODEL_DIR": str(bare_store),
+           "FACEPRINT_CACHE_DIR": str(cache_dir)}  # fmt: skip
+    wrong = subprocess.run([*SERVE, "--liveness", "sometimes"], env=env, capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "--liveness" in wrong.stderr and "'sometimes'" in wrong.stderr, wrong.stderr
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [*SERVE, "--liveness", "require", "--insecure-no-auth", "--port", str(port)], env=env, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            wait_until_ready(proc, url, log_path, 180)
+            r = httpx.post(f"{url}/v1/identify", files=upload(image=LIVE[0]), data={"threshold": "0.9"}, timeout=60)
+            assert r.status_code == 503 and r.json()["code"] == "liveness_unavailable", r.text
+            assert INSTALL in r.json()["detail"]
+        finally:
+            stop_server(proc)

@@ -52,6 +52,14 @@ def serve(
             "else the model's own)."
         ),
     ] = None,
+    liveness: Annotated[
+        str | None,
+        typer.Option(
+            help="Liveness policy of verify, identify and enrolment when a request names none: off, flag or "
+            "require (default FACEPRINT_LIVENESS, else off; flag and require need `faceprint models install "
+            "faceplugin`)."
+        ),
+    ] = None,
     insecure_no_auth: Annotated[
         bool, typer.Option("--insecure-no-auth", help="Serve without API keys (local demos only).")
     ] = False,
@@ -86,6 +94,7 @@ def serve(
         "gallery": gallery,
         "detector": detector,
         "model": model,
+        "liveness": liveness,
         "shadow": shadow,
         "shadow_fraction": shadow_fraction,
     }

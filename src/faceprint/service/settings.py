@@ -124,7 +124,7 @@ class Settings:
                 raise SettingsError(f"{_ENV[name]}: must be above 0 and at most 3600 seconds, got {value}")
         if self.liveness not in LIVENESS_MODES:
             modes = ", ".join(LIVENESS_MODES)
-            raise SettingsError(f"FACEPRINT_LIVENESS: must be one of {modes}, got {self.liveness!r}")
+            raise SettingsError(f"FACEPRINT_LIVENESS (serve --liveness): must be one of {modes}, got {self.liveness!r}")
         if self.max_connections is not None and self.max_connections < 1:
             raise SettingsError(f"FACEPRINT_MAX_CONNECTIONS: must be at least 1, got {self.max_connections}")
         if not 20 <= self.drift_window <= 100_000:
