@@ -8,8 +8,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -56,6 +57,23 @@ def _quiet_plotting() -> None:
     """`-v` turns on DEBUG for every logger; matplotlib's font search would drown the progress lines."""
     logging.getLogger("matplotlib").setLevel(logging.WARNING)
     logging.getLogger("PIL").setLevel(logging.INFO)
+
+
+def _publish(
+    result: Any, report: Path | None, write: Callable[[Path], list[Path]], blocks: Callable[[], list[Any]],
+    json_out: bool,
+) -> None:  # fmt: skip
+    """How every eval command ends: the report folder (``write``) when asked, then JSON or the Markdown tables."""
+    from faceprint.evaluation.report import to_markdown
+
+    if report is not None:
+        _quiet_plotting()
+        written = write(report)
+        typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
+    if json_out:
+        emit_json(result.to_dict())
+    else:
+        typer.echo(to_markdown(blocks()), nl=False)
 
 
 def _pipeline(detector: str | None, device: str, threads: int | None = None, model: str | None = None) -> Pipeline:
@@ -139,7 +157,7 @@ def eval_verify(
 ) -> None:
     """Verification accuracy, EER, ROC AUC, TAR at FAR, threshold table and k-fold accuracy of a pair list."""
     from faceprint.errors import FaceprintError
-    from faceprint.evaluation.report import to_markdown, verification_blocks, write_verification_report
+    from faceprint.evaluation.report import verification_blocks, write_verification_report
     from faceprint.evaluation.verification import evaluate_scores, load_cohorts, score_pairs
     from faceprint.matching import DEFAULT_FMR, Calibration, shipped_calibration
 
@@ -173,14 +191,9 @@ def eval_verify(
         cohorts=labels,
         cohort_notes=notes,
     )
-    if report is not None:
-        _quiet_plotting()
-        written = write_verification_report(result, report)
-        typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
-    if json_out:
-        emit_json(result.to_dict())
-    else:
-        typer.echo(to_markdown(verification_blocks(result)), nl=False)
+    _publish(
+        result, report, lambda r: write_verification_report(result, r), lambda: verification_blocks(result), json_out
+    )
 
 
 @eval_app.command("identify")
@@ -213,7 +226,7 @@ def eval_identify(
 ) -> None:
     """Rank-1/rank-5 identification (CMC) and open-set FNIR at FPIR on a folder of identities."""
     from faceprint.evaluation.identification import evaluate_identification, split_identities
-    from faceprint.evaluation.report import identification_blocks, to_markdown, write_identification_report
+    from faceprint.evaluation.report import identification_blocks, write_identification_report
 
     identities = _identities(folder, people)
     split = split_identities(identities, enrol=enrol, holdout=holdout, seed=seed)
@@ -221,14 +234,13 @@ def eval_identify(
     paths = [p for images in identities.values() for p in images]
     result = evaluate_identification(split, _embed(paths, pipeline, face, cache, batch))
     source = f"{folder} ({len(identities)} identities)"
-    if report is not None:
-        _quiet_plotting()
-        written = write_identification_report(result, source, report)
-        typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
-    if json_out:
-        emit_json(result.to_dict())
-    else:
-        typer.echo(to_markdown(identification_blocks(result, source)), nl=False)
+    _publish(
+        result,
+        report,
+        lambda r: write_identification_report(result, source, r),
+        lambda: identification_blocks(result, source),
+        json_out,
+    )
 
 
 @eval_app.command("wild")
@@ -320,20 +332,19 @@ def eval_detect(
 ) -> None:
     """Average precision, precision/recall and miss rate by face size of the detector."""
     from faceprint.evaluation.detection import evaluate_detection, read_annotations
-    from faceprint.evaluation.report import detection_blocks, to_markdown, write_detection_report
+    from faceprint.evaluation.report import detection_blocks, write_detection_report
 
     truth = read_annotations(annotations, root, fmt)
     result = evaluate_detection(
         truth, _pipeline(detector, device), iou=iou, progress=lambda items: progress(items, "detecting")
     )
-    if report is not None:
-        _quiet_plotting()
-        written = write_detection_report(result, str(annotations), report)
-        typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
-    if json_out:
-        emit_json(result.to_dict())
-    else:
-        typer.echo(to_markdown(detection_blocks(result, str(annotations))), nl=False)
+    _publish(
+        result,
+        report,
+        lambda r: write_detection_report(result, str(annotations), r),
+        lambda: detection_blocks(result, str(annotations)),
+        json_out,
+    )
 
 
 calibrate_app = typer.Typer(
@@ -538,7 +549,7 @@ def eval_liveness(
 ) -> None:
     """APCER per attack type, BPCER, ACER, BPCER at APCER 1/5/10 %, EER and leave-subjects-out figures."""
     from faceprint.evaluation.liveness import evaluate_liveness
-    from faceprint.evaluation.report import liveness_blocks, to_markdown, write_liveness_report
+    from faceprint.evaluation.report import liveness_blocks, write_liveness_report
     from faceprint.liveness.calibration import DEFAULT_APCER, UNCALIBRATED_THRESHOLD
 
     if threshold is not None and apcer is not None:
@@ -568,14 +579,7 @@ def eval_liveness(
         folds=folds,
         table_rates=rates,
     )
-    if report is not None:
-        _quiet_plotting()
-        written = write_liveness_report(result, report)
-        typer.echo(f"report: {', '.join(str(p) for p in written)}", err=True)
-    if json_out:
-        emit_json(result.to_dict())
-    else:
-        typer.echo(to_markdown(liveness_blocks(result)), nl=False)
+    _publish(result, report, lambda r: write_liveness_report(result, r), lambda: liveness_blocks(result), json_out)
 
 
 @calibrate_app.command("liveness")
