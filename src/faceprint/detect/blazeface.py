@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from faceprint.detect.base import RawDetection
+from faceprint.detect.boxes import iou_one
 from faceprint.errors import InvalidImage, ModelError
 from faceprint.models.onnx_model import OnnxModel
 from faceprint.models.spec import ModelSpec
@@ -77,15 +78,6 @@ def ssd_anchors(size: int, strides: list[int], per_cell: list[int]) -> np.ndarra
     return np.concatenate(out).astype(np.float32)
 
 
-def _iou_one(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    w = np.maximum(0, np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]))
-    h = np.maximum(0, np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]))
-    inter = w * h
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-12)
-
-
 def weighted_nms(
     boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, iou: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,7 +86,7 @@ def weighted_nms(
     out_b, out_k, out_s = [], [], []
     while order.size:
         best = order[0]
-        overlap = _iou_one(boxes[best], boxes[order]) > iou
+        overlap = iou_one(boxes[best], boxes[order]) > iou
         overlap[0] = True
         group = order[overlap]
         weights = scores[group][:, None]
@@ -289,7 +281,7 @@ class BlazeFaceKeypoints:
         target = np.concatenate([(boxes[:, :2] - origin) * scale[:, None], (boxes[:, 2:] - origin) * scale[:, None]], 1)
         out = np.empty((len(boxes), 5, 2), np.float64)
         for i in range(len(boxes)):
-            fit = _iou_one(target[i], cand_boxes[i]) * (scores[i] >= d.min_score * 0.5)
+            fit = iou_one(target[i], cand_boxes[i]) * (scores[i] >= d.min_score * 0.5)
             if fit.max() <= 0.1:
                 out[i] = _template_points(boxes[i])
                 continue

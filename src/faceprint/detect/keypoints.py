@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 
 from faceprint.detect.base import RawDetection
+from faceprint.detect.boxes import iou_one, nms
 from faceprint.detect.mmod import _as_rgb
-from faceprint.detect.onnx_ultraface import nms
 from faceprint.models.onnx_model import OnnxModel
 from faceprint.models.spec import ModelSpec
 
@@ -92,14 +92,6 @@ class KeypointDetector(OnnxModel):
 _BOX_POINTS = np.array([[0.32, 0.42], [0.68, 0.42], [0.5, 0.6], [0.35, 0.78], [0.65, 0.78]], np.float32)
 
 
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    w = np.maximum(0, np.minimum(box[2], boxes[:, 2]) - np.maximum(box[0], boxes[:, 0]))
-    h = np.maximum(0, np.minimum(box[3], boxes[:, 3]) - np.maximum(box[1], boxes[:, 1]))
-    inter = w * h
-    area = (box[2] - box[0]) * (box[3] - box[1]) + (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area - inter, 1e-9)
-
-
 class DetectorPoints:
     """A keypoint detector used as the landmark model (``predict(image, boxes) → N×5×2``, ``arcface5``).
 
@@ -134,7 +126,7 @@ class DetectorPoints:
             return None
         shift = np.zeros(2) if offset is None else offset
         candidates = np.array([d[0] for d in found], np.float64) + np.tile(shift, 2)
-        overlap = _iou(box, candidates)
+        overlap = iou_one(box, candidates)
         best = int(np.argmax(overlap))
         return found[best][2] + shift.astype(np.float32) if overlap[best] >= 0.3 else None
 
