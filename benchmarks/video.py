@@ -2,7 +2,7 @@
 live 30 fps stream, for several detection strides; and whether each stride names the same tracks as
 detecting on every frame.
 
-    python benchmarks/video.py                         # --every 1,2,3,5, default dlib profile, --threshold 0.89
+    python benchmarks/video.py                         # --every 1,2,3,5, default dlib profile, --fmr 0.01
     python benchmarks/video.py --every 3 --live-fps 30 --clip ../shared/data/video/short_hamilton_clip.mp4
 
 What it does, per stride N (``--every``):
@@ -152,13 +152,13 @@ def run_once(
     clip: Path,
     pipeline: Pipeline,
     gallery: Any,
-    threshold: float | None,
+    rule: dict[str, float],
     every: int,
     live_fps: float | None,
     max_lag_s: float | None = None,
 ) -> Run:
     clock = Clock()
-    identifier = TrackIdentifier(gallery, pipeline.model_id, threshold=threshold, calibration=pipeline.calibration)
+    identifier = TrackIdentifier(gallery, pipeline.model_id, calibration=pipeline.calibration, **rule)
     timed_pipeline = Timed(pipeline, clock, {"detect": "detect", "embed_batch": "embed"})
     timed_identifier = Timed(identifier, clock, {"add": "decide", "decide": "decide"})
     tracks: dict[int, TrackSummary] = {}
@@ -193,13 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", default="1,2,3,5", help="Detection strides, comma-separated (1 is the baseline)")
     parser.add_argument("--live-fps", type=float, default=30.0, help="Pace of the simulated live stream")
     parser.add_argument("--keep-up-s", type=float, default=0.5, help="Last-frame lag under which it keeps up")
-    parser.add_argument("--threshold", type=float, default=0.89, help="Decision threshold (see docs/video.md)")
+    parser.add_argument("--fmr", type=float, default=None, help="Decision rule: false-match rate (default 0.01)")
+    parser.add_argument("--threshold", type=float, default=None, help="Decision rule: a raw score threshold instead")
     parser.add_argument("--detector", default=None, help="Detector (default: the model's own)")
     parser.add_argument("--no-live", action="store_true", help="Skip the paced (live) runs")
     parser.add_argument(
         "--max-lag", type=float, default=None, help="Live runs: skip frames while more than this behind (max_lag_s)"
     )
     args = parser.parse_args(argv)
+    if args.fmr is not None and args.threshold is not None:
+        parser.error("give --fmr or --threshold, not both")
+    rule = {"threshold": args.threshold} if args.threshold is not None else {"fmr": args.fmr or 0.01}
     strides = sorted({int(v) for v in args.every.split(",")} | {1})
     os.environ.setdefault("FACEPRINT_KEY", secrets.token_hex(32))  # a throw-away gallery's key
 
@@ -215,10 +219,10 @@ def main(argv: list[str] | None = None) -> int:
             enrol_images(gallery, pipeline, name, sorted((args.references / folder).iterdir()))
         with open_source(args.clip) as probe:
             fps, size = probe.fps, f"{probe.width}×{probe.height}"
-        run_once(args.clip, pipeline, gallery, args.threshold, 3, None)  # warm-up (thread pools, caches)
-        offline = {n: run_once(args.clip, pipeline, gallery, args.threshold, n, None) for n in strides}
+        run_once(args.clip, pipeline, gallery, rule, 3, None)  # warm-up (thread pools, caches)
+        offline = {n: run_once(args.clip, pipeline, gallery, rule, n, None) for n in strides}
         live = {} if args.no_live else {
-            n: run_once(args.clip, pipeline, gallery, args.threshold, n, args.live_fps, args.max_lag) for n in strides
+            n: run_once(args.clip, pipeline, gallery, rule, n, args.live_fps, args.max_lag) for n in strides
         }  # fmt: skip
 
     print(

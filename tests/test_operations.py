@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from faceprint.models.registry import ModelRegistry
 from faceprint.models.store import ModelStore
 from tests.conftest import IDENTITIES
-from tests.test_service_ui import free_port, stop_server, wait_until_ready
+from tests.test_service_ui import browser, free_port, open_ui, stop_server, wait_until_ready  # noqa: F401 (fixture)
 
 ENROLLED = ("person01", "person02", "person05", "person08")  # each one's first photo passes enrolment
 PHOTOS = sorted(IDENTITIES.glob("person0[1-8]/*.jpg"))[:24]
@@ -112,7 +112,7 @@ def metrics(ops: dict) -> str:
     return httpx.get(f"{ops['url']}/metrics", headers=ops["auth"], timeout=60).text
 
 
-def test_drift_shadow_and_canary(ops: dict) -> None:
+def test_drift_shadow_and_canary(ops: dict, browser) -> None:  # noqa: F811
     sha = {m: ModelRegistry(ModelStore(Path(ops["env"]["FACEPRINT_MODEL_DIR"]))).get(m).sha256 for m in (SHADOW,)}
     sha["dlib-resnet-v1"] = ModelRegistry().get("dlib-resnet-v1").sha256
     # -- camera 1: the baseline, then the new camera -------------------------------------------------------
@@ -212,6 +212,17 @@ def test_drift_shadow_and_canary(ops: dict) -> None:
     no_copy = [*CLI, "canary", "promote", "default", "--model", "dlib-other"]
     refused = subprocess.run(no_copy, env=ops["env"], capture_output=True, text=True)
     assert refused.returncode == 2 and "has no copy on dlib-other ('default@dlib-other')" in refused.stderr
+
+    # -- the web UI's Drift tab shows GET /v1/drift: camera 1's sentence and its drifted features --------------
+    page, errors = open_ui(browser, ops["url"], ops["auth"]["Authorization"].removeprefix("Bearer "))
+    page.click("nav button[data-tab=drift]")
+    page.wait_for_selector("#drift-list[data-done='1'] .drift", timeout=30_000)
+    ui_cam1 = page.locator("#drift-list .drift", has_text="default · cam1")
+    assert "a camera moved or lost focus" in ui_cam1.locator(".drift-summary").inner_text()
+    drifted = ui_cam1.locator("tr.unknown td:first-child").all_inner_texts()
+    assert {"face_size", "sharpness"} <= set(drifted), drifted
+    assert page.inner_text("#error") == "" and not errors, errors
+    page.close()
 
     # -- the drift report, from the windows the server saved when it stopped ---------------------------------
     stop_server(ops["proc"])

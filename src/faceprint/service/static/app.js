@@ -44,6 +44,7 @@ for (const button of document.querySelectorAll("#tabs button")) {
     showError(null);
     if (button.dataset.tab === "subjects") loadSubjects(true);
     if (button.dataset.tab === "audit") loadAudit();
+    if (button.dataset.tab === "drift") loadDrift();
   });
 }
 
@@ -510,6 +511,50 @@ async function loadAudit() {
 }
 
 $("audit-refresh").addEventListener("click", loadAudit);
+
+// -- drift ---------------------------------------------------------------------------------------------------
+// GET /v1/drift: per collection and source, a sentence saying what moved and a row per feature.
+async function loadDrift() {
+  showError(null);
+  const list = $("drift-list");
+  list.dataset.done = "0";
+  try {
+    const report = await api("/v1/drift");
+    list.replaceChildren();
+    if (!report.items.length) list.append(el("p", "No faces recorded yet.", "hint"));
+    for (const item of report.items) {
+      const block = el("div", null, "drift");
+      block.append(el("h3", `${item.collection} · ${item.source}`), el("p", item.summary, "drift-summary"));
+      const table = el("table");
+      const head = el("tr");
+      for (const h of ["Feature", "Baseline median", "Current median", "PSI", "KS p-value", "Faces (base / now)", ""]) {
+        head.append(el("th", h));
+      }
+      table.append(el("thead"), el("tbody"));
+      table.tHead.append(head);
+      for (const f of item.features) {
+        const row = el("tr", null, f.drifted ? "unknown" : "");
+        row.append(
+          el("td", f.feature),
+          el("td", f.baseline_median),
+          el("td", f.current_median),
+          el("td", f.psi),
+          el("td", f.ks_pvalue),
+          el("td", `${f.baseline_n} / ${f.current_n}`),
+          el("td", f.drifted ? "drifted" : ""),
+        );
+        table.tBodies[0].append(row);
+      }
+      block.append(table);
+      list.append(block);
+    }
+    list.dataset.done = "1";
+  } catch (error) {
+    showError(error);
+  }
+}
+
+$("drift-refresh").addEventListener("click", loadDrift);
 
 // -- videos --------------------------------------------------------------------------------------------------
 // The clip is uploaded as a job; its progress is polled; once done the local file plays (it never comes back
